@@ -1,0 +1,1 @@
+"""Pure core: protocol state machines and codecs. No IO, no clocks, no randomness."""
