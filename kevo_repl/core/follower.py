@@ -1,0 +1,421 @@
+"""The replica's follower state machine: events in, actions out, no IO.
+
+The driver (``node/replica_node.py``) or the simulator (``testing/sim.py``) feeds it what
+arrived (stream records, replies, timer ticks) and carries out the actions it returns (send a
+request, apply a record, begin or install a bootstrap). Keeping every decision here lets the
+same code run against real sockets and against a seeded simulated network.
+
+One rule decides every record, whatever path it came by (live stream or WalSync reply):
+``first_lsn == applied + 1`` applies it, ``last_lsn <= applied`` drops it as already applied,
+``first_lsn > applied + 1`` is a gap repaired by WalSync from ``applied + 1``. A record of
+another history is never applied. Status changes go through ``TRANSITIONS`` and nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kevo_repl.core.follower_types import (
+    TRANSITIONS,
+    Action,
+    ApplyRecord,
+    BeginBootstrap,
+    FollowerConfig,
+    InstallBootstrap,
+    InvariantError,
+    Reconnect,
+    SendAck,
+    SendBootstrap,
+    SendHeartbeat,
+    SendRegister,
+    SendWalSync,
+    Status,
+    WriteChunk,
+)
+
+__all__ = ["Follower"]
+
+
+@dataclass(slots=True)
+class _Bootstrap:
+    session_id: int = 0
+    next_seq: int = 0
+    credit_left: int = 0
+    progress: float = 0.0
+
+
+@dataclass(slots=True)
+class _Counters:
+    bootstraps: int = 0
+    catchups: int = 0
+    gaps: int = 0
+    dropped_duplicates: int = 0
+    foreign_records: int = 0
+
+
+@dataclass(slots=True)
+class Follower:
+    """Replica-side protocol state. Every public method returns the actions to carry out.
+
+    ``applied_lsn`` advances when an ``ApplyRecord`` is emitted: the driver carries actions
+    out in order, and a failed apply comes back through ``storage_failed`` with the store's
+    real position, so the follower never believes in a batch the store does not hold.
+    """
+
+    config: FollowerConfig
+    applied_lsn: int = 0
+    durable_lsn: int = 0
+    history_id: bytes = b""
+    status: Status = Status.CONNECTING
+    primary_lsn: int = 0
+    primary_history: bytes = b""
+    error_message: str = ""
+    counters: _Counters = field(default_factory=_Counters)
+    _events: list[tuple[str, dict[str, object]]] = field(default_factory=list)
+    _now_ms: int = 0
+    _last_heard_ms: int = 0
+    _last_heartbeat_ms: int = -(10**12)
+    _retry_at_ms: int = 0
+    _backoff_ms: int = 0
+    _pending: str = ""  # the one request in flight: "register" | "wal_sync" | "bootstrap" | ""
+    _pending_deadline_ms: int = 0
+    _ack_due: bool = False
+    _boot: _Bootstrap = field(default_factory=_Bootstrap)
+    _started: bool = False
+
+    @property
+    def bootstrap_progress(self) -> float:
+        return self._boot.progress if self.status == Status.BOOTSTRAPPING else 0.0
+
+    @property
+    def pending_request(self) -> str:
+        return self._pending
+
+    # ---- lifecycle ------------------------------------------------------------------------
+
+    def start(self, now_ms: int) -> list[Action]:
+        """Begin the join (the driver has subscribed already): Register."""
+        self._now_ms = now_ms
+        self._last_heard_ms = now_ms
+        self._started = True
+        self._backoff_ms = self.config.backoff_initial_ms
+        return self._register()
+
+    def tick(self, now_ms: int) -> list[Action]:
+        """Timers: request timeouts, primary silence, heartbeats, backoff."""
+        self._now_ms = now_ms
+        if not self._started:
+            return []
+        if self.status in (Status.DISCONNECTED, Status.ERROR):
+            out: list[Action] = []
+            if self.status == Status.ERROR:
+                out += self._maybe_heartbeat()
+            if self._retry_at_ms and now_ms >= self._retry_at_ms:
+                self._retry_at_ms = 0
+                self._move(Status.CONNECTING)
+                out += self._register()
+            return out
+        silent_ms = now_ms - self._last_heard_ms
+        if silent_ms > self.config.primary_timeout_ms:
+            return self._disconnect(f"primary silent for {silent_ms} ms")
+        out = []
+        if self._pending and now_ms >= self._pending_deadline_ms:
+            out += self._on_request_timeout()
+        if self.status != Status.CONNECTING:
+            out += self._maybe_heartbeat()
+        return out
+
+    def take_ack(self) -> list[Action]:
+        """One coalesced ack for everything applied since the last call."""
+        if not self._ack_due or self.status not in (Status.SYNCING, Status.READY):
+            return []
+        self._ack_due = False
+        return [SendAck(self.applied_lsn, self.durable_lsn)]
+
+    def drain_events(self) -> list[tuple[str, dict[str, object]]]:
+        """Notable events since the last call, for the driver to log once each."""
+        events, self._events = self._events, []
+        return events
+
+    # ---- replies --------------------------------------------------------------------------
+
+    def on_register_reply(
+        self,
+        primary_lsn: int,
+        retained_from_lsn: int,
+        history_id: bytes,
+        bootstrap_required: bool,
+    ) -> list[Action]:
+        if self._pending != "register" or self.status != Status.CONNECTING:
+            return []  # a stale reply from before a reconnect
+        self._pending = ""
+        self._heard(primary_lsn)
+        self._backoff_ms = self.config.backoff_initial_ms
+        self.primary_history = history_id
+        foreign = bool(self.history_id) and self.history_id != history_id
+        ahead = self.applied_lsn > primary_lsn
+        uncovered = self.applied_lsn + 1 < retained_from_lsn
+        self._note("registered", primary_lsn=primary_lsn, applied_lsn=self.applied_lsn)
+        if foreign and not self.config.allow_bootstrap:
+            self.error_message = (
+                f"primary history {history_id.hex()} differs from ours "
+                f"{self.history_id.hex()} and bootstrap is not allowed"
+            )
+            self._move(Status.ERROR)
+            return []
+        if foreign or ahead or uncovered or bootstrap_required:
+            why = "history mismatch" if foreign else "diverged" if ahead else "WAL too old"
+            return self._begin_bootstrap(why)
+        self.history_id = history_id
+        if self.applied_lsn >= primary_lsn:
+            self._move(Status.READY)
+            return []
+        self._move(Status.SYNCING)
+        return self._wal_sync()
+
+    def on_wal_sync_reply(
+        self, records: list[tuple[int, int, bytes, bytes]], primary_lsn: int
+    ) -> list[Action]:
+        """Records as (first_lsn, last_lsn, history_id, record bytes), crc already checked.
+
+        ``primary_lsn`` is the primary's last LSN when it served the reply: reaching it means
+        the live stream carries everything after, so the follower is READY.
+        """
+        if self._pending != "wal_sync" or self.status not in (Status.SYNCING, Status.READY):
+            return []
+        self._pending = ""
+        self._heard(primary_lsn)
+        out: list[Action] = []
+        for first, last, history, record in records:
+            out += self._offer(first, last, history, record)
+            if self._pending or self.status not in (Status.SYNCING, Status.READY):
+                return out  # a gap inside the reply or a foreign history: already handled
+        if self.applied_lsn >= primary_lsn:
+            if self.status == Status.SYNCING:
+                self._move(Status.READY)
+                self._note("caught_up", applied_lsn=self.applied_lsn)
+            return out
+        return out + self._wal_sync()
+
+    def on_too_old(self, retained_from_lsn: int) -> list[Action]:
+        if self._pending != "wal_sync":
+            return []
+        self._pending = ""
+        self._heard(self.primary_lsn)
+        self._note("too_old", applied_lsn=self.applied_lsn, retained_from_lsn=retained_from_lsn)
+        return self._begin_bootstrap("WAL too old")
+
+    def on_bootstrap_chunk(
+        self,
+        session_id: int,
+        seq: int,
+        keys: list[bytes],
+        values: list[bytes],
+        progress: float,
+        is_last: bool,
+        snapshot_lsn: int,
+        history_id: bytes,
+    ) -> list[Action]:
+        if self.status != Status.BOOTSTRAPPING or self._pending != "bootstrap":
+            return []
+        self._heard(self.primary_lsn)
+        b = self._boot
+        if b.session_id == 0 and seq == 0:
+            b.session_id = session_id
+        if session_id != b.session_id or seq != b.next_seq:
+            self._note("bootstrap_broken", expected_seq=b.next_seq, got_seq=seq)
+            return [Reconnect("bootstrap stream out of order"), *self._begin_bootstrap("restart")]
+        b.next_seq += 1
+        b.credit_left -= 1
+        b.progress = progress
+        self._pending_deadline_ms = self._now_ms + self.config.request_timeout_ms
+        out: list[Action] = [WriteChunk(keys, values)]
+        if is_last:
+            self._pending = ""
+            self.history_id = history_id
+            self.primary_history = history_id
+            self.applied_lsn = snapshot_lsn
+            self.durable_lsn = snapshot_lsn
+            self._heard(snapshot_lsn)
+            self._note("bootstrap_done", snapshot_lsn=snapshot_lsn)
+            out.append(InstallBootstrap(snapshot_lsn, history_id))
+            self._move(Status.SYNCING)
+            return out + self._wal_sync()
+        if b.credit_left <= self.config.bootstrap_credit // 2:
+            grant = self.config.bootstrap_credit - b.credit_left
+            b.credit_left += grant
+            out.append(SendBootstrap(b.session_id, grant, self.config.bootstrap_chunk_bytes))
+        return out
+
+    def on_request_refused(self, code: str, message: str) -> list[Action]:
+        """The pending request got an Error reply: log it, back off, register again."""
+        self._note("request_refused", code=code, message=message, request=self._pending)
+        if not self._pending:
+            return []
+        self._pending = ""
+        return self._disconnect(f"{code}: {message}")
+
+    def on_not_registered(self) -> list[Action]:
+        """The primary does not know us (it restarted): register again, keeping our data."""
+        if self.status in (Status.CONNECTING, Status.DISCONNECTED):
+            return []
+        if self.status == Status.ERROR:
+            return []
+        self._note("primary_forgot_us", applied_lsn=self.applied_lsn)
+        self._move(Status.CONNECTING)
+        return self._register()
+
+    # ---- stream ---------------------------------------------------------------------------
+
+    def on_record(
+        self, first_lsn: int, last_lsn: int, history_id: bytes, record: bytes
+    ) -> list[Action]:
+        """A live record from SUB (crc already checked by the adapter)."""
+        self._last_heard_ms = self._now_ms
+        if self.status not in (Status.SYNCING, Status.READY):
+            return []  # joining or bootstrapping: WalSync fetches it later
+        self._heard(last_lsn)
+        return self._offer(first_lsn, last_lsn, history_id, record)
+
+    def on_beacon(self, history_id: bytes, last_lsn: int) -> list[Action]:
+        """Beacons follow the records on the same PUB, so ``applied < last_lsn`` is a gap."""
+        self._last_heard_ms = self._now_ms
+        if self.status not in (Status.SYNCING, Status.READY):
+            return []
+        if history_id != self.primary_history:
+            return self._foreign_history()
+        self._heard(last_lsn)
+        if self.applied_lsn < last_lsn and not self._pending:
+            return self._gap(last_lsn)
+        return []
+
+    def on_heartbeat_reply(self, primary_lsn: int) -> list[Action]:
+        self._heard(primary_lsn)
+        return []
+
+    # ---- driver feedback ------------------------------------------------------------------
+
+    def durable(self, lsn: int) -> None:
+        """The store synced everything up to ``lsn`` (checkpoint)."""
+        if lsn > self.durable_lsn:
+            self.durable_lsn = lsn
+            self._ack_due = True
+
+    def storage_failed(
+        self, message: str, store_applied_lsn: int, retry_after_ms: int
+    ) -> list[Action]:
+        """A local write failed (full disk, IO error): report ERROR, retry later.
+
+        ``store_applied_lsn`` is what the store really holds; the follower rewinds to it.
+        """
+        self.error_message = message
+        self.applied_lsn = store_applied_lsn
+        self.durable_lsn = min(self.durable_lsn, store_applied_lsn)
+        self._pending = ""
+        self._note("storage_failed", message=message, applied_lsn=store_applied_lsn)
+        if self.status != Status.ERROR:
+            self._move(Status.ERROR)
+            self.error_message = message
+        self._retry_at_ms = self._now_ms + retry_after_ms
+        return [self._heartbeat()]
+
+    # ---- internals ------------------------------------------------------------------------
+
+    def _offer(self, first: int, last: int, history: bytes, record: bytes) -> list[Action]:
+        if history != self.primary_history or history != self.history_id:
+            self.counters.foreign_records += 1
+            return self._foreign_history()
+        if last <= self.applied_lsn:
+            self.counters.dropped_duplicates += 1
+            return []
+        if first == self.applied_lsn + 1:
+            self.applied_lsn = last
+            self._ack_due = True
+            return [ApplyRecord(first, last, record)]
+        if first <= self.applied_lsn:
+            raise InvariantError(f"record {first}..{last} straddles applied LSN {self.applied_lsn}")
+        return [] if self._pending else self._gap(first - 1)
+
+    def _gap(self, seen_lsn: int) -> list[Action]:
+        self.counters.gaps += 1
+        self._note("gap_detected", applied_lsn=self.applied_lsn, seen_lsn=seen_lsn)
+        if self.status == Status.READY:
+            self._move(Status.SYNCING)
+        return self._wal_sync()
+
+    def _wal_sync(self) -> list[Action]:
+        if self._pending:
+            return []
+        self.counters.catchups += 1
+        self._request("wal_sync")
+        return [SendWalSync(self.applied_lsn + 1, self.config.wal_sync_max_bytes)]
+
+    def _begin_bootstrap(self, why: str) -> list[Action]:
+        self.counters.bootstraps += 1
+        self._note("bootstrap_start", reason=why, applied_lsn=self.applied_lsn)
+        if self.status != Status.BOOTSTRAPPING:
+            self._move(Status.BOOTSTRAPPING)
+        credit = self.config.bootstrap_credit
+        self._boot = _Bootstrap(credit_left=credit)
+        self._request("bootstrap")
+        return [BeginBootstrap(), SendBootstrap(0, credit, self.config.bootstrap_chunk_bytes)]
+
+    def _register(self) -> list[Action]:
+        self._request("register")
+        return [SendRegister(self.applied_lsn, self.history_id)]
+
+    def _request(self, kind: str) -> None:
+        self._pending = kind
+        self._pending_deadline_ms = self._now_ms + self.config.request_timeout_ms
+
+    def _on_request_timeout(self) -> list[Action]:
+        kind, self._pending = self._pending, ""
+        self._note("request_timeout", request=kind)
+        if kind in ("register", "bootstrap"):
+            return self._disconnect(f"{kind} timed out")
+        return [Reconnect(f"{kind} timed out"), *self._wal_sync()]
+
+    def _disconnect(self, why: str) -> list[Action]:
+        self._pending = ""
+        if self.status != Status.DISCONNECTED:
+            self._move(Status.DISCONNECTED)
+            self._note("disconnected", reason=why)
+        self._retry_at_ms = self._now_ms + self._backoff_ms
+        self._backoff_ms = min(self._backoff_ms * 2, self.config.backoff_max_ms)
+        return [Reconnect(why)]
+
+    def _foreign_history(self) -> list[Action]:
+        self._note("foreign_history", ours=self.history_id.hex())
+        self._move(Status.CONNECTING)
+        return [Reconnect("stream of another history"), *self._register()]
+
+    def _heard(self, primary_lsn: int) -> None:
+        self._last_heard_ms = self._now_ms
+        if primary_lsn > self.primary_lsn:
+            self.primary_lsn = primary_lsn
+
+    def _maybe_heartbeat(self) -> list[Action]:
+        if self._now_ms - self._last_heartbeat_ms < self.config.heartbeat_interval_ms:
+            return []
+        self._last_heartbeat_ms = self._now_ms
+        return [self._heartbeat()]
+
+    def _heartbeat(self) -> SendHeartbeat:
+        return SendHeartbeat(
+            self.status,
+            self.applied_lsn,
+            self.durable_lsn,
+            self.bootstrap_progress,
+            self.error_message,
+        )
+
+    def _move(self, to: Status) -> None:
+        if (self.status, to) not in TRANSITIONS:
+            raise InvariantError(f"illegal transition {self.status.name} -> {to.name}")
+        self._note("status", old=self.status.name, new=to.name)
+        self.status = to
+        if to != Status.ERROR:
+            self.error_message = ""
+
+    def _note(self, event: str, **fields: object) -> None:
+        self._events.append((event, fields))

@@ -1,0 +1,274 @@
+"""The primary's view of its replicas: progress, lag, liveness, retention floor, waiters.
+
+Pure bookkeeping driven by the primary's driver loop (``note_commit`` after each commit,
+``register`` / ``heartbeat`` / ``ack`` as requests arrive, ``tick`` on a timer). Lag in
+milliseconds is measured here, on the primary, as the age of the oldest commit a replica has
+not applied, so replica clocks never matter.
+
+Identity: a replica id is held by one peer (ROUTER routing id) at a time. A Register for an id
+already held by another live peer is refused as a duplicate unless it comes from the same
+address (the same replica reconnecting with a new socket after a restart or a reconnect).
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+from kevo_repl.core.follower_types import Status
+
+__all__ = ["DuplicateReplicaError", "Registry", "ReplicaState", "WaitResult"]
+
+
+class DuplicateReplicaError(Exception):
+    """Another live peer holds this replica id."""
+
+
+@dataclass(slots=True)
+class ReplicaState:
+    replica_id: str
+    peer: bytes
+    address: str
+    role: int
+    status: Status = Status.CONNECTING
+    applied_lsn: int = 0
+    durable_lsn: int = 0
+    registered_ms: int = 0
+    last_seen_ms: int = 0
+    error_message: str = ""
+    bootstrap_progress: float = 0.0
+    bootstrap_snapshot_lsn: int = 0  # pins the WAL from here while a bootstrap runs
+    bootstraps: int = 0
+    catchups: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WaitResult:
+    token: object
+    replicas_applied: int
+    timed_out: bool
+
+
+@dataclass(slots=True)
+class _Waiter:
+    token: object
+    lsn: int
+    replicas: int
+    deadline_ms: int
+
+
+@dataclass(slots=True)
+class Registry:
+    """Per-replica progress. All times are milliseconds from the driver's monotonic clock."""
+
+    stale_after_ms: int = 1500
+    forget_after_ms: int = 3_600_000
+    commit_history_max: int = 200_000
+    primary_lsn: int = 0
+    _by_peer: dict[bytes, ReplicaState] = field(default_factory=dict)
+    _by_id: dict[str, ReplicaState] = field(default_factory=dict)
+    _commit_lsns: list[int] = field(default_factory=list)
+    _commit_ms: list[int] = field(default_factory=list)
+    _waiters: list[_Waiter] = field(default_factory=list)
+
+    # ---- commits and lag -------------------------------------------------------------------
+
+    def note_commit(self, last_lsn: int, now_ms: int) -> None:
+        """Remember when each batch committed: the basis of lag in ms."""
+        self.primary_lsn = last_lsn
+        self._commit_lsns.append(last_lsn)
+        self._commit_ms.append(now_ms)
+        if len(self._commit_lsns) > self.commit_history_max:
+            self._trim(len(self._commit_lsns) - self.commit_history_max // 2)
+
+    def lag_entries(self, replica: ReplicaState) -> int:
+        return max(0, self.primary_lsn - replica.applied_lsn)
+
+    def lag_ms(self, replica: ReplicaState, now_ms: int) -> int:
+        """Age of the oldest commit the replica has not applied (0 when caught up)."""
+        if replica.applied_lsn >= self.primary_lsn or not self._commit_lsns:
+            return 0
+        i = bisect.bisect_right(self._commit_lsns, replica.applied_lsn)
+        i = min(i, len(self._commit_ms) - 1)
+        return max(0, now_ms - self._commit_ms[i])
+
+    # ---- requests --------------------------------------------------------------------------
+
+    def register(
+        self,
+        replica_id: str,
+        peer: bytes,
+        address: str,
+        role: int,
+        applied_lsn: int,
+        now_ms: int,
+    ) -> ReplicaState:
+        old = self._by_id.get(replica_id)
+        if old is not None and old.peer != peer:
+            live = now_ms - old.last_seen_ms <= self.stale_after_ms
+            if live and old.address != address:
+                raise DuplicateReplicaError(
+                    f"replica id {replica_id!r} is held by a live replica at {old.address}"
+                )
+            self._by_peer.pop(old.peer, None)
+        prev = self._by_peer.get(peer)
+        if prev is not None and prev.replica_id != replica_id:
+            self._by_id.pop(prev.replica_id, None)
+        state = ReplicaState(
+            replica_id=replica_id,
+            peer=peer,
+            address=address,
+            role=role,
+            applied_lsn=applied_lsn,
+            registered_ms=now_ms,
+            last_seen_ms=now_ms,
+        )
+        if old is not None:
+            state.bootstraps, state.catchups = old.bootstraps, old.catchups
+        self._by_id[replica_id] = state
+        self._by_peer[peer] = state
+        return state
+
+    def get(self, peer: bytes) -> ReplicaState | None:
+        return self._by_peer.get(peer)
+
+    def heartbeat(
+        self,
+        peer: bytes,
+        status: Status,
+        applied_lsn: int,
+        durable_lsn: int,
+        bootstrap_progress: float,
+        error_message: str,
+        now_ms: int,
+    ) -> tuple[ReplicaState | None, list[WaitResult]]:
+        """Record a heartbeat; None when the peer never registered (it must register)."""
+        r = self._by_peer.get(peer)
+        if r is None:
+            return None, []
+        r.status = status
+        r.bootstrap_progress = bootstrap_progress
+        r.error_message = error_message
+        if status != Status.BOOTSTRAPPING:
+            r.bootstrap_snapshot_lsn = 0
+        return r, self._advance(r, applied_lsn, durable_lsn, now_ms)
+
+    def ack(
+        self, peer: bytes, applied_lsn: int, durable_lsn: int, now_ms: int
+    ) -> tuple[ReplicaState | None, list[WaitResult]]:
+        r = self._by_peer.get(peer)
+        if r is None:
+            return None, []
+        if r.status in (Status.DISCONNECTED, Status.CONNECTING):
+            r.status = Status.SYNCING if applied_lsn < self.primary_lsn else Status.READY
+        return r, self._advance(r, applied_lsn, durable_lsn, now_ms)
+
+    def note_catchup(self, peer: bytes, now_ms: int) -> None:
+        r = self._by_peer.get(peer)
+        if r is not None:
+            r.catchups += 1
+            r.last_seen_ms = now_ms
+
+    def note_bootstrap(self, peer: bytes, snapshot_lsn: int, now_ms: int) -> None:
+        r = self._by_peer.get(peer)
+        if r is not None:
+            r.bootstraps += 1
+            r.status = Status.BOOTSTRAPPING
+            r.bootstrap_snapshot_lsn = snapshot_lsn
+            r.last_seen_ms = now_ms
+
+    def seen(self, peer: bytes, now_ms: int) -> None:
+        r = self._by_peer.get(peer)
+        if r is not None:
+            r.last_seen_ms = now_ms
+
+    # ---- waiting for replicas ----------------------------------------------------------------
+
+    def replicas_applied(self, lsn: int) -> int:
+        """Live replicas that have applied ``lsn``."""
+        return sum(
+            1
+            for r in self._by_id.values()
+            if r.applied_lsn >= lsn and r.status not in (Status.DISCONNECTED, Status.ERROR)
+        )
+
+    def wait_for(
+        self, token: object, lsn: int, replicas: int, deadline_ms: int
+    ) -> WaitResult | None:
+        """Park a write until ``replicas`` have applied ``lsn``; None means it is parked."""
+        count = self.replicas_applied(lsn)
+        if count >= replicas:
+            return WaitResult(token, count, timed_out=False)
+        self._waiters.append(_Waiter(token, lsn, replicas, deadline_ms))
+        return None
+
+    # ---- timers ------------------------------------------------------------------------------
+
+    def tick(self, now_ms: int) -> tuple[list[ReplicaState], list[WaitResult]]:
+        """Mark silent replicas DISCONNECTED, forget long-gone ones, expire waiters.
+
+        Returns the replicas that just went stale (to log once) and the expired waits.
+        """
+        stale: list[ReplicaState] = []
+        for r in list(self._by_id.values()):
+            silent = now_ms - r.last_seen_ms
+            if silent > self.forget_after_ms:
+                self._by_id.pop(r.replica_id, None)
+                self._by_peer.pop(r.peer, None)
+            elif silent > self.stale_after_ms and r.status != Status.DISCONNECTED:
+                r.status = Status.DISCONNECTED
+                stale.append(r)
+        expired = [w for w in self._waiters if now_ms >= w.deadline_ms]
+        if expired:
+            self._waiters = [w for w in self._waiters if now_ms < w.deadline_ms]
+        done = [WaitResult(w.token, self.replicas_applied(w.lsn), timed_out=True) for w in expired]
+        return stale, done
+
+    def retention_floor(self) -> int | None:
+        """Lowest LSN some known replica still needs (None: no replica needs anything).
+
+        Disconnected replicas keep their floor until forgotten, so a replica that restarts
+        resumes by catch-up; the WAL's byte cap bounds what a dead one can hold.
+        """
+        needs = [
+            (r.bootstrap_snapshot_lsn if r.bootstrap_snapshot_lsn else r.applied_lsn) + 1
+            for r in self._by_id.values()
+        ]
+        return min(needs) if needs else None
+
+    def replicas(self) -> list[ReplicaState]:
+        return sorted(self._by_id.values(), key=lambda r: r.replica_id)
+
+    # ---- internals ---------------------------------------------------------------------------
+
+    def _advance(
+        self, r: ReplicaState, applied_lsn: int, durable_lsn: int, now_ms: int
+    ) -> list[WaitResult]:
+        r.last_seen_ms = now_ms
+        r.applied_lsn = applied_lsn
+        r.durable_lsn = durable_lsn
+        self._prune_commits()
+        if not self._waiters:
+            return []
+        done: list[WaitResult] = []
+        keep: list[_Waiter] = []
+        for w in self._waiters:
+            count = self.replicas_applied(w.lsn)
+            if count >= w.replicas:
+                done.append(WaitResult(w.token, count, timed_out=False))
+            else:
+                keep.append(w)
+        self._waiters = keep
+        return done
+
+    def _prune_commits(self) -> None:
+        if not self._by_id:
+            return
+        floor = min(r.applied_lsn for r in self._by_id.values())
+        i = bisect.bisect_right(self._commit_lsns, floor)
+        if i > 1024:
+            self._trim(i)
+
+    def _trim(self, n: int) -> None:
+        del self._commit_lsns[:n]
+        del self._commit_ms[:n]
