@@ -414,6 +414,7 @@ class Follower:
             raise InvariantError(f"illegal transition {self.status.name} -> {to.name}")
         self._note("status", old=self.status.name, new=to.name)
         self.status = to
+        self._last_heartbeat_ms = -(10**12)  # tell the primary at the next tick
         if to != Status.ERROR:
             self.error_message = ""
 

@@ -1,0 +1,189 @@
+"""``kevo_repl.Client``: put / delete / batch / get / status / digest against any node.
+
+A node is addressed as ``HOST:P`` (its PUB port, as printed by ``kevo-repl``); requests go to
+its ROUTER on P+1 over one DEALER. Every call has a deadline, so an unreachable node raises
+``NodeUnreachableError`` instead of hanging. A write sent to a replica is refused with
+``ERROR_NOT_PRIMARY`` naming the primary; the client follows that once, by itself.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from dataclasses import dataclass
+from types import TracebackType
+
+import zmq
+
+from kevo_repl.adapters.zmq_io import SocketOptions, connect_socket
+from kevo_repl.core.errors import KevoError
+from kevo_repl.core.ops import OP_DELETE, OP_PUT
+from kevo_repl.wire import pb
+from kevo_repl.wire.batch import WireError, encode_client_batch
+from kevo_repl.wire.envelope import decode_response
+
+__all__ = ["Client", "Digest", "NodeUnreachableError", "RemoteError", "WriteResult", "parse_node"]
+
+
+class NodeUnreachableError(KevoError):
+    """No answer from the node before the deadline."""
+
+
+class RemoteError(KevoError):
+    """The node answered with an ``Error``."""
+
+    def __init__(self, code: int, message: str, primary: str = "") -> None:
+        name = pb.ErrorCode.Name(code) if code in pb.ErrorCode.values() else str(code)  # type: ignore[arg-type]
+        super().__init__(f"{name}: {message}")
+        self.code = code
+        self.code_name = name
+        self.primary = primary
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    lsn: int
+    first_lsn: int
+    replicas_applied: int
+    wait_timed_out: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Digest:
+    lsn: int
+    keys: int
+    digest: str
+
+
+def parse_node(node: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` too) -> (host, port); ValueError with a clear message."""
+    host, sep, port_text = node.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65535:
+        raise ValueError(f"node address must be HOST:PORT, got {node!r}")
+    return host.strip("[]"), int(port_text)
+
+
+class Client:
+    """A synchronous client; not thread-safe (one DEALER, like every ZeroMQ socket)."""
+
+    def __init__(self, node: str, *, timeout_ms: int = 5000, follow_redirects: bool = True) -> None:
+        self.node = node
+        self.timeout_ms = timeout_ms
+        self.follow_redirects = follow_redirects
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        self._ids = itertools.count(1)
+        self._sock = self._connect(node)
+
+    # ---- context manager ---------------------------------------------------------------------
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._sock.close(0)
+
+    # ---- writes ------------------------------------------------------------------------------
+
+    def put(
+        self, key: bytes, value: bytes, *, wait_replicas: int = 0, timeout_ms: int = 0
+    ) -> WriteResult:
+        body = pb.PutRequest(
+            key=key, value=value, wait_replicas=wait_replicas, timeout_ms=timeout_ms
+        )
+        return self._write(pb.Request(put=body), timeout_ms)
+
+    def delete(self, key: bytes, *, wait_replicas: int = 0, timeout_ms: int = 0) -> WriteResult:
+        body = pb.DeleteRequest(key=key, wait_replicas=wait_replicas, timeout_ms=timeout_ms)
+        return self._write(pb.Request(delete=body), timeout_ms)
+
+    def batch(
+        self,
+        entries: Iterable[tuple[bytes, bytes | None]],
+        *,
+        wait_replicas: int = 0,
+        timeout_ms: int = 0,
+    ) -> WriteResult:
+        """One atomic batch: ``(key, value)`` puts, ``(key, None)`` deletes."""
+        ops: list[int] = []
+        keys: list[bytes] = []
+        values: list[bytes] = []
+        for key, value in entries:
+            ops.append(OP_DELETE if value is None else OP_PUT)
+            keys.append(key)
+            values.append(b"" if value is None else value)
+        payload = encode_client_batch(ops, keys, values)
+        body = pb.BatchRequest(batch=payload, wait_replicas=wait_replicas, timeout_ms=timeout_ms)
+        return self._write(pb.Request(batch=body), timeout_ms)
+
+    # ---- reads -------------------------------------------------------------------------------
+
+    def get(self, key: bytes, *, min_lsn: int = 0, timeout_ms: int = 0) -> bytes | None:
+        """The value, or None when absent. ``min_lsn`` waits for read-your-writes."""
+        value, _ = self.get_with_lsn(key, min_lsn=min_lsn, timeout_ms=timeout_ms)
+        return value
+
+    def get_with_lsn(
+        self, key: bytes, *, min_lsn: int = 0, timeout_ms: int = 0
+    ) -> tuple[bytes | None, int]:
+        body = pb.GetRequest(key=key, min_lsn=min_lsn, timeout_ms=timeout_ms)
+        resp = self.call(pb.Request(get=body), extra_ms=timeout_ms).get
+        return (resp.value if resp.found else None), resp.lsn
+
+    def status(self) -> pb.StatusResponse:
+        return self.call(pb.Request(status=pb.StatusRequest())).status
+
+    def digest(self) -> Digest:
+        d = self.call(pb.Request(digest=pb.DigestRequest())).digest
+        return Digest(d.lsn, d.keys, d.digest.hex())
+
+    def wal_sync(self, from_lsn: int, max_bytes: int = 1 << 20) -> pb.WalSyncResponse:
+        req = pb.Request(wal_sync=pb.WalSyncRequest(from_lsn=from_lsn, max_bytes=max_bytes))
+        return self.call(req).wal_sync
+
+    # ---- plumbing ----------------------------------------------------------------------------
+
+    def call(self, req: pb.Request, *, extra_ms: int = 0) -> pb.Response:
+        """Send one request and wait for its response; raises on Error or timeout."""
+        req.request_id = next(self._ids)
+        self._sock.send(req.SerializeToString())
+        deadline_ms = self.timeout_ms + extra_ms
+        while True:
+            if not self._sock.poll(deadline_ms, zmq.POLLIN):
+                self._reset()
+                raise NodeUnreachableError(
+                    f"no answer from {self.node} within {deadline_ms} ms (is it running?)"
+                )
+            try:
+                resp = decode_response(self._sock.recv())
+            except WireError as exc:
+                raise RemoteError(pb.ERROR_BAD_REQUEST, f"unreadable response: {exc}") from exc
+            if resp.request_id != req.request_id:
+                continue  # a late answer to an earlier, timed-out request
+            if resp.WhichOneof("body") == "error":
+                e = resp.error
+                raise RemoteError(e.code, e.message, e.primary)
+            return resp
+
+    def _write(self, req: pb.Request, timeout_ms: int) -> WriteResult:
+        try:
+            resp = self.call(req, extra_ms=timeout_ms)
+        except RemoteError as exc:
+            if not (exc.code == pb.ERROR_NOT_PRIMARY and exc.primary and self.follow_redirects):
+                raise
+            with Client(exc.primary, timeout_ms=self.timeout_ms, follow_redirects=False) as c:
+                resp = c.call(req, extra_ms=timeout_ms)
+        w = resp.write
+        return WriteResult(w.lsn, w.first_lsn, w.replicas_applied, w.wait_timed_out)
+
+    def _connect(self, node: str) -> zmq.Socket[bytes]:
+        host, port = parse_node(node)
+        return connect_socket(self._ctx, zmq.DEALER, host, port + 1, SocketOptions())
+
+    def _reset(self) -> None:
+        self._sock.close(0)
+        self._sock = self._connect(self.node)

@@ -1,0 +1,137 @@
+"""Bootstrap sessions on the primary: a consistent LMDB snapshot streamed against credit.
+
+A session holds one LMDB read transaction (the snapshot, at a known LSN) while writes go on.
+Chunks leave only while the replica has granted credit, a few per loop turn, so a bootstrap
+never starves the write path or other replicas; a session whose replica stops granting
+credit is dropped after ``idle_timeout_ms`` and its read transaction released.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from kevo_repl.adapters.state_lmdb import StateStore, StoreSnapshot
+from kevo_repl.wire import pb
+
+__all__ = ["BootstrapSession", "BootstrapSessions"]
+
+MAX_CREDIT = 64
+MIN_CHUNK_BYTES = 4 * 1024
+MAX_CHUNK_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class BootstrapSession:
+    session_id: int
+    peer: bytes
+    request_id: int
+    snapshot: StoreSnapshot
+    chunks: Iterator[tuple[list[bytes], list[bytes]]]
+    credit: int
+    last_active_ms: int
+    seq: int = 0
+    keys_sent: int = 0
+    unsent: bytes = b""  # a chunk the peer's queue could not take yet
+    done: bool = False
+
+
+@dataclass(slots=True)
+class BootstrapSessions:
+    store: StateStore
+    history_id: bytes
+    idle_timeout_ms: int = 30_000
+    _sessions: dict[int, BootstrapSession] = field(default_factory=dict)
+    _next_id: int = 1
+
+    def start(
+        self, peer: bytes, request_id: int, credit: int, chunk_bytes: int, now_ms: int
+    ) -> BootstrapSession:
+        """Open a snapshot for ``peer`` (dropping any older session of the same peer)."""
+        for old in [s for s in self._sessions.values() if s.peer == peer]:
+            self._close(old)
+        snapshot = self.store.snapshot()
+        chunk_bytes = max(MIN_CHUNK_BYTES, min(chunk_bytes or 256 * 1024, MAX_CHUNK_BYTES))
+        session = BootstrapSession(
+            session_id=self._next_id,
+            peer=peer,
+            request_id=request_id,
+            snapshot=snapshot,
+            chunks=snapshot.chunks(chunk_bytes),
+            credit=max(1, min(credit, MAX_CREDIT)),
+            last_active_ms=now_ms,
+        )
+        self._next_id += 1
+        self._sessions[session.session_id] = session
+        return session
+
+    def grant(self, peer: bytes, session_id: int, credit: int, now_ms: int) -> bool:
+        """Add credit to a session; False for an unknown session or another peer's."""
+        session = self._sessions.get(session_id)
+        if session is None or session.peer != peer:
+            return False
+        session.credit = max(0, min(session.credit + credit, MAX_CREDIT))
+        session.last_active_ms = now_ms
+        return True
+
+    def pump(self, send: Callable[[bytes, bytes], bool], budget: int, now_ms: int) -> int:
+        """Send up to ``budget`` chunks across sessions with credit; returns chunks sent."""
+        sent = 0
+        for session in list(self._sessions.values()):
+            while session.credit > 0 and sent < budget and not session.done:
+                frame = session.unsent or self._next_frame(session)
+                if not send(session.peer, frame):
+                    session.unsent = frame
+                    break
+                session.unsent = b""
+                session.credit -= 1
+                session.seq += 1
+                session.last_active_ms = now_ms
+                sent += 1
+            if session.done and not session.unsent:
+                self._close(session)
+        return sent
+
+    def expire(self, now_ms: int) -> list[BootstrapSession]:
+        stale = [
+            s for s in self._sessions.values() if now_ms - s.last_active_ms > self.idle_timeout_ms
+        ]
+        for s in stale:
+            self._close(s)
+        return stale
+
+    def active(self) -> int:
+        return len(self._sessions)
+
+    def has_credit(self) -> bool:
+        """True when some session could send now (the loop then polls without waiting)."""
+        return any(s.credit > 0 and not s.done and not s.unsent for s in self._sessions.values())
+
+    def close_all(self) -> None:
+        for s in list(self._sessions.values()):
+            self._close(s)
+
+    def _next_frame(self, session: BootstrapSession) -> bytes:
+        snap = session.snapshot
+        keys, values = next(session.chunks, ([], []))
+        session.keys_sent += len(keys)
+        # The snapshot's exact key count says when the last chunk leaves.
+        is_last = session.keys_sent >= snap.key_count or not keys
+        session.done = is_last
+        total = max(snap.key_count, 1)
+        chunk = pb.BootstrapChunk(
+            session_id=session.session_id,
+            seq=session.seq,
+            keys=keys,
+            values=values,
+            progress=1.0 if is_last else min(session.keys_sent / total, 0.999),
+            is_last=is_last,
+            snapshot_lsn=snap.lsn,
+            history_id=self.history_id,
+            total_keys=snap.key_count,
+        )
+        return pb.Response(request_id=session.request_id, bootstrap=chunk).SerializeToString()
+
+    def _close(self, session: BootstrapSession) -> None:
+        self._sessions.pop(session.session_id, None)
+        session.snapshot.close()

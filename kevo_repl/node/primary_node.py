@@ -1,0 +1,269 @@
+"""The primary's driver loop: PUB on P, ROUTER on P+1, one thread, poll + non-blocking drain.
+
+Each turn: drain the ROUTER (bounded), answer reads at once and queue writes, commit the
+queued writes as one group (WAL write, fdatasync overlapped with the LMDB apply, publish,
+reply), pump bootstrap chunks against credit, then run timers (beacons, staleness,
+waiters, checkpoint, retention). Nothing here blocks on a peer: every send is DONTWAIT, so a
+slow or dead replica never stalls writes or the other replicas.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from kevo_repl.adapters.clock import monotonic_ms, wall_us
+from kevo_repl.adapters.state_lmdb import StateStore
+from kevo_repl.adapters.wal_files import FsyncPolicy, WriteAheadLog
+from kevo_repl.adapters.zmq_io import SocketOptions, bind_socket, recv_frames_nowait, send_nowait
+from kevo_repl.core.errors import HistoryMismatchError, StorageError
+from kevo_repl.core.registry import Registry
+from kevo_repl.logs import get_logger
+from kevo_repl.node.bootstrap_stream import BootstrapSessions
+from kevo_repl.node.group_commit import GroupCommitter
+from kevo_repl.node.primary_requests import PrimaryRequests
+from kevo_repl.wire.backend import slow_backend_warning
+from kevo_repl.wire.batch import DEFAULT_LIMITS, WireLimits
+from kevo_repl.wire.envelope import encode_beacon, encode_wal_frame
+
+__all__ = ["PrimaryConfig", "PrimaryNode"]
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class PrimaryConfig:
+    data_dir: Path
+    bind: str = "127.0.0.1"
+    port: int = 7100
+    fsync: str = "always"
+    retention_bytes: int = 1024 * MIB
+    segment_bytes: int = 0  # 0: derived from retention_bytes
+    advertise: str = ""  # HOST:PORT clients and replicas reach us at (default bind:port)
+    node_id: str = "primary"
+    beacon_interval_ms: int = 200
+    stale_after_ms: int = 1500
+    checkpoint_interval_ms: int = 1000
+    pub_hwm: int = 10_000
+    limits: WireLimits = DEFAULT_LIMITS
+    drain_max: int = 4096
+    bootstrap_chunks_per_turn: int = 4
+
+    @property
+    def segment_size(self) -> int:
+        """Segments small enough that retention by whole segments keeps about N bytes."""
+        if self.segment_bytes:
+            return self.segment_bytes
+        return max(MIB, min(64 * MIB, self.retention_bytes // 8))
+
+
+@dataclass(slots=True)
+class _Timers:
+    last_publish_ms: int = 0
+    last_tick_ms: int = 0
+    last_checkpoint_ms: int = 0
+
+
+@dataclass(slots=True)
+class Counters:
+    batches_published: int = 0
+    entries_published: int = 0
+    bytes_published: int = 0
+    catchups_served: int = 0
+    bootstraps_served: int = 0
+
+
+class PrimaryNode:
+    """Owns the WAL, the store and the sockets; ``run()`` until ``stop()``."""
+
+    def __init__(self, config: PrimaryConfig) -> None:
+        self.config = config
+        self.log: Any = get_logger(node=config.node_id, role="primary")
+        self._stop = threading.Event()
+        self.counters = Counters()
+        self._timers = _Timers()
+        data = Path(config.data_dir)
+        data.mkdir(parents=True, exist_ok=True)
+        self.wal = WriteAheadLog.open(
+            data / "wal", fsync=FsyncPolicy(config.fsync), segment_bytes=config.segment_size
+        )
+        self._log_recovery()
+        self.store = StateStore.open(data / "state.mdb")
+        if self.store.history_id not in (None, self.wal.history_id):
+            raise HistoryMismatchError(
+                f"{data}: store history {self.store.history_id!r} differs from WAL history "
+                f"{self.wal.history_id.hex()}; the data directory is inconsistent"
+            )
+        if self.store.applied_lsn > self.wal.last_lsn:
+            raise StorageError(
+                f"{data}: store applied LSN {self.store.applied_lsn} is ahead of the WAL's "
+                f"last LSN {self.wal.last_lsn} (WAL lost its tail); restore the WAL or "
+                "start this node as a replica of a healthy primary"
+            )
+        self.registry = Registry(stale_after_ms=config.stale_after_ms)
+        self.registry.note_commit(self.wal.last_lsn, monotonic_ms())
+        self.committer = GroupCommitter(
+            self.wal, self.store, wall_us, sync_each_commit=config.fsync == "always"
+        )
+        replayed = self.committer.catch_up_store()
+        if replayed:
+            self.log.info("recovered", replayed_entries=replayed, lsn=self.wal.last_lsn)
+        self.sessions = BootstrapSessions(self.store, self.wal.history_id)
+        self.address = config.advertise or f"{config.bind}:{config.port}"
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        opts = SocketOptions(sndhwm=config.pub_hwm, max_msg_bytes=config.limits.max_request_bytes)
+        self.pub = bind_socket(self._ctx, zmq.PUB, config.bind, config.port, opts)
+        try:
+            self.router = bind_socket(
+                self._ctx,
+                zmq.ROUTER,
+                config.bind,
+                config.port + 1,
+                SocketOptions(max_msg_bytes=config.limits.max_request_bytes),
+            )
+        except Exception:
+            self.pub.close(0)
+            raise
+        self.requests = PrimaryRequests(self)
+        warning = slow_backend_warning()
+        if warning:
+            self.log.warning("slow_protobuf_backend", message=warning)
+        self.log.info(
+            "started",
+            pub=f"{config.bind}:{config.port}",
+            router=f"{config.bind}:{config.port + 1}",
+            history_id=self.wal.history_id.hex(),
+            lsn=self.wal.last_lsn,
+            retained_from_lsn=self.wal.retained_from_lsn,
+            fsync=config.fsync,
+        )
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the loop to finish its turn and close (safe from a signal handler)."""
+        self._stop.set()
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        try:
+            while not self._stop.is_set():
+                timeout = 0 if self.sessions.has_credit() else 20
+                if poller.poll(timeout):
+                    self._drain()
+                self._commit()
+                now = monotonic_ms()
+                self.sessions.pump(self._send, self.config.bootstrap_chunks_per_turn, now)
+                self._timers_due(now)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.router.closed:
+            return
+        try:
+            self._commit()
+        finally:
+            self.sessions.close_all()
+            self.committer.close()
+            self.pub.close(0)
+            self.router.close(0)
+            self._ctx.term()
+            self.store.checkpoint()
+            self.store.close()
+            self.wal.close()
+            self.log.info("stopped", lsn=self.wal.last_lsn)
+
+    # ---- the loop's parts --------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        for _ in range(self.config.drain_max):
+            frames = recv_frames_nowait(self.router, 2)
+            if frames is None:
+                return
+            if len(frames) != 2:
+                continue  # ROUTER adds the peer frame; anything else is not our protocol
+            if self.requests.handle(frames[0], frames[1]):
+                self._commit()
+
+    def _commit(self) -> None:
+        try:
+            result = self.committer.commit()
+        except StorageError as exc:
+            self.log.error("wal_write_failed", error=str(exc))
+            self.requests.fail_pending(self.committer, str(exc))
+            return
+        if result is None:
+            return
+        appended, committed = result
+        now = monotonic_ms()
+        frame = encode_wal_frame(appended.record)
+        self.pub.send(frame, zmq.DONTWAIT, copy=len(frame) < 65536)
+        self._timers.last_publish_ms = now
+        c = self.counters
+        c.batches_published += 1
+        c.entries_published += appended.last_lsn - appended.first_lsn + 1
+        c.bytes_published += len(frame)
+        self.registry.note_commit(appended.last_lsn, now)
+        self.requests.reply_committed(committed, now)
+
+    def _timers_due(self, now: int) -> None:
+        t = self._timers
+        if now - t.last_publish_ms >= self.config.beacon_interval_ms:
+            t.last_publish_ms = now
+            beacon = encode_beacon(
+                self.wal.history_id, self.wal.last_lsn, wall_us(), self.wal.retained_from_lsn
+            )
+            self.pub.send(beacon, zmq.DONTWAIT)
+        if now - t.last_tick_ms >= 50:
+            t.last_tick_ms = now
+            self.requests.tick(now)
+            for s in self.sessions.expire(now):
+                self.log.warning("bootstrap_abandoned", session=s.session_id)
+        if now - t.last_checkpoint_ms >= self.config.checkpoint_interval_ms:
+            t.last_checkpoint_ms = now
+            self._checkpoint_and_retain()
+
+    def _checkpoint_and_retain(self) -> None:
+        if self.committer.store_error:
+            try:
+                self.committer.catch_up_store()
+                self.log.info("store_recovered", lsn=self.store.applied_lsn)
+            except StorageError as exc:
+                self.log.error("store_apply_failed", error=str(exc))
+                return
+        try:
+            durable = self.store.checkpoint()
+            floor = self.registry.retention_floor()
+            keep_from = min(durable + 1, floor if floor is not None else durable + 1)
+            before = self.wal.retained_from_lsn
+            after = self.wal.retain(keep_from, self.config.retention_bytes)
+        except StorageError as exc:
+            self.log.error("checkpoint_failed", error=str(exc))
+            return
+        if after != before:
+            self.log.info("wal_retained", retained_from_lsn=after, wal_bytes=self.wal.size_bytes)
+
+    def _send(self, peer: bytes, frame: bytes) -> bool:
+        return send_nowait(self.router, [peer, frame])
+
+    def _log_recovery(self) -> None:
+        report = self.wal.recovery
+        for d in report.dropped:
+            self.log.warning(
+                "wal_truncated",
+                path=d.path,
+                offset=d.offset,
+                bytes=d.bytes_dropped,
+                reason=d.reason,
+            )
+        self.log.info("wal_recovered", segments=report.segments, lsn=report.last_lsn)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()

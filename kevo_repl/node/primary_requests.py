@@ -1,0 +1,291 @@
+"""What the primary answers on its ROUTER: replication requests, status, client reads/writes.
+
+Every request is validated before it touches anything; a bad one gets an ``Error`` reply and
+changes nothing, so a hostile or buggy peer can never stop the node. Writes are only queued
+here: ``GroupCommitter`` commits them and ``reply_committed`` answers, now or once enough
+replicas have applied (``wait_replicas``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from kevo_repl.adapters.clock import monotonic_ms
+from kevo_repl.adapters.zmq_io import send_nowait
+from kevo_repl.core.errors import StorageError, TooOldError
+from kevo_repl.core.follower_types import Status
+from kevo_repl.core.ops import OP_DELETE, OP_PUT
+from kevo_repl.core.registry import DuplicateReplicaError, WaitResult
+from kevo_repl.node.group_commit import CommittedWrite, GroupCommitter, PendingWrite
+from kevo_repl.node.parked_reads import ParkedReads
+from kevo_repl.node.status_view import replica_info
+from kevo_repl.wire import pb
+from kevo_repl.wire.batch import WireError, encode_client_batch, validate_client_batch
+from kevo_repl.wire.envelope import decode_request, error_response
+
+if TYPE_CHECKING:
+    from kevo_repl.node.primary_node import PrimaryNode
+
+__all__ = ["PrimaryRequests"]
+
+MIN_SYNC_BYTES = 64 * 1024
+MAX_SYNC_BYTES = 16 * 1024 * 1024
+MAX_WAIT_MS = 60_000
+
+
+@dataclass(frozen=True, slots=True)
+class _WaitToken:
+    peer: bytes
+    request_id: int
+    first_lsn: int
+    last_lsn: int
+
+
+class PrimaryRequests:
+    def __init__(self, node: PrimaryNode) -> None:
+        self.node = node
+        self.reads = ParkedReads(lambda: node.store, self._send)
+
+    # ---- entry point -------------------------------------------------------------------------
+
+    def handle(self, peer: bytes, frame: bytes) -> bool:
+        """Answer or queue one request; True when the write group is full (commit now)."""
+        node = self.node
+        try:
+            req = decode_request(frame, node.config.limits)
+        except WireError as exc:
+            self._send(peer, error_response(0, exc.code, str(exc)))
+            return False
+        kind = req.WhichOneof("body")
+        rid = req.request_id
+        now = monotonic_ms()
+        try:
+            if kind in ("put", "delete", "batch"):
+                return self._queue_write(peer, req, kind)
+            if kind == "get":
+                self.reads.get(peer, rid, req.get, now)
+            elif kind == "heartbeat":
+                self._heartbeat(peer, rid, req.heartbeat, now)
+            elif kind == "ack":
+                self._ack(peer, rid, req.ack, now)
+            elif kind == "wal_sync":
+                self._wal_sync(peer, rid, req.wal_sync, now)
+            elif kind == "bootstrap":
+                self._bootstrap(peer, rid, req.bootstrap, now)
+            elif kind == "register":
+                self._register(peer, rid, req.register, now)
+            elif kind == "status":
+                self._reply(peer, rid, status=self._status(now))
+            elif kind == "digest":
+                d = node.store.digest()
+                digest = pb.DigestResponse(lsn=d.lsn, keys=d.keys, digest=bytes.fromhex(d.sha256))
+                self._reply(peer, rid, digest=digest)
+        except WireError as exc:
+            self._send(peer, error_response(rid, exc.code, str(exc)))
+        except StorageError as exc:
+            node.log.error("request_failed", request=kind, error=str(exc))
+            self._send(peer, error_response(rid, pb.ERROR_UNAVAILABLE, str(exc)))
+        return False
+
+    # ---- writes ------------------------------------------------------------------------------
+
+    def _queue_write(self, peer: bytes, req: pb.Request, kind: str | None) -> bool:
+        limits = self.node.config.limits
+        if kind == "put":
+            body: pb.PutRequest | pb.DeleteRequest | pb.BatchRequest = req.put
+            payload = encode_client_batch([OP_PUT], [req.put.key], [req.put.value])
+        elif kind == "delete":
+            body = req.delete
+            payload = encode_client_batch([OP_DELETE], [req.delete.key], [b""])
+        else:
+            body = req.batch
+            payload = req.batch.batch
+        count = validate_client_batch(
+            payload,
+            max_key_bytes=limits.max_key_bytes,
+            max_value_bytes=limits.max_value_bytes,
+            max_entries=limits.max_entries,
+        )
+        write = PendingWrite(
+            peer,
+            req.request_id,
+            payload,
+            count,
+            min(body.wait_replicas, 1000),
+            min(body.timeout_ms or 1000, MAX_WAIT_MS),
+        )
+        return self.node.committer.add(write)
+
+    def reply_committed(self, committed: list[CommittedWrite], now: int) -> None:
+        registry = self.node.registry
+        for c in committed:
+            w = c.write
+            if w.wait_replicas:
+                token = _WaitToken(w.peer, w.request_id, c.first_lsn, c.last_lsn)
+                done = registry.wait_for(token, c.last_lsn, w.wait_replicas, now + w.timeout_ms)
+                if done is None:
+                    continue
+                self._answer_wait(done)
+            else:
+                write = pb.WriteResponse(lsn=c.last_lsn, first_lsn=c.first_lsn)
+                self._reply(w.peer, w.request_id, write=write)
+        self.reads.release(now)
+
+    def fail_pending(self, committer: GroupCommitter, message: str) -> None:
+        """The WAL refused a group: nothing committed; tell every writer."""
+        failed, committer.pending, committer.pending_entries = committer.pending, [], 0
+        for w in failed:
+            self._send(w.peer, error_response(w.request_id, pb.ERROR_UNAVAILABLE, message))
+
+    def _answer_wait(self, done: WaitResult) -> None:
+        token = done.token
+        assert isinstance(token, _WaitToken)
+        write = pb.WriteResponse(
+            lsn=token.last_lsn,
+            first_lsn=token.first_lsn,
+            replicas_applied=done.replicas_applied,
+            wait_timed_out=done.timed_out,
+        )
+        self._reply(token.peer, token.request_id, write=write)
+
+    # ---- replication -------------------------------------------------------------------------
+
+    def _register(self, peer: bytes, rid: int, reg: pb.RegisterRequest, now: int) -> None:
+        node = self.node
+        if not reg.replica_id or len(reg.replica_id) > 256:
+            raise WireError("register: replica_id must be 1..256 characters")
+        try:
+            node.registry.register(
+                reg.replica_id, peer, reg.address[:512], reg.role, reg.applied_lsn, now
+            )
+        except DuplicateReplicaError as exc:
+            self._send(peer, error_response(rid, pb.ERROR_DUPLICATE_REPLICA, str(exc)))
+            return
+        wal = node.wal
+        foreign = bool(reg.history_id) and reg.history_id != wal.history_id
+        required = (
+            foreign or reg.applied_lsn > wal.last_lsn or reg.applied_lsn + 1 < wal.retained_from_lsn
+        )
+        node.log.info(
+            "replica_registered",
+            replica_id=reg.replica_id,
+            address=reg.address,
+            applied_lsn=reg.applied_lsn,
+            bootstrap_required=required,
+        )
+        resp = pb.RegisterResponse(
+            primary_lsn=wal.last_lsn,
+            retained_from_lsn=wal.retained_from_lsn,
+            history_id=wal.history_id,
+            bootstrap_required=required,
+        )
+        self._reply(peer, rid, register=resp)
+
+    def _heartbeat(self, peer: bytes, rid: int, hb: pb.HeartbeatRequest, now: int) -> None:
+        status = Status(hb.status) if hb.status in Status._value2member_map_ else Status.ERROR
+        r, done = self.node.registry.heartbeat(
+            peer,
+            status,
+            hb.applied_lsn,
+            hb.durable_lsn,
+            hb.bootstrap_progress,
+            hb.error_message[:1024],
+            now,
+        )
+        if r is None:
+            self._send(peer, error_response(rid, pb.ERROR_NOT_REGISTERED, "register first"))
+            return
+        for d in done:
+            self._answer_wait(d)
+        reg = self.node.registry
+        resp = pb.HeartbeatResponse(
+            primary_lsn=self.node.wal.last_lsn,
+            lag_entries=reg.lag_entries(r),
+            lag_ms=reg.lag_ms(r, now),
+        )
+        self._reply(peer, rid, heartbeat=resp)
+
+    def _ack(self, peer: bytes, rid: int, ack: pb.AckRequest, now: int) -> None:
+        r, done = self.node.registry.ack(peer, ack.applied_lsn, ack.durable_lsn, now)
+        if r is None:
+            self._send(peer, error_response(rid, pb.ERROR_NOT_REGISTERED, "register first"))
+        for d in done:
+            self._answer_wait(d)
+
+    def _wal_sync(self, peer: bytes, rid: int, req: pb.WalSyncRequest, now: int) -> None:
+        wal = self.node.wal
+        if req.from_lsn < 1 or req.from_lsn > wal.last_lsn + 1:
+            raise WireError(f"wal_sync: from_lsn {req.from_lsn} outside 1..{wal.last_lsn + 1}")
+        max_bytes = max(MIN_SYNC_BYTES, min(req.max_bytes or MAX_SYNC_BYTES, MAX_SYNC_BYTES))
+        try:
+            records = list(wal.read_from(req.from_lsn, max_bytes))
+        except TooOldError:
+            self.node.log.info("wal_sync_too_old", from_lsn=req.from_lsn)
+            msg = f"LSN {req.from_lsn} was retained away; WAL starts at {wal.retained_from_lsn}"
+            frame = error_response(
+                rid, pb.ERROR_TOO_OLD, msg, retained_from_lsn=wal.retained_from_lsn
+            )
+            self._send(peer, frame)
+            return
+        self.node.registry.note_catchup(peer, now)
+        self.node.counters.catchups_served += 1
+        resp = pb.WalSyncResponse(
+            records=records,
+            primary_lsn=wal.last_lsn,
+            retained_from_lsn=wal.retained_from_lsn,
+            history_id=wal.history_id,
+        )
+        self._reply(peer, rid, wal_sync=resp)
+
+    def _bootstrap(self, peer: bytes, rid: int, req: pb.BootstrapRequest, now: int) -> None:
+        node = self.node
+        if req.session_id:
+            if not node.sessions.grant(peer, req.session_id, req.credit, now):
+                raise WireError(f"bootstrap: unknown session {req.session_id}", pb.ERROR_CREDIT)
+            return
+        if node.registry.get(peer) is None:
+            self._send(peer, error_response(rid, pb.ERROR_NOT_REGISTERED, "register first"))
+            return
+        session = node.sessions.start(peer, rid, req.credit, req.chunk_bytes, now)
+        node.registry.note_bootstrap(peer, session.snapshot.lsn, now)
+        node.counters.bootstraps_served += 1
+        node.log.info(
+            "bootstrap_serving",
+            session=session.session_id,
+            snapshot_lsn=session.snapshot.lsn,
+            keys=session.snapshot.key_count,
+        )
+
+    # ---- status and timers -------------------------------------------------------------------
+
+    def _status(self, now: int) -> pb.StatusResponse:
+        node = self.node
+        reg = node.registry
+        return pb.StatusResponse(
+            role=pb.ROLE_PRIMARY,
+            history_id=node.wal.history_id,
+            lsn=node.wal.last_lsn,
+            durable_lsn=node.wal.durable_lsn,
+            retained_from_lsn=node.wal.retained_from_lsn,
+            replicas=[replica_info(r, reg, now) for r in reg.replicas()],
+            status=pb.STATUS_READY,
+            node_id=node.config.node_id,
+        )
+
+    def tick(self, now: int) -> None:
+        stale, expired = self.node.registry.tick(now)
+        for r in stale:
+            self.node.log.warning("replica_disconnected", replica_id=r.replica_id)
+        for d in expired:
+            self._answer_wait(d)
+        self.reads.release(now)
+
+    # ---- sending -----------------------------------------------------------------------------
+
+    def _reply(self, peer: bytes, rid: int, **body: object) -> None:
+        resp = pb.Response(request_id=rid, **body)  # type: ignore[arg-type]
+        self._send(peer, resp.SerializeToString())
+
+    def _send(self, peer: bytes, frame: bytes) -> None:
+        send_nowait(self.node.router, [peer, frame])

@@ -1,0 +1,223 @@
+"""The replica's driver loop: SUB + DEALER to the primary, its own PUB + ROUTER for readers.
+
+The ``Follower`` decides; this loop only moves bytes and carries out its actions in order.
+Records arriving in one drain are applied in ONE LMDB transaction (``apply_many``), then
+re-published on the replica's own PUB (so ``tail`` works against a replica) and acknowledged
+with one coalesced Ack. The store is checkpointed on a timer, which advances ``durable_lsn``.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from kevo_repl.adapters.clock import monotonic_ms, wall_us
+from kevo_repl.adapters.state_lmdb import StateStore
+from kevo_repl.adapters.zmq_io import (
+    SocketOptions,
+    bind_socket,
+    connect_socket,
+    recv_frames_nowait,
+    send_nowait,
+)
+from kevo_repl.core.errors import ProtocolError, StorageError
+from kevo_repl.core.follower import Follower
+from kevo_repl.core.follower_types import FollowerConfig
+from kevo_repl.logs import get_logger
+from kevo_repl.node.replica_actions import ActionRunner
+from kevo_repl.node.replica_requests import ReplicaRequests
+from kevo_repl.wire.backend import slow_backend_warning
+from kevo_repl.wire.batch import DEFAULT_LIMITS, WireLimits
+from kevo_repl.wire.envelope import TOPIC_BEACON, TOPIC_WAL, encode_beacon
+
+__all__ = ["ReplicaConfig", "ReplicaNode"]
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaConfig:
+    data_dir: Path
+    primary_host: str
+    primary_port: int
+    replica_id: str
+    bind: str = "127.0.0.1"
+    port: int = 7110
+    advertise: str = ""
+    heartbeat_interval_ms: int = 300
+    primary_timeout_ms: int = 3000
+    request_timeout_ms: int = 3000
+    backoff_max_ms: int = 5000
+    allow_bootstrap: bool = True
+    checkpoint_interval_ms: int = 200
+    beacon_interval_ms: int = 200
+    limits: WireLimits = DEFAULT_LIMITS
+    drain_max: int = 4096
+
+    @property
+    def primary(self) -> str:
+        return f"{self.primary_host}:{self.primary_port}"
+
+
+class ReplicaNode:
+    def __init__(self, config: ReplicaConfig) -> None:
+        self.config = config
+        self.log: Any = get_logger(node=config.replica_id, role="replica")
+        self._stop = threading.Event()
+        data = Path(config.data_dir)
+        data.mkdir(parents=True, exist_ok=True)
+        self.store_path = data / "state.mdb"
+        self.store = StateStore.open(self.store_path)
+        self.address = config.advertise or f"{config.bind}:{config.port}"
+        self.follower = Follower(
+            FollowerConfig(
+                replica_id=config.replica_id,
+                address=self.address,
+                heartbeat_interval_ms=config.heartbeat_interval_ms,
+                primary_timeout_ms=config.primary_timeout_ms,
+                request_timeout_ms=config.request_timeout_ms,
+                backoff_max_ms=config.backoff_max_ms,
+                allow_bootstrap=config.allow_bootstrap,
+            ),
+            applied_lsn=self.store.applied_lsn,
+            durable_lsn=self.store.durable_lsn,
+            history_id=self.store.history_id or b"",
+        )
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self._opts = SocketOptions(max_msg_bytes=64 * 1024 * 1024)
+        self.sub = connect_socket(
+            self._ctx, zmq.SUB, config.primary_host, config.primary_port, self._opts
+        )
+        self.sub.setsockopt(zmq.SUBSCRIBE, TOPIC_WAL)
+        self.sub.setsockopt(zmq.SUBSCRIBE, TOPIC_BEACON)
+        self.dealer = self._new_dealer()
+        serve = SocketOptions(max_msg_bytes=config.limits.max_request_bytes)
+        self.pub = bind_socket(self._ctx, zmq.PUB, config.bind, config.port, serve)
+        self.router = bind_socket(self._ctx, zmq.ROUTER, config.bind, config.port + 1, serve)
+        self._poller = zmq.Poller()
+        for sock in (self.sub, self.dealer, self.router):
+            self._poller.register(sock, zmq.POLLIN)
+        self.actions = ActionRunner(self)
+        self.requests = ReplicaRequests(self)
+        self._last_checkpoint_ms = 0
+        self._last_beacon_ms = 0
+        warning = slow_backend_warning()
+        if warning:
+            self.log.warning("slow_protobuf_backend", message=warning)
+        self.log.info(
+            "started",
+            primary=config.primary,
+            pub=f"{config.bind}:{config.port}",
+            router=f"{config.bind}:{config.port + 1}",
+            applied_lsn=self.store.applied_lsn,
+            history_id=(self.store.history_id or b"").hex(),
+        )
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        now = monotonic_ms()
+        self.actions.run(self.follower.start(now))
+        try:
+            while not self._stop.is_set():
+                ready = dict(self._poller.poll(20))
+                if self.sub in ready:
+                    self._drain_stream()
+                if self.dealer in ready:
+                    self._drain_replies()
+                self.actions.flush()
+                if self.router in ready:
+                    self._drain_clients()
+                self._timers(monotonic_ms())
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.router.closed:
+            return
+        self.actions.close()
+        for sock in (self.sub, self.dealer, self.pub, self.router):
+            sock.close(0)
+        self._ctx.term()
+        try:
+            self.store.checkpoint()
+        finally:
+            self.store.close()
+        self.log.info("stopped", applied_lsn=self.follower.applied_lsn)
+
+    def reconnect(self, reason: str) -> None:
+        """A fresh DEALER: whatever the old one had in flight is dropped with it."""
+        self._poller.unregister(self.dealer)
+        self.dealer.close(0)
+        self.dealer = self._new_dealer()
+        self._poller.register(self.dealer, zmq.POLLIN)
+        self.log.info("reconnecting", reason=reason)
+
+    # ---- the loop's parts --------------------------------------------------------------------
+
+    def _drain_stream(self) -> None:
+        for _ in range(self.config.drain_max):
+            frames = recv_frames_nowait(self.sub, 1)
+            if frames is None:
+                return
+            if len(frames) != 1:
+                continue
+            try:
+                self.actions.on_stream_frame(frames[0], monotonic_ms())
+            except ProtocolError as exc:
+                self.log.warning("bad_stream_frame", error=str(exc))
+
+    def _drain_replies(self) -> None:
+        for _ in range(self.config.drain_max):
+            frames = recv_frames_nowait(self.dealer, 1)
+            if frames is None:
+                return
+            if len(frames) != 1:
+                continue
+            try:
+                self.actions.on_reply(frames[0], monotonic_ms())
+            except ProtocolError as exc:
+                self.log.warning("bad_reply", error=str(exc))
+
+    def _drain_clients(self) -> None:
+        for _ in range(self.config.drain_max):
+            frames = recv_frames_nowait(self.router, 2)
+            if frames is None:
+                return
+            if len(frames) == 2:
+                self.requests.handle(frames[0], frames[1])
+
+    def _timers(self, now: int) -> None:
+        self.actions.run(self.follower.tick(now))
+        if now - self._last_checkpoint_ms >= self.config.checkpoint_interval_ms:
+            self._last_checkpoint_ms = now
+            try:
+                self.follower.durable(self.store.checkpoint())
+            except StorageError as exc:
+                self.log.error("checkpoint_failed", error=str(exc))
+        self.actions.run(self.follower.take_ack())
+        if now - self._last_beacon_ms >= self.config.beacon_interval_ms:
+            self._last_beacon_ms = now
+            beacon = encode_beacon(self.follower.history_id, self.follower.applied_lsn, wall_us())
+            self.pub.send(beacon, zmq.DONTWAIT)
+        self.requests.reads.release(now)
+
+    def _new_dealer(self) -> zmq.Socket[bytes]:
+        return connect_socket(
+            self._ctx,
+            zmq.DEALER,
+            self.config.primary_host,
+            self.config.primary_port + 1,
+            self._opts,
+        )
+
+    def send_request(self, frame: bytes) -> bool:
+        return send_nowait(self.dealer, [frame])
+
+    def publish(self, frame: bytes) -> None:
+        self.pub.send(frame, zmq.DONTWAIT, copy=len(frame) < 65536)

@@ -1,0 +1,101 @@
+"""Status for people (a table) and for scripts (one JSON object, keys fixed by the CLI contract)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kevo_repl.wire import pb
+
+__all__ = ["role_name", "status_json", "status_name", "status_text"]
+
+
+_ROLES: dict[int, str] = {
+    pb.ROLE_PRIMARY: "primary",
+    pb.ROLE_REPLICA: "replica",
+    pb.ROLE_READONLY: "readonly",
+}
+
+
+def role_name(role: int) -> str:
+    return _ROLES.get(role, "unknown")
+
+
+def status_name(status: int) -> str:
+    if status in pb.ReplicaStatus.values():
+        return pb.ReplicaStatus.Name(status).removeprefix("STATUS_").lower()  # type: ignore[arg-type]
+    return "unknown"
+
+
+def status_json(s: pb.StatusResponse) -> dict[str, Any]:
+    if s.role == pb.ROLE_PRIMARY:
+        return {
+            "role": "primary",
+            "node_id": s.node_id,
+            "history_id": s.history_id.hex(),
+            "lsn": s.lsn,
+            "durable_lsn": s.durable_lsn,
+            "retained_from_lsn": s.retained_from_lsn,
+            "replicas": [
+                {
+                    "id": r.replica_id,
+                    "address": r.address,
+                    "role": role_name(r.role),
+                    "status": status_name(r.status),
+                    "applied_lsn": r.applied_lsn,
+                    "durable_lsn": r.durable_lsn,
+                    "lag_entries": r.lag_entries,
+                    "lag_ms": r.lag_ms,
+                    "last_seen_ms": r.last_seen_ms,
+                    "bootstraps": r.bootstraps,
+                    "catchups": r.catchups,
+                    "bootstrap_progress": round(r.bootstrap_progress, 4),
+                    "error": r.error_message,
+                }
+                for r in s.replicas
+            ],
+        }
+    return {
+        "role": role_name(s.role),
+        "node_id": s.node_id,
+        "status": status_name(s.status),
+        "applied_lsn": s.lsn,
+        "durable_lsn": s.durable_lsn,
+        "primary": s.primary,
+        "history_id": s.history_id.hex(),
+        "bootstrap_progress": round(s.bootstrap_progress, 4),
+    }
+
+
+def status_text(s: pb.StatusResponse) -> str:
+    doc = status_json(s)
+    if doc["role"] != "primary":
+        return (
+            f"{doc['role']} {doc['node_id']}: {doc['status']}, applied LSN {doc['applied_lsn']}"
+            f" (durable {doc['durable_lsn']}), primary {doc['primary']}"
+        )
+    lines = [
+        f"primary {doc['node_id']}  history {doc['history_id']}",
+        f"LSN {doc['lsn']} (durable {doc['durable_lsn']}), "
+        f"WAL retained from {doc['retained_from_lsn']}",
+        "",
+    ]
+    header = ("ID", "ADDRESS", "ROLE", "STATUS", "APPLIED", "LAG", "LAG_MS", "SEEN_MS_AGO")
+    rows = [header] + [
+        (
+            r["id"],
+            r["address"],
+            r["role"],
+            r["status"],
+            str(r["applied_lsn"]),
+            str(r["lag_entries"]),
+            str(r["lag_ms"]),
+            str(r["last_seen_ms"]),
+        )
+        for r in doc["replicas"]
+    ]
+    if len(rows) == 1:
+        lines.append("no replicas")
+    else:
+        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(lines)
