@@ -28,7 +28,7 @@ unit: $(STAMP)
 test: lint typecheck unit
 
 proto: $(STAMP)
-	$(BIN)/python -m kevo_repl.wire.regen
+	$(BIN)/python -m kevo_repl.protogen
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run_all

@@ -1,0 +1,138 @@
+"""Request/Response envelopes (DEALER -> ROUTER) and stream frames (PUB -> SUB).
+
+Requests and responses are one frame each: a ``Request``/``Response`` with a ``request_id``
+and a oneof body. Decoding checks only what the envelope itself can know (size, parse, a body
+this version understands); the node checks field values per request type. An unknown body
+(a newer peer) parses into unknown fields, so it surfaces as "no body" and is refused with
+``ERROR_BAD_REQUEST`` rather than half-handled.
+
+Stream frames are one frame each, the first byte is the topic: ``W`` + WAL record bytes (the
+same bytes as on disk), ``B`` + ``Beacon``. :func:`split_stream_frame` returns the rest as a
+memoryview so a multi-megabyte record is not copied just to drop one byte.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from kevo_repl.wire import pb
+from kevo_repl.wire.batch import DEFAULT_LIMITS, BytesLike, WireError, WireLimits, parse_message
+
+__all__ = [
+    "STREAM_TOPICS",
+    "TOPIC_BEACON",
+    "TOPIC_WAL",
+    "decode_beacon",
+    "decode_request",
+    "decode_response",
+    "encode_beacon",
+    "encode_request",
+    "encode_response",
+    "encode_wal_frame",
+    "error_response",
+    "split_stream_frame",
+]
+
+TOPIC_WAL: Final = b"W"
+TOPIC_BEACON: Final = b"B"
+STREAM_TOPICS: Final = frozenset({TOPIC_WAL, TOPIC_BEACON})
+
+_BODY: Final = "body"
+
+
+def decode_request(frame: BytesLike, limits: WireLimits = DEFAULT_LIMITS) -> pb.Request:
+    """Parse one request frame. Raises ``WireError`` (a ``ProtocolError``) for an oversize
+    frame (``ERROR_TOO_LARGE``, checked before parsing), garbage, or no known body."""
+    if len(frame) > limits.max_request_bytes:
+        raise WireError(
+            f"request: frame of {len(frame)} bytes, over the limit of {limits.max_request_bytes}",
+            pb.ERROR_TOO_LARGE,
+        )
+    request = parse_message(pb.Request(), frame, "request")
+    if request.WhichOneof(_BODY) is None:
+        raise WireError(f"request {request.request_id}: no body, or a body type this node lacks")
+    return request
+
+
+def encode_request(request: pb.Request) -> bytes:
+    """Serialize a request; ``ValueError`` if it has no body (a local bug)."""
+    if request.WhichOneof(_BODY) is None:
+        raise ValueError(f"request {request.request_id} has no body")
+    return request.SerializeToString()
+
+
+def decode_response(frame: BytesLike) -> pb.Response:
+    """Parse one response frame. Raises ``WireError`` for garbage or no known body.
+
+    No size limit here: the requester bounds responses through what it asks for
+    (``WalSyncRequest.max_bytes``, bootstrap ``chunk_bytes``), and the socket's MAXMSGSIZE
+    is the backstop.
+    """
+    response = parse_message(pb.Response(), frame, "response")
+    if response.WhichOneof(_BODY) is None:
+        raise WireError(f"response {response.request_id}: no body, or a body type we lack")
+    return response
+
+
+def encode_response(response: pb.Response) -> bytes:
+    """Serialize a response; ``ValueError`` if it has no body (a local bug)."""
+    if response.WhichOneof(_BODY) is None:
+        raise ValueError(f"response {response.request_id} has no body")
+    return response.SerializeToString()
+
+
+def error_response(
+    request_id: int,
+    code: pb.ErrorCode.ValueType,
+    message: str,
+    *,
+    primary: str = "",
+    retained_from_lsn: int = 0,
+) -> bytes:
+    """A serialized ``Response`` carrying ``Error``.
+
+    ``primary`` goes with ``ERROR_NOT_PRIMARY`` (HOST:PORT), ``retained_from_lsn`` with
+    ``ERROR_TOO_OLD``. Use request id 0 when the request could not be parsed.
+    """
+    error = pb.Error(
+        code=code, message=message, primary=primary, retained_from_lsn=retained_from_lsn
+    )
+    return pb.Response(request_id=request_id, error=error).SerializeToString()
+
+
+def encode_wal_frame(record: bytes) -> bytes:
+    """A stream frame for one WAL record (the record bytes exactly as stored)."""
+    return TOPIC_WAL + record
+
+
+def encode_beacon(
+    history_id: bytes, last_lsn: int, time_us: int, retained_from_lsn: int = 0
+) -> bytes:
+    """A stream frame for a beacon: topic ``B`` + ``Beacon``."""
+    beacon = pb.Beacon(
+        history_id=history_id,
+        last_lsn=last_lsn,
+        time_us=time_us,
+        retained_from_lsn=retained_from_lsn,
+    )
+    return TOPIC_BEACON + beacon.SerializeToString()
+
+
+def split_stream_frame(frame: BytesLike) -> tuple[bytes, memoryview]:
+    """``(topic, rest)`` of a stream frame; ``rest`` is a zero-copy view of the frame.
+
+    Raises ``WireError`` for an empty frame or an unknown topic. Call ``bytes(rest)`` if the
+    caller needs to keep the payload beyond the frame's lifetime or wants real bytes.
+    """
+    if len(frame) == 0:
+        raise WireError("stream: empty frame")
+    view = memoryview(frame)
+    topic = bytes(view[:1])
+    if topic not in STREAM_TOPICS:
+        raise WireError(f"stream: unknown topic {topic!r}")
+    return topic, view[1:]
+
+
+def decode_beacon(rest: BytesLike) -> pb.Beacon:
+    """Parse the part of a ``B`` frame after the topic. Raises ``WireError`` on garbage."""
+    return parse_message(pb.Beacon(), rest, "beacon")
