@@ -9,7 +9,7 @@ its ROUTER on P+1 over one DEALER. Every call has a deadline, so an unreachable 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -22,7 +22,15 @@ from kevo_repl.wire import pb
 from kevo_repl.wire.batch import WireError, encode_client_batch
 from kevo_repl.wire.envelope import decode_response
 
-__all__ = ["Client", "Digest", "NodeUnreachableError", "RemoteError", "WriteResult", "parse_node"]
+__all__ = [
+    "Client",
+    "Digest",
+    "NodeUnreachableError",
+    "RemoteError",
+    "WriteResult",
+    "batch_request",
+    "parse_node",
+]
 
 
 class NodeUnreachableError(KevoError):
@@ -61,6 +69,22 @@ def parse_node(node: str) -> tuple[str, int]:
     if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65535:
         raise ValueError(f"node address must be HOST:PORT, got {node!r}")
     return host.strip("[]"), int(port_text)
+
+
+def batch_request(
+    entries: Iterable[tuple[bytes, bytes | None]], wait_replicas: int = 0, timeout_ms: int = 0
+) -> pb.Request:
+    """A ``BatchRequest``: ``(key, value)`` puts and ``(key, None)`` deletes, in order."""
+    ops: list[int] = []
+    keys: list[bytes] = []
+    values: list[bytes] = []
+    for key, value in entries:
+        ops.append(OP_DELETE if value is None else OP_PUT)
+        keys.append(key)
+        values.append(b"" if value is None else value)
+    payload = encode_client_batch(ops, keys, values)
+    body = pb.BatchRequest(batch=payload, wait_replicas=wait_replicas, timeout_ms=timeout_ms)
+    return pb.Request(batch=body)
 
 
 class Client:
@@ -109,16 +133,7 @@ class Client:
         timeout_ms: int = 0,
     ) -> WriteResult:
         """One atomic batch: ``(key, value)`` puts, ``(key, None)`` deletes."""
-        ops: list[int] = []
-        keys: list[bytes] = []
-        values: list[bytes] = []
-        for key, value in entries:
-            ops.append(OP_DELETE if value is None else OP_PUT)
-            keys.append(key)
-            values.append(b"" if value is None else value)
-        payload = encode_client_batch(ops, keys, values)
-        body = pb.BatchRequest(batch=payload, wait_replicas=wait_replicas, timeout_ms=timeout_ms)
-        return self._write(pb.Request(batch=body), timeout_ms)
+        return self._write(batch_request(entries, wait_replicas, timeout_ms), timeout_ms)
 
     # ---- reads -------------------------------------------------------------------------------
 
@@ -168,6 +183,33 @@ class Client:
                 e = resp.error
                 raise RemoteError(e.code, e.message, e.primary)
             return resp
+
+    def call_many(self, requests: Sequence[pb.Request], *, window: int = 64) -> list[pb.Response]:
+        """Pipeline requests with up to ``window`` in flight; responses in request order.
+
+        Error responses are returned, not raised, so one refused write does not hide the
+        outcome of the others. Raises ``NodeUnreachableError`` if the node falls silent.
+        """
+        first_id = next(self._ids)
+        ids = itertools.count(first_id)
+        out: dict[int, pb.Response] = {}
+        sent = 0
+        while len(out) < len(requests):
+            while sent < len(requests) and sent - len(out) < window:
+                req = requests[sent]
+                req.request_id = next(ids)
+                self._sock.send(req.SerializeToString())
+                sent += 1
+            if not self._sock.poll(self.timeout_ms, zmq.POLLIN):
+                self._reset()
+                raise NodeUnreachableError(
+                    f"no answer from {self.node} within {self.timeout_ms} ms"
+                )
+            resp = decode_response(self._sock.recv())
+            if first_id <= resp.request_id < first_id + len(requests):
+                out[resp.request_id] = resp
+        self._ids = itertools.count(first_id + len(requests))
+        return [out[first_id + i] for i in range(len(requests))]
 
     def _write(self, req: pb.Request, timeout_ms: int) -> WriteResult:
         try:
