@@ -56,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--advertise", default="")
     rp.add_argument("--no-bootstrap", action="store_true", help="refuse instead of bootstrapping")
     rp.add_argument("--heartbeat-ms", type=int, default=300)
+    rp.add_argument("--bootstrap-chunk-bytes", type=int, default=256 * 1024)
 
     cl = sub.add_parser("cluster", help="a primary and N replicas as child processes")
     cl.add_argument("--data", required=True, type=Path)
@@ -147,6 +148,7 @@ def _replica(args: argparse.Namespace) -> int:
         advertise=args.advertise,
         allow_bootstrap=not args.no_bootstrap,
         heartbeat_interval_ms=args.heartbeat_ms,
+        bootstrap_chunk_bytes=args.bootstrap_chunk_bytes,
     )
     return _run_node(ReplicaNode(config))
 

@@ -198,9 +198,6 @@ def run_demo(data: Path, replicas: int, port: int, keys: int, *, exit_after: boo
     if exit_after:
         cluster.stop()
         return 0
-    print(
-        "\ntry: kevo-repl get --node 127.0.0.1:%d user:00000042   (Ctrl-C stops the cluster)"
-        % (port + 10)
-    )
+    print(f"\ntry: kevo-repl get --node 127.0.0.1:{port + 10} user:00000042  (Ctrl-C stops it)")
     cluster.out = sys.stdout
     return _serve_until_interrupted(cluster)

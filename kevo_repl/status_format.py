@@ -63,6 +63,7 @@ def status_json(s: pb.StatusResponse) -> dict[str, Any]:
         "primary": s.primary,
         "history_id": s.history_id.hex(),
         "bootstrap_progress": round(s.bootstrap_progress, 4),
+        "error": s.error_message,
     }
 
 
@@ -72,6 +73,7 @@ def status_text(s: pb.StatusResponse) -> str:
         return (
             f"{doc['role']} {doc['node_id']}: {doc['status']}, applied LSN {doc['applied_lsn']}"
             f" (durable {doc['durable_lsn']}), primary {doc['primary']}"
+            + (f"\nerror: {doc['error']}" if doc["error"] else "")
         )
     lines = [
         f"primary {doc['node_id']}  history {doc['history_id']}",

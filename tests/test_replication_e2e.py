@@ -123,7 +123,7 @@ def test_killed_replica_resumes_without_bootstrap(cluster: Cluster) -> None:
                 while not stop.is_set() and i < 20_000:
                     c.batch([(f"w{i:06d}-{j}".encode(), b"x" * 50) for j in range(20)])
                     i += 1
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
+        except BaseException as exc:
             errors.append(exc)
 
     t = threading.Thread(target=writer)

@@ -412,7 +412,10 @@ class Follower:
     def _move(self, to: Status) -> None:
         if (self.status, to) not in TRANSITIONS:
             raise InvariantError(f"illegal transition {self.status.name} -> {to.name}")
-        self._note("status", old=self.status.name, new=to.name)
+        if to == Status.ERROR:
+            self._note("status", old=self.status.name, new=to.name, error=self.error_message)
+        else:
+            self._note("status", old=self.status.name, new=to.name)
         self.status = to
         self._last_heartbeat_ms = -(10**12)  # tell the primary at the next tick
         if to != Status.ERROR:

@@ -43,6 +43,8 @@ class PrimaryConfig:
     fsync: str = "always"
     retention_bytes: int = 1024 * MIB
     segment_bytes: int = 0  # 0: derived from retention_bytes
+    # Retention keeps the WAL at about retention_bytes whatever the replicas' positions (a
+    # dead replica cannot fill the disk); a replica the cap passed bootstraps once.
     advertise: str = ""  # HOST:PORT clients and replicas reach us at (default bind:port)
     node_id: str = "primary"
     beacon_interval_ms: int = 200
@@ -58,7 +60,7 @@ class PrimaryConfig:
         """Segments small enough that retention by whole segments keeps about N bytes."""
         if self.segment_bytes:
             return self.segment_bytes
-        return max(MIB, min(64 * MIB, self.retention_bytes // 8))
+        return max(64 * 1024, min(64 * MIB, self.retention_bytes // 8))
 
 
 @dataclass(slots=True)
@@ -238,16 +240,19 @@ class PrimaryNode:
                 self.log.error("store_apply_failed", error=str(exc))
                 return
         try:
-            durable = self.store.checkpoint()
-            floor = self.registry.retention_floor()
-            keep_from = min(durable + 1, floor if floor is not None else durable + 1)
+            self.store.checkpoint()  # the WAL below the store's durable LSN is now redundant
             before = self.wal.retained_from_lsn
-            after = self.wal.retain(keep_from, self.config.retention_bytes)
+            after = self.wal.retain(1, self.config.retention_bytes)
         except StorageError as exc:
             self.log.error("checkpoint_failed", error=str(exc))
             return
-        if after != before:
-            self.log.info("wal_retained", retained_from_lsn=after, wal_bytes=self.wal.size_bytes)
+        if after == before:
+            return
+        self.log.info("wal_retained", retained_from_lsn=after, wal_bytes=self.wal.size_bytes)
+        floor = self.registry.retention_floor()
+        if floor is not None and floor < after:
+            behind = [r.replica_id for r in self.registry.replicas() if r.applied_lsn + 1 < after]
+            self.log.warning("wal_cap_passed_replicas", retained_from_lsn=after, replicas=behind)
 
     def _send(self, peer: bytes, frame: bytes) -> bool:
         return send_nowait(self.router, [peer, frame])

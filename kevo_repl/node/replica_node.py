@@ -51,6 +51,7 @@ class ReplicaConfig:
     request_timeout_ms: int = 3000
     backoff_max_ms: int = 5000
     allow_bootstrap: bool = True
+    bootstrap_chunk_bytes: int = 256 * 1024
     checkpoint_interval_ms: int = 200
     beacon_interval_ms: int = 200
     limits: WireLimits = DEFAULT_LIMITS
@@ -80,6 +81,7 @@ class ReplicaNode:
                 request_timeout_ms=config.request_timeout_ms,
                 backoff_max_ms=config.backoff_max_ms,
                 allow_bootstrap=config.allow_bootstrap,
+                bootstrap_chunk_bytes=config.bootstrap_chunk_bytes,
             ),
             applied_lsn=self.store.applied_lsn,
             durable_lsn=self.store.durable_lsn,

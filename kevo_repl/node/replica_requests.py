@@ -72,6 +72,7 @@ class ReplicaRequests:
             primary=node.config.primary,
             node_id=node.config.replica_id,
             bootstrap_progress=f.bootstrap_progress,
+            error_message=f.error_message,
         )
 
     def _reply(self, peer: bytes, rid: int, **body: object) -> None:

@@ -637,6 +637,7 @@ class StatusResponse(_message.Message):
     NODE_ID_FIELD_NUMBER: _builtins.int
     DURABLE_LSN_FIELD_NUMBER: _builtins.int
     BOOTSTRAP_PROGRESS_FIELD_NUMBER: _builtins.int
+    ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
     role: Global___Role.ValueType
     history_id: _builtins.bytes
     lsn: _builtins.int
@@ -649,6 +650,8 @@ class StatusResponse(_message.Message):
     node_id: _builtins.str
     durable_lsn: _builtins.int
     bootstrap_progress: _builtins.float
+    error_message: _builtins.str
+    """replica in STATUS_ERROR: why"""
     @_builtins.property
     def replicas(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReplicaInfo]: ...
     def __init__(
@@ -664,10 +667,11 @@ class StatusResponse(_message.Message):
         node_id: _builtins.str = ...,
         durable_lsn: _builtins.int = ...,
         bootstrap_progress: _builtins.float = ...,
+        error_message: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bootstrap_progress", b"bootstrap_progress", "durable_lsn", b"durable_lsn", "history_id", b"history_id", "lsn", b"lsn", "node_id", b"node_id", "primary", b"primary", "replicas", b"replicas", "retained_from_lsn", b"retained_from_lsn", "role", b"role", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bootstrap_progress", b"bootstrap_progress", "durable_lsn", b"durable_lsn", "error_message", b"error_message", "history_id", b"history_id", "lsn", b"lsn", "node_id", b"node_id", "primary", b"primary", "replicas", b"replicas", "retained_from_lsn", b"retained_from_lsn", "role", b"role", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

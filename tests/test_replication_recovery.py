@@ -1,0 +1,137 @@
+"""Bootstrap, primary crash and foreign histories, on real node processes."""
+
+from __future__ import annotations
+
+import threading
+
+from kevo_repl.client import Client, NodeUnreachableError, RemoteError
+from kevo_repl.wire import pb
+from tests.nodes import Cluster, converged, replica_view, wait_for
+from tests.test_replication_e2e import write_batches
+
+
+def test_late_replica_bootstraps_once_with_rising_progress_while_writes_go_on(
+    cluster: Cluster,
+) -> None:
+    primary = cluster.primary(
+        "primary", "--retention-bytes", "2000000", "--segment-bytes", "250000"
+    )
+    write_batches(primary, batches=200, size=500, value_bytes=100)  # 100k writes, ~13 MB WAL
+
+    def wal_passed_lsn_1() -> bool:
+        with primary.client() as c:
+            return c.status().retained_from_lsn > 1
+
+    wait_for("retention to drop LSN 1", wal_passed_lsn_1)
+    stop = threading.Event()
+    written: list[int] = []
+
+    def writer() -> None:
+        with Client(primary.address) as c:
+            i = 0
+            while not stop.is_set() and i < 100_000:
+                written.append(c.put(f"during-{i}".encode(), b"x" * 100).lsn)
+                i += 1
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        replica = cluster.replica("late", primary, "--bootstrap-chunk-bytes", "16384")
+        progress: list[float] = []
+
+        def bootstrapped() -> bool:
+            v = replica_view(primary, "late")
+            if v is None:
+                return False
+            if v["status"] == pb.STATUS_BOOTSTRAPPING:
+                progress.append(float(v["progress"]))  # type: ignore[arg-type]
+            return v["status"] == pb.STATUS_READY
+
+        wait_for("bootstrap done", bootstrapped, 60)
+        before = len(written)
+        wait_for("writes continue", lambda: len(written) > before + 10)
+    finally:
+        stop.set()
+        t.join(30)
+    wait_for("converged", lambda: converged(primary, replica), 60)
+    view = replica_view(primary, "late")
+    assert view is not None and view["bootstraps"] == 1
+    rising = [p for p in progress if p > 0]
+    assert len(set(rising)) >= 2 and rising == sorted(rising), progress
+    assert written, "writes went on during the bootstrap"
+
+
+def test_primary_sigkill_under_load_loses_no_acknowledged_write(cluster: Cluster) -> None:
+    primary = cluster.primary("primary", "--fsync", "always")
+    replicas = [cluster.replica(f"r{i}", primary) for i in range(2)]
+    acked: dict[bytes, bytes] = {}
+    stop = threading.Event()
+
+    def writer(wid: int) -> None:
+        with Client(primary.address, timeout_ms=1000) as c:
+            i = 0
+            while not stop.is_set():
+                key, value = f"w{wid}-{i}".encode(), f"value-{wid}-{i}".encode()
+                try:
+                    c.put(key, value)
+                except (NodeUnreachableError, RemoteError):
+                    return
+                acked[key] = value
+                i += 1
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        wait_for("load running", lambda: len(acked) > 3000)
+        primary.kill()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    cluster.restart(primary)
+    with primary.client() as c:
+        missing = [k for k, v in acked.items() if c.get(k) != v]
+    assert not missing, f"{len(missing)} acknowledged writes lost, e.g. {missing[:5]}"
+    wait_for(
+        "replicas converge to the recovered primary", lambda: converged(primary, *replicas), 60
+    )
+    for r in replicas:
+        view = replica_view(primary, r.name)
+        assert view is not None and view["bootstraps"] == 0
+
+
+def test_replica_of_another_history_refuses_or_bootstraps(cluster: Cluster) -> None:
+    a = cluster.primary("primary-a")
+    write_batches(a, batches=2, size=100, prefix="a")
+    r = cluster.replica("r0", a)
+    wait_for("r0 follows a", lambda: converged(a, r))
+    r.stop()
+    b = cluster.primary("primary-b")
+    write_batches(b, batches=3, size=100, prefix="b")
+    a_digest = a.digest()
+
+    # Configured not to bootstrap: ERROR with a clear message, its data untouched.
+    r.argv[r.argv.index("--primary") + 1] = b.address
+    r.argv.append("--no-bootstrap")
+    cluster.restart(r)
+
+    def refused() -> str | None:
+        with r.client() as c:
+            s = c.status()
+        return s.error_message if s.status == pb.STATUS_ERROR else None
+
+    message = wait_for("r0 refuses b", refused)
+    assert "differs from ours" in message and "bootstrap is not allowed" in message
+    assert "bootstrap is not allowed" in r.log_path.read_text()
+    assert r.digest() == a_digest
+    r.stop()
+
+    # Default: bootstrap from b, never a batch of b applied on top of a's data.
+    r.argv.remove("--no-bootstrap")
+    cluster.restart(r)
+    wait_for("r0 follows b", lambda: converged(b, r), 60)
+    view = replica_view(b, "r0")
+    assert view is not None and view["bootstraps"] == 1
+    with r.client() as c:
+        assert c.get(b"a00000-0000") is None  # nothing of history a survives
