@@ -7,12 +7,14 @@ Adapters turn ``zmq.ZMQError``, ``lmdb.Error`` and ``OSError`` into ``TransportE
 from __future__ import annotations
 
 __all__ = [
+    "BadRecordError",
     "CorruptRecordError",
     "HistoryMismatchError",
     "KevoError",
     "LsnGapError",
     "ProtocolError",
     "StorageError",
+    "TooOldError",
     "TornRecordError",
     "TransportError",
 ]
@@ -64,3 +66,27 @@ class LsnGapError(KevoError):
 
 class HistoryMismatchError(KevoError):
     """Data of another history (another primary data directory) was offered."""
+
+
+class BadRecordError(KevoError):
+    """A complete WAL record fails its layout or checksum checks (core codec level).
+
+    The file adapter turns it into ``CorruptRecordError`` naming the file; a replica turns
+    it into ``ProtocolError``.
+    """
+
+    def __init__(self, offset: int, reason: str) -> None:
+        super().__init__(f"bad record at offset {offset}: {reason}")
+        self.offset = offset
+        self.reason = reason
+
+
+class TooOldError(KevoError):
+    """The requested LSN is no longer retained by the WAL: the reader must bootstrap."""
+
+    def __init__(self, requested_lsn: int, retained_from_lsn: int) -> None:
+        super().__init__(
+            f"LSN {requested_lsn} is no longer retained (oldest is {retained_from_lsn})"
+        )
+        self.requested_lsn = requested_lsn
+        self.retained_from_lsn = retained_from_lsn
