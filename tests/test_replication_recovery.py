@@ -16,7 +16,7 @@ def test_late_replica_bootstraps_once_with_rising_progress_while_writes_go_on(
     primary = cluster.primary(
         "primary", "--retention-bytes", "2000000", "--segment-bytes", "250000"
     )
-    write_batches(primary, batches=200, size=500, value_bytes=100)  # 100k writes, ~13 MB WAL
+    write_batches(primary, batches=200, size=500, value_bytes=400)  # 100k writes, ~43 MB WAL
 
     def wal_passed_lsn_1() -> bool:
         with primary.client() as c:
@@ -40,12 +40,12 @@ def test_late_replica_bootstraps_once_with_rising_progress_while_writes_go_on(
         progress: list[float] = []
 
         def bootstrapped() -> bool:
+            with replica.client() as rc:
+                own = rc.status()  # the replica's own Status reports progress live
+            if own.status == pb.STATUS_BOOTSTRAPPING:
+                progress.append(own.bootstrap_progress)
             v = replica_view(primary, "late")
-            if v is None:
-                return False
-            if v["status"] == pb.STATUS_BOOTSTRAPPING:
-                progress.append(float(v["progress"]))  # type: ignore[arg-type]
-            return v["status"] == pb.STATUS_READY
+            return v is not None and v["status"] == pb.STATUS_READY
 
         wait_for("bootstrap done", bootstrapped, 60)
         before = len(written)

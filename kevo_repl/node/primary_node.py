@@ -24,6 +24,7 @@ from kevo_repl.core.errors import HistoryMismatchError, StorageError
 from kevo_repl.core.registry import Registry
 from kevo_repl.logs import get_logger
 from kevo_repl.node.bootstrap_stream import BootstrapSessions
+from kevo_repl.node.checkpointer import Checkpointer
 from kevo_repl.node.group_commit import GroupCommitter
 from kevo_repl.node.primary_requests import PrimaryRequests
 from kevo_repl.wire.backend import slow_backend_warning
@@ -67,7 +68,7 @@ class PrimaryConfig:
 class _Timers:
     last_publish_ms: int = 0
     last_tick_ms: int = 0
-    last_checkpoint_ms: int = 0
+    last_retain_ms: int = 0
 
 
 @dataclass(slots=True)
@@ -114,6 +115,7 @@ class PrimaryNode:
         replayed = self.committer.catch_up_store()
         if replayed:
             self.log.info("recovered", replayed_entries=replayed, lsn=self.wal.last_lsn)
+        self.checkpointer = Checkpointer(self.store, config.checkpoint_interval_ms, self.log)
         self.sessions = BootstrapSessions(self.store, self.wal.history_id)
         self.address = config.advertise or f"{config.bind}:{config.port}"
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
@@ -172,6 +174,7 @@ class PrimaryNode:
             self._commit()
         finally:
             self.sessions.close_all()
+            self.checkpointer.close()
             self.committer.close()
             self.pub.close(0)
             self.router.close(0)
@@ -227,11 +230,11 @@ class PrimaryNode:
             self.requests.tick(now)
             for s in self.sessions.expire(now):
                 self.log.warning("bootstrap_abandoned", session=s.session_id)
-        if now - t.last_checkpoint_ms >= self.config.checkpoint_interval_ms:
-            t.last_checkpoint_ms = now
-            self._checkpoint_and_retain()
+        if now - t.last_retain_ms >= self.config.checkpoint_interval_ms:
+            t.last_retain_ms = now
+            self._repair_and_retain()
 
-    def _checkpoint_and_retain(self) -> None:
+    def _repair_and_retain(self) -> None:
         if self.committer.store_error:
             try:
                 self.committer.catch_up_store()
@@ -240,11 +243,14 @@ class PrimaryNode:
                 self.log.error("store_apply_failed", error=str(exc))
                 return
         try:
-            self.store.checkpoint()  # the WAL below the store's durable LSN is now redundant
             before = self.wal.retained_from_lsn
-            after = self.wal.retain(1, self.config.retention_bytes)
+            after = before
+            if self.wal.size_bytes > self.config.retention_bytes:
+                # Segments about to go must be in the store on disk first: sync it now.
+                self.store.checkpoint()
+                after = self.wal.retain(1, self.config.retention_bytes)
         except StorageError as exc:
-            self.log.error("checkpoint_failed", error=str(exc))
+            self.log.error("retention_failed", error=str(exc))
             return
         if after == before:
             return

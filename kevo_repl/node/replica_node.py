@@ -24,10 +24,11 @@ from kevo_repl.adapters.zmq_io import (
     recv_frames_nowait,
     send_nowait,
 )
-from kevo_repl.core.errors import ProtocolError, StorageError
+from kevo_repl.core.errors import ProtocolError
 from kevo_repl.core.follower import Follower
 from kevo_repl.core.follower_types import FollowerConfig
 from kevo_repl.logs import get_logger
+from kevo_repl.node.checkpointer import Checkpointer
 from kevo_repl.node.replica_actions import ActionRunner
 from kevo_repl.node.replica_requests import ReplicaRequests
 from kevo_repl.wire.backend import slow_backend_warning
@@ -103,7 +104,7 @@ class ReplicaNode:
             self._poller.register(sock, zmq.POLLIN)
         self.actions = ActionRunner(self)
         self.requests = ReplicaRequests(self)
-        self._last_checkpoint_ms = 0
+        self.checkpointer = Checkpointer(self.store, config.checkpoint_interval_ms, self.log)
         self._last_beacon_ms = 0
         warning = slow_backend_warning()
         if warning:
@@ -142,6 +143,7 @@ class ReplicaNode:
     def close(self) -> None:
         if self.router.closed:
             return
+        self.checkpointer.close()
         self.actions.close()
         for sock in (self.sub, self.dealer, self.pub, self.router):
             sock.close(0)
@@ -196,12 +198,7 @@ class ReplicaNode:
 
     def _timers(self, now: int) -> None:
         self.actions.run(self.follower.tick(now))
-        if now - self._last_checkpoint_ms >= self.config.checkpoint_interval_ms:
-            self._last_checkpoint_ms = now
-            try:
-                self.follower.durable(self.store.checkpoint())
-            except StorageError as exc:
-                self.log.error("checkpoint_failed", error=str(exc))
+        self.follower.durable(self.checkpointer.durable_lsn)
         self.actions.run(self.follower.take_ack())
         if now - self._last_beacon_ms >= self.config.beacon_interval_ms:
             self._last_beacon_ms = now
