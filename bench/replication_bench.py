@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import threading
 import time
 from typing import Any
 
@@ -79,40 +78,51 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[i]
 
 
+def _listen(address: str, ready: Any, stop: Any, out: Any) -> None:
+    """A listener process: timestamps (CLOCK_MONOTONIC, shared by all processes) per LSN."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    sock = ctx.socket(zmq.SUB)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    sock.setsockopt(zmq.SUBSCRIBE, b"")
+    sock.connect(f"tcp://{address}")
+    seen: dict[int, int] = {}
+    joined = False
+    while not stop.is_set():
+        if not sock.poll(50, zmq.POLLIN):
+            continue
+        frame = sock.recv()
+        now = time.monotonic_ns()
+        if not joined:
+            joined = True
+            ready.set()  # beacons arrive every 200 ms: a beacon proves the subscription is live
+        if frame[:1] == b"W":
+            first, last = peek_lsns(frame[1:])
+            for lsn in range(first, last + 1):
+                seen[lsn] = now
+    out.put(seen)
+    sock.close(0)
+    ctx.term()
+
+
 def run_lag(rate: int, seconds: float) -> dict[str, Any]:
+    import multiprocessing as mp
+
+    spawn = mp.get_context("spawn")
     with bench_cluster() as cluster:
         primary = cluster.start("primary", "primary", "--fsync", "always")
         replica = cluster.start("replica", "replica", "--primary", primary, "--id", "r1")
-        ctx = zmq.Context.instance()
-        subs = []
+        stop = spawn.Event()
+        listeners = []
         for address in (primary, replica):
-            s = ctx.socket(zmq.SUB)
-            s.setsockopt(zmq.RCVHWM, 0)
-            s.setsockopt(zmq.SUBSCRIBE, b"W")
-            s.connect(f"tcp://{address}")
-            subs.append(s)
-        seen: list[dict[int, float]] = [{}, {}]
-        stop = threading.Event()
-
-        def listen() -> None:
-            poller = zmq.Poller()
-            for s in subs:
-                poller.register(s, zmq.POLLIN)
-            while not stop.is_set():
-                for sock, _ in poller.poll(50):
-                    i = subs.index(sock)
-                    frame = sock.recv()
-                    now = time.perf_counter()
-                    first, last = peek_lsns(frame[1:])
-                    for lsn in range(first, last + 1):
-                        seen[i][lsn] = now
-
-        listener = threading.Thread(target=listen, daemon=True)
-        listener.start()
-        time.sleep(0.3)  # let both subscriptions reach their publishers (slow joiner)
+            ready, out = spawn.Event(), spawn.Queue()
+            proc = spawn.Process(target=_listen, args=(address, ready, stop, out), daemon=True)
+            proc.start()
+            listeners.append((proc, ready, out))
+        for _, ready, _ in listeners:
+            if not ready.wait(30):
+                raise RuntimeError("listener did not join the stream")
         total = int(rate * seconds)
         with Client(primary, timeout_ms=10_000) as c:
-            c.put(b"warm", b"up")
             sock = c._sock  # one DEALER, open loop: sends on schedule, replies drained apart
             start = time.perf_counter()
             for n in range(total):
@@ -122,22 +132,29 @@ def run_lag(rate: int, seconds: float) -> dict[str, Any]:
                         while sock.poll(0, zmq.POLLIN):
                             sock.recv()
                 req = pb.Request(
-                    request_id=10_000_000 + n,
-                    put=pb.PutRequest(key=b"lag:%09d" % n, value=b"x" * 100),
+                    request_id=n + 1, put=pb.PutRequest(key=b"lag:%09d" % n, value=b"x" * 100)
                 )
                 sock.send(req.SerializeToString())
+            last = 0
             deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and len(seen[1]) < total:
+            while time.monotonic() < deadline and last < total:
+                if sock.poll(100, zmq.POLLIN):
+                    last = max(last, pb.Response.FromString(sock.recv()).write.lsn)
+        with Client(replica, timeout_ms=10_000) as rc:
+            deadline = time.monotonic() + 10
+            while rc.digest().lsn < last and time.monotonic() < deadline:
                 time.sleep(0.01)
+        time.sleep(0.3)  # the listeners drain what is in flight
         stop.set()
-        listener.join(2)
-        for s in subs:
-            s.close(0)
-    lags = sorted((seen[1][lsn] - seen[0][lsn]) * 1000 for lsn in seen[0] if lsn in seen[1])
+        seen = [out.get(timeout=30) for _, _, out in listeners]
+        for proc, _, _ in listeners:
+            proc.join(10)
+    lags = sorted((seen[1][lsn] - seen[0][lsn]) / 1e6 for lsn in seen[0] if lsn in seen[1])
     return {
         "rate": rate,
         "seconds": seconds,
         "samples": len(lags),
+        "missing_on_replica_stream": len(seen[0]) - len(lags),
         "lag_p50_ms": round(_percentile(lags, 0.5), 3),
         "lag_p99_ms": round(_percentile(lags, 0.99), 3),
         "lag_p999_ms": round(_percentile(lags, 0.999), 3),
