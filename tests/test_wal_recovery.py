@@ -107,9 +107,9 @@ def test_a_flipped_byte_anywhere_in_a_complete_record_is_refused(tmp_path: Path)
     appended = fill(tmp_path, [250] * 40, segment_bytes=4096)
     assert len(segment_files(tmp_path)) >= 3
     targets = [appended[3], appended[-5], appended[-1]]  # early segment, last segment, tail
+    assert _locate(tmp_path, targets[0].record)[0] != segment_files(tmp_path)[-1]
     for target in targets:
         path, offset = _locate(tmp_path, target.record)
-        assert path != segment_files(tmp_path)[-1] or target is not targets[0]
         original = path.read_bytes()
         before = snapshot(tmp_path)
         positions = range(len(target.record)) if target is targets[1] else [0, 4, 9, 13, 20, 40]

@@ -24,7 +24,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from types import TracebackType
 from typing import Final
 
 from kevo_repl.adapters.wal_recovery import RecoveryReport, recover
@@ -33,7 +32,8 @@ from kevo_repl.adapters.wal_segments import (
     Segment,
     create_segment,
     fsync_dir,
-    read_records,
+    open_for_append,
+    read_span,
 )
 from kevo_repl.core.errors import KevoError, StorageError, TooOldError
 from kevo_repl.core.record import encode_record
@@ -95,11 +95,11 @@ class WriteAheadLog:
         self._size_bytes = sum(s.data_end for s in self._segments)
         active = self._segments[-1]
         self._last_lsn = active.last_lsn
-        self._fd, self._file_bytes = self._open_active(active.path)
+        self._fd, self._file_bytes = open_for_append(active.path)  # also fdatasyncs it
         self._lock = threading.Lock()  # the write lock: LSNs, files, segment list
         self._cond = threading.Condition(threading.Lock())  # group commit state
         self._syncing = False
-        self._durable_lsn = self._last_lsn  # recovery synced what it kept
+        self._durable_lsn = self._last_lsn
         self._failure: StorageError | None = None
         self._closed = False
         self._appends = self._rotations = self._bytes_written = 0
@@ -109,7 +109,10 @@ class WriteAheadLog:
         self._syncer: threading.Thread | None = None
         if self._policy is FsyncPolicy.INTERVAL:
             self._syncer = threading.Thread(
-                target=self._sync_every, args=(fsync_interval_ms / 1000,), daemon=True
+                target=self._sync_every,
+                args=(fsync_interval_ms / 1000,),
+                name=f"wal-fsync-{directory.name}",
+                daemon=True,
             )
             self._syncer.start()
 
@@ -138,8 +141,6 @@ class WriteAheadLog:
             truncate_corrupt=truncate_corrupt,
             history_id=history_id,
         )
-
-    # -- properties -----------------------------------------------------------------------
 
     @property
     def history_id(self) -> bytes:
@@ -177,8 +178,6 @@ class WriteAheadLog:
             self._rotations,
             self._bytes_written,
         )
-
-    # -- writing --------------------------------------------------------------------------
 
     def append(self, payload: bytes, count: int) -> Appended:
         """Write a batch of ``count`` entries; durable on return with ``FsyncPolicy.ALWAYS``."""
@@ -281,7 +280,7 @@ class WriteAheadLog:
             os.fdatasync(self._fd)
             self._seal_syncs += 1
             path = create_segment(self._dir, self._last_lsn + 1, self._history_id)
-            fd, size = self._open_active(path)
+            fd, size = open_for_append(path)
             os.close(self._fd)
         except (OSError, StorageError) as exc:
             raise self._fail(f"rotating after {old.path}: {exc}") from exc
@@ -294,8 +293,6 @@ class WriteAheadLog:
         self._size_bytes += SEGMENT_HEADER_BYTES
         self._rotations += 1
         return seg
-
-    # -- reading and retention ------------------------------------------------------------
 
     def read_from(self, lsn: int, max_bytes: int | None = None) -> Iterator[bytes]:
         """Stored records of every batch with ``last_lsn >= lsn``, in order, from the one
@@ -323,26 +320,10 @@ class WriteAheadLog:
     def _read_plan(
         self, plan: list[tuple[Path, int, int]], lsn: int, max_bytes: int | None
     ) -> Iterator[bytes]:
-        total = 0
-        for path, start, end in plan:
-            if start >= end:
-                continue
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:
-                raise TooOldError(lsn, self.retained_from_lsn) from None
-            except OSError as exc:
-                raise StorageError(f"opening {path}: {exc}") from exc
-            try:
-                for _, last_lsn, record in read_records(fd, path, start, end):
-                    if last_lsn < lsn:
-                        continue
-                    if max_bytes is not None and total and total + len(record) > max_bytes:
-                        return
-                    total += len(record)
-                    yield record
-            finally:
-                os.close(fd)
+        try:
+            yield from read_span(plan, lsn, max_bytes)
+        except FileNotFoundError:  # retention removed a segment before it was opened
+            raise TooOldError(lsn, self.retained_from_lsn) from None
 
     def retain(self, keep_from_lsn: int, max_bytes: int | None = None) -> int:
         """Drop whole segments wholly below ``keep_from_lsn``, then the oldest ones while the
@@ -368,8 +349,6 @@ class WriteAheadLog:
                     raise StorageError(f"removing WAL segment {seg.path}: {exc}") from exc
         return retained
 
-    # -- lifecycle ------------------------------------------------------------------------
-
     def close(self) -> None:
         """Stop the interval syncer, sync, trim preallocated zeros and close. Idempotent."""
         if self._closed:
@@ -389,27 +368,16 @@ class WriteAheadLog:
         finally:
             with self._lock:
                 self._closed = True
-                os.close(self._fd)
+                try:
+                    os.close(self._fd)
+                except OSError as exc:
+                    raise StorageError(f"closing WAL in {self._dir}: {exc}") from exc
 
     def __enter__(self) -> WriteAheadLog:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-    # -- helpers --------------------------------------------------------------------------
-
-    def _open_active(self, path: Path) -> tuple[int, int]:
-        try:
-            fd = os.open(path, os.O_RDWR)
-            return fd, os.fstat(fd).st_size
-        except OSError as exc:
-            raise StorageError(f"opening WAL segment {path}: {exc}") from exc
 
     def _check_usable(self) -> None:
         if self._closed:

@@ -168,7 +168,8 @@ def recover(directory: Path, *, history_id: bytes | None, truncate_corrupt: bool
 def _apply(directory: Path, remove: list[Path], cut: tuple[Path, int] | None) -> None:
     """Make the decided changes durable: truncate the last kept segment, remove files.
 
-    Newest files go first, so a crash in between never leaves a gap in the LSN sequence.
+    Newest files go first, so an interrupted recovery leaves at most a suffix of them, which
+    the next open finds and handles the same way.
     """
     try:
         for path in sorted(remove, reverse=True):

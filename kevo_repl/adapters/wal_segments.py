@@ -56,8 +56,10 @@ __all__ = [
     "decode_segment_header",
     "encode_segment_header",
     "fsync_dir",
+    "open_for_append",
     "parse_segment_name",
     "read_records",
+    "read_span",
     "scan_segment",
     "segment_name",
 ]
@@ -232,6 +234,48 @@ def read_records(fd: int, path: Path, start: int, end: int) -> Iterator[tuple[in
             continue
         yield rec.first_lsn, rec.last_lsn, buf[rel : rec.end_offset]
         offset = base + rec.end_offset
+
+
+def read_span(
+    plan: list[tuple[Path, int, int]], lsn: int, max_bytes: int | None
+) -> Iterator[bytes]:
+    """Records with ``last_lsn >= lsn`` from (path, start, end) spans, within ``max_bytes``
+    (at least one record). ``FileNotFoundError`` if a segment is gone before it is opened."""
+    total = 0
+    for path, start, end in plan:
+        if start >= end:
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise StorageError(f"opening {path}: {exc}") from exc
+        try:
+            for _, last_lsn, record in read_records(fd, path, start, end):
+                if last_lsn < lsn:
+                    continue
+                if max_bytes is not None and total and total + len(record) > max_bytes:
+                    return
+                total += len(record)
+                yield record
+        finally:
+            os.close(fd)
+
+
+def open_for_append(path: Path) -> tuple[int, int]:
+    """``(fd, file size)`` of a segment opened for writing, fdatasynced once so that all it
+    holds (perhaps left in the page cache by a crashed process) is durable from now on."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.fdatasync(fd)
+            return fd, os.fstat(fd).st_size
+        except OSError:
+            os.close(fd)
+            raise
+    except OSError as exc:
+        raise StorageError(f"opening WAL segment {path}: {exc}") from exc
 
 
 def fsync_dir(directory: Path) -> None:

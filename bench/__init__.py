@@ -1,0 +1,1 @@
+"""Benchmarks: speed targets live here, never in tests (DESIGN.md section 8)."""
