@@ -7,6 +7,7 @@ MAXMSGSIZE checks single frames only, so receivers also cap the frame count them
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import zmq
@@ -19,6 +20,7 @@ __all__ = [
     "connect_socket",
     "endpoint",
     "recv_frames_nowait",
+    "recv_frames_with_user_nowait",
     "send_nowait",
 ]
 
@@ -52,11 +54,22 @@ def _configure(sock: zmq.Socket[bytes], kind: int, opts: SocketOptions) -> None:
         sock.setsockopt(zmq.IPV6, 1)
 
 
+Prepare = Callable[["zmq.Socket[bytes]"], None]
+
+
 def bind_socket(
-    ctx: zmq.Context[zmq.Socket[bytes]], kind: int, host: str, port: int, opts: SocketOptions
+    ctx: zmq.Context[zmq.Socket[bytes]],
+    kind: int,
+    host: str,
+    port: int,
+    opts: SocketOptions,
+    prepare: Prepare | None = None,
 ) -> zmq.Socket[bytes]:
+    """A bound socket; ``prepare`` (e.g. CURVE server keys) runs before bind."""
     sock = ctx.socket(kind)
     _configure(sock, kind, opts)
+    if prepare is not None:
+        prepare(sock)
     try:
         sock.bind(endpoint(host, port))
     except zmq.ZMQError as exc:
@@ -66,10 +79,18 @@ def bind_socket(
 
 
 def connect_socket(
-    ctx: zmq.Context[zmq.Socket[bytes]], kind: int, host: str, port: int, opts: SocketOptions
+    ctx: zmq.Context[zmq.Socket[bytes]],
+    kind: int,
+    host: str,
+    port: int,
+    opts: SocketOptions,
+    prepare: Prepare | None = None,
 ) -> zmq.Socket[bytes]:
+    """A connecting socket; ``prepare`` (e.g. CURVE client keys) runs before connect."""
     sock = ctx.socket(kind)
     _configure(sock, kind, opts)
+    if prepare is not None:
+        prepare(sock)
     sock.setsockopt(zmq.RECONNECT_IVL, 100)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
     try:
@@ -116,3 +137,28 @@ def recv_frames_nowait(sock: zmq.Socket[bytes], max_frames: int) -> list[bytes] 
         if len(frames) <= max_frames:
             frames.append(part)
     return frames
+
+
+def recv_frames_with_user_nowait(
+    sock: zmq.Socket[bytes], max_frames: int
+) -> tuple[list[bytes], str] | None:
+    """Like ``recv_frames_nowait``, plus the ZAP ``User-Id`` (the peer's CURVE key, z85).
+
+    libzmq attaches User-Id to each frame a peer sent; the ROUTER's own routing frame has
+    none, so it is read from the last frame.
+    """
+    try:
+        first = sock.recv(zmq.DONTWAIT, copy=False)
+    except zmq.Again:
+        return None
+    frames = [first]
+    last = first
+    while last.more:
+        last = sock.recv(copy=False)
+        if len(frames) <= max_frames:
+            frames.append(last)
+    try:
+        user = last.get("User-Id")
+    except zmq.ZMQError:
+        user = ""
+    return [f.bytes for f in frames], str(user or "")

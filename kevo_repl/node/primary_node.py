@@ -9,6 +9,7 @@ slow or dead replica never stalls writes or the other replicas.
 
 from __future__ import annotations
 
+import signal
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +18,10 @@ from typing import Any
 import zmq
 
 from kevo_repl.adapters.clock import monotonic_ms, wall_us
+from kevo_repl.adapters.security import ServerSecurity
 from kevo_repl.adapters.state_lmdb import StateStore
 from kevo_repl.adapters.wal_files import FsyncPolicy, WriteAheadLog
-from kevo_repl.adapters.zmq_io import SocketOptions, bind_socket, recv_frames_nowait, send_nowait
+from kevo_repl.adapters.zmq_io import send_nowait
 from kevo_repl.core.errors import HistoryMismatchError, StorageError
 from kevo_repl.core.registry import Registry
 from kevo_repl.logs import get_logger
@@ -27,6 +29,7 @@ from kevo_repl.node.bootstrap_stream import BootstrapSessions
 from kevo_repl.node.checkpointer import Checkpointer
 from kevo_repl.node.group_commit import GroupCommitter
 from kevo_repl.node.primary_requests import PrimaryRequests
+from kevo_repl.node.serving import ServingSockets
 from kevo_repl.wire.backend import slow_backend_warning
 from kevo_repl.wire.batch import DEFAULT_LIMITS, WireLimits
 from kevo_repl.wire.envelope import encode_beacon, encode_wal_frame
@@ -53,6 +56,8 @@ class PrimaryConfig:
     checkpoint_interval_ms: int = 1000
     pub_hwm: int = 10_000
     limits: WireLimits = DEFAULT_LIMITS
+    keys_dir: Path | None = None  # CURVE: DIR/<key_name>.key_secret + DIR/authorized_keys
+    key_name: str = "primary"
     drain_max: int = 4096
     bootstrap_chunks_per_turn: int = 4
 
@@ -87,6 +92,8 @@ class PrimaryNode:
         self.config = config
         self.log: Any = get_logger(node=config.node_id, role="primary")
         self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._closed = False
         self.counters = Counters()
         self._timers = _Timers()
         data = Path(config.data_dir)
@@ -119,18 +126,27 @@ class PrimaryNode:
         self.sessions = BootstrapSessions(self.store, self.wal.history_id)
         self.address = config.advertise or f"{config.bind}:{config.port}"
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        opts = SocketOptions(sndhwm=config.pub_hwm, max_msg_bytes=config.limits.max_request_bytes)
-        self.pub = bind_socket(self._ctx, zmq.PUB, config.bind, config.port, opts)
         try:
-            self.router = bind_socket(
+            security = None
+            if config.keys_dir is not None:
+                security = ServerSecurity(self._ctx, config.keys_dir, config.key_name)
+            self.serving = ServingSockets(
                 self._ctx,
-                zmq.ROUTER,
                 config.bind,
-                config.port + 1,
-                SocketOptions(max_msg_bytes=config.limits.max_request_bytes),
+                config.port,
+                pub_hwm=config.pub_hwm,
+                max_request_bytes=config.limits.max_request_bytes,
+                security=security,
+                log=self.log,
             )
         except Exception:
-            self.pub.close(0)
+            if security is not None:
+                security.close()
+            self.checkpointer.close()
+            self.committer.close()
+            self.store.close()
+            self.wal.close()
+            self._ctx.term()
             raise
         self.requests = PrimaryRequests(self)
         warning = slow_backend_warning()
@@ -152,13 +168,20 @@ class PrimaryNode:
         """Ask the loop to finish its turn and close (safe from a signal handler)."""
         self._stop.set()
 
+    def reload_keys(self) -> None:
+        """Ask the loop to re-read the authorized keys (safe from a SIGHUP handler)."""
+        self._reload.set()
+
     def run(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self.router, zmq.POLLIN)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGHUP, lambda *_: self.reload_keys())
         try:
             while not self._stop.is_set():
+                if self._reload.is_set():
+                    self._reload.clear()
+                    self.serving.reload_keys()
                 timeout = 0 if self.sessions.has_credit() else 20
-                if poller.poll(timeout):
+                if self.serving.router.poll(timeout, zmq.POLLIN):
                     self._drain()
                 self._commit()
                 now = monotonic_ms()
@@ -168,16 +191,16 @@ class PrimaryNode:
             self.close()
 
     def close(self) -> None:
-        if self.router.closed:
+        if self._closed:
             return
+        self._closed = True
         try:
             self._commit()
         finally:
             self.sessions.close_all()
             self.checkpointer.close()
             self.committer.close()
-            self.pub.close(0)
-            self.router.close(0)
+            self.serving.close()
             self._ctx.term()
             self.store.checkpoint()
             self.store.close()
@@ -188,12 +211,10 @@ class PrimaryNode:
 
     def _drain(self) -> None:
         for _ in range(self.config.drain_max):
-            frames = recv_frames_nowait(self.router, 2)
-            if frames is None:
+            got = self.serving.recv()
+            if got is None:
                 return
-            if len(frames) != 2:
-                continue  # ROUTER adds the peer frame; anything else is not our protocol
-            if self.requests.handle(frames[0], frames[1]):
+            if self.requests.handle(*got):
                 self._commit()
 
     def _commit(self) -> None:
@@ -208,7 +229,7 @@ class PrimaryNode:
         appended, committed = result
         now = monotonic_ms()
         frame = encode_wal_frame(appended.record)
-        self.pub.send(frame, zmq.DONTWAIT, copy=len(frame) < 65536)
+        self.serving.pub.send(frame, zmq.DONTWAIT, copy=len(frame) < 65536)
         self._timers.last_publish_ms = now
         c = self.counters
         c.batches_published += 1
@@ -224,7 +245,7 @@ class PrimaryNode:
             beacon = encode_beacon(
                 self.wal.history_id, self.wal.last_lsn, wall_us(), self.wal.retained_from_lsn
             )
-            self.pub.send(beacon, zmq.DONTWAIT)
+            self.serving.pub.send(beacon, zmq.DONTWAIT)
         if now - t.last_tick_ms >= 50:
             t.last_tick_ms = now
             self.requests.tick(now)
@@ -261,7 +282,7 @@ class PrimaryNode:
             self.log.warning("wal_cap_passed_replicas", retained_from_lsn=after, replicas=behind)
 
     def _send(self, peer: bytes, frame: bytes) -> bool:
-        return send_nowait(self.router, [peer, frame])
+        return send_nowait(self.serving.router, [peer, frame])
 
     def _log_recovery(self) -> None:
         report = self.wal.recovery

@@ -49,7 +49,7 @@ class PrimaryRequests:
 
     # ---- entry point -------------------------------------------------------------------------
 
-    def handle(self, peer: bytes, frame: bytes) -> bool:
+    def handle(self, peer: bytes, frame: bytes, user: str = "") -> bool:
         """Answer or queue one request; True when the write group is full (commit now)."""
         node = self.node
         try:
@@ -60,10 +60,17 @@ class PrimaryRequests:
         kind = req.WhichOneof("body")
         rid = req.request_id
         now = monotonic_ms()
+        serving = node.serving
+        if kind is None or not serving.allowed(user, kind):
+            msg = f"this key may not send {kind} requests"
+            self._send(peer, error_response(rid, pb.ERROR_UNAUTHORIZED, msg))
+            return False
         try:
-            if kind in ("put", "delete", "batch"):
+            if kind == "register":
+                self._register(peer, rid, req.register, now, serving.key_name(user))
+            elif kind in ("put", "delete", "batch"):
                 return self._queue_write(peer, req, kind)
-            if kind == "get":
+            elif kind == "get":
                 self.reads.get(peer, rid, req.get, now)
             elif kind == "heartbeat":
                 self._heartbeat(peer, rid, req.heartbeat, now)
@@ -73,8 +80,6 @@ class PrimaryRequests:
                 self._wal_sync(peer, rid, req.wal_sync, now)
             elif kind == "bootstrap":
                 self._bootstrap(peer, rid, req.bootstrap, now)
-            elif kind == "register":
-                self._register(peer, rid, req.register, now)
             elif kind == "status":
                 self._reply(peer, rid, status=self._status(now))
             elif kind == "digest":
@@ -151,10 +156,16 @@ class PrimaryRequests:
 
     # ---- replication -------------------------------------------------------------------------
 
-    def _register(self, peer: bytes, rid: int, reg: pb.RegisterRequest, now: int) -> None:
+    def _register(
+        self, peer: bytes, rid: int, reg: pb.RegisterRequest, now: int, key_name: str
+    ) -> None:
         node = self.node
         if not reg.replica_id or len(reg.replica_id) > 256:
             raise WireError("register: replica_id must be 1..256 characters")
+        if key_name and reg.replica_id != key_name:
+            msg = f"this key belongs to replica {key_name!r}, not {reg.replica_id!r}"
+            self._send(peer, error_response(rid, pb.ERROR_UNAUTHORIZED, msg))
+            return
         try:
             node.registry.register(
                 reg.replica_id, peer, reg.address[:512], reg.role, reg.applied_lsn, now
@@ -288,4 +299,4 @@ class PrimaryRequests:
         self._send(peer, resp.SerializeToString())
 
     def _send(self, peer: bytes, frame: bytes) -> None:
-        send_nowait(self.node.router, [peer, frame])
+        send_nowait(self.node.serving.router, [peer, frame])

@@ -8,6 +8,7 @@ with one coalesced Ack. The store is checkpointed on a timer, which advances ``d
 
 from __future__ import annotations
 
+import signal
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,10 +17,11 @@ from typing import Any
 import zmq
 
 from kevo_repl.adapters.clock import monotonic_ms, wall_us
+from kevo_repl.adapters.security import ServerSecurity, apply_client_keys, load_public_key
 from kevo_repl.adapters.state_lmdb import StateStore
 from kevo_repl.adapters.zmq_io import (
+    Prepare,
     SocketOptions,
-    bind_socket,
     connect_socket,
     recv_frames_nowait,
     send_nowait,
@@ -31,6 +33,7 @@ from kevo_repl.logs import get_logger
 from kevo_repl.node.checkpointer import Checkpointer
 from kevo_repl.node.replica_actions import ActionRunner
 from kevo_repl.node.replica_requests import ReplicaRequests
+from kevo_repl.node.serving import ServingSockets
 from kevo_repl.wire.backend import slow_backend_warning
 from kevo_repl.wire.batch import DEFAULT_LIMITS, WireLimits
 from kevo_repl.wire.envelope import TOPIC_BEACON, TOPIC_WAL, encode_beacon
@@ -56,6 +59,8 @@ class ReplicaConfig:
     checkpoint_interval_ms: int = 200
     beacon_interval_ms: int = 200
     limits: WireLimits = DEFAULT_LIMITS
+    keys_dir: Path | None = None  # CURVE: DIR/<replica_id>.key_secret, DIR/authorized_keys
+    primary_key: Path | None = None  # the primary's public key (default DIR/primary.key)
     drain_max: int = 4096
 
     @property
@@ -68,6 +73,8 @@ class ReplicaNode:
         self.config = config
         self.log: Any = get_logger(node=config.replica_id, role="replica")
         self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._closed = False
         data = Path(config.data_dir)
         data.mkdir(parents=True, exist_ok=True)
         self.store_path = data / "state.mdb"
@@ -90,17 +97,42 @@ class ReplicaNode:
         )
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self._opts = SocketOptions(max_msg_bytes=64 * 1024 * 1024)
-        self.sub = connect_socket(
-            self._ctx, zmq.SUB, config.primary_host, config.primary_port, self._opts
-        )
-        self.sub.setsockopt(zmq.SUBSCRIBE, TOPIC_WAL)
-        self.sub.setsockopt(zmq.SUBSCRIBE, TOPIC_BEACON)
-        self.dealer = self._new_dealer()
-        serve = SocketOptions(max_msg_bytes=config.limits.max_request_bytes)
-        self.pub = bind_socket(self._ctx, zmq.PUB, config.bind, config.port, serve)
-        self.router = bind_socket(self._ctx, zmq.ROUTER, config.bind, config.port + 1, serve)
+        self._client_keys: Prepare | None = None
+        security = None
+        try:
+            if config.keys_dir is not None:
+                security = ServerSecurity(self._ctx, config.keys_dir, config.replica_id)
+                primary_key = load_public_key(config.primary_key or config.keys_dir / "primary.key")
+                keys = security.keys
+                self._client_keys = lambda sock: apply_client_keys(sock, keys, primary_key)
+            self.sub = connect_socket(
+                self._ctx,
+                zmq.SUB,
+                config.primary_host,
+                config.primary_port,
+                self._opts,
+                self._client_keys,
+            )
+            self.sub.setsockopt(zmq.SUBSCRIBE, TOPIC_WAL)
+            self.sub.setsockopt(zmq.SUBSCRIBE, TOPIC_BEACON)
+            self.dealer = self._new_dealer()
+            self.serving = ServingSockets(
+                self._ctx,
+                config.bind,
+                config.port,
+                pub_hwm=10_000,
+                max_request_bytes=config.limits.max_request_bytes,
+                security=security,
+                log=self.log,
+            )
+        except Exception:
+            if security is not None:
+                security.close()
+            self.store.close()
+            self._ctx.destroy(0)
+            raise
         self._poller = zmq.Poller()
-        for sock in (self.sub, self.dealer, self.router):
+        for sock in (self.sub, self.dealer, self.serving.router):
             self._poller.register(sock, zmq.POLLIN)
         self.actions = ActionRunner(self)
         self.requests = ReplicaRequests(self)
@@ -123,30 +155,42 @@ class ReplicaNode:
     def stop(self) -> None:
         self._stop.set()
 
+    def reload_keys(self) -> None:
+        self._reload.set()
+
     def run(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGHUP, lambda *_: self.reload_keys())
         now = monotonic_ms()
         self.actions.run(self.follower.start(now))
         try:
             while not self._stop.is_set():
+                if self._reload.is_set():
+                    self._reload.clear()
+                    self._poller.unregister(self.serving.router)
+                    self.serving.reload_keys()
+                    self._poller.register(self.serving.router, zmq.POLLIN)
                 ready = dict(self._poller.poll(20))
                 if self.sub in ready:
                     self._drain_stream()
                 if self.dealer in ready:
                     self._drain_replies()
                 self.actions.flush()
-                if self.router in ready:
+                if self.serving.router in ready:
                     self._drain_clients()
                 self._timers(monotonic_ms())
         finally:
             self.close()
 
     def close(self) -> None:
-        if self.router.closed:
+        if self._closed:
             return
+        self._closed = True
         self.checkpointer.close()
         self.actions.close()
-        for sock in (self.sub, self.dealer, self.pub, self.router):
-            sock.close(0)
+        self.sub.close(0)
+        self.dealer.close(0)
+        self.serving.close()
         self._ctx.term()
         try:
             self.store.checkpoint()
@@ -190,11 +234,10 @@ class ReplicaNode:
 
     def _drain_clients(self) -> None:
         for _ in range(self.config.drain_max):
-            frames = recv_frames_nowait(self.router, 2)
-            if frames is None:
+            got = self.serving.recv()
+            if got is None:
                 return
-            if len(frames) == 2:
-                self.requests.handle(frames[0], frames[1])
+            self.requests.handle(*got)
 
     def _timers(self, now: int) -> None:
         self.actions.run(self.follower.tick(now))
@@ -203,7 +246,7 @@ class ReplicaNode:
         if now - self._last_beacon_ms >= self.config.beacon_interval_ms:
             self._last_beacon_ms = now
             beacon = encode_beacon(self.follower.history_id, self.follower.applied_lsn, wall_us())
-            self.pub.send(beacon, zmq.DONTWAIT)
+            self.serving.pub.send(beacon, zmq.DONTWAIT)
         self.requests.reads.release(now)
 
     def _new_dealer(self) -> zmq.Socket[bytes]:
@@ -213,10 +256,11 @@ class ReplicaNode:
             self.config.primary_host,
             self.config.primary_port + 1,
             self._opts,
+            self._client_keys,
         )
 
     def send_request(self, frame: bytes) -> bool:
         return send_nowait(self.dealer, [frame])
 
     def publish(self, frame: bytes) -> None:
-        self.pub.send(frame, zmq.DONTWAIT, copy=len(frame) < 65536)
+        self.serving.pub.send(frame, zmq.DONTWAIT, copy=len(frame) < 65536)

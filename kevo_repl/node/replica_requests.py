@@ -30,7 +30,7 @@ class ReplicaRequests:
         self.node = node
         self.reads = ParkedReads(lambda: node.store, self._send)
 
-    def handle(self, peer: bytes, frame: bytes) -> None:
+    def handle(self, peer: bytes, frame: bytes, user: str = "") -> None:
         node = self.node
         try:
             req = decode_request(frame, node.config.limits)
@@ -39,6 +39,10 @@ class ReplicaRequests:
             return
         kind = req.WhichOneof("body")
         rid = req.request_id
+        if kind is None or not node.serving.allowed(user, kind):
+            msg = f"this key may not send {kind} requests"
+            self._send(peer, error_response(rid, pb.ERROR_UNAUTHORIZED, msg))
+            return
         try:
             if kind == "get":
                 self.reads.get(peer, rid, req.get, monotonic_ms())
@@ -80,4 +84,4 @@ class ReplicaRequests:
         self._send(peer, resp.SerializeToString())
 
     def _send(self, peer: bytes, frame: bytes) -> None:
-        send_nowait(self.node.router, [peer, frame])
+        send_nowait(self.node.serving.router, [peer, frame])
