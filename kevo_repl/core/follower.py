@@ -112,6 +112,7 @@ class Follower:
                 out += self._maybe_heartbeat()
             if self._retry_at_ms and now_ms >= self._retry_at_ms:
                 self._retry_at_ms = 0
+                self._last_heard_ms = now_ms  # a new attempt: Register gets its own timeout
                 self._move(Status.CONNECTING)
                 out += self._register()
             return out
@@ -302,14 +303,23 @@ class Follower:
             self._ack_due = True
 
     def storage_failed(
-        self, message: str, store_applied_lsn: int, retry_after_ms: int
+        self,
+        message: str,
+        store_applied_lsn: int,
+        retry_after_ms: int,
+        store_history_id: bytes | None = None,
     ) -> list[Action]:
         """A local write failed (full disk, IO error): report ERROR, retry later.
 
-        ``store_applied_lsn`` is what the store really holds; the follower rewinds to it.
+        ``store_applied_lsn`` (and ``store_history_id``) are what the store really holds; the
+        follower rewinds to them. Pass the history: when ``InstallBootstrap`` fails the store
+        still holds the old history, and registering under the snapshot's history would
+        catch up on top of the old data.
         """
         self.error_message = message
         self.applied_lsn = store_applied_lsn
+        if store_history_id is not None:
+            self.history_id = store_history_id
         self.durable_lsn = min(self.durable_lsn, store_applied_lsn)
         self._pending = ""
         self._note("storage_failed", message=message, applied_lsn=store_applied_lsn)

@@ -185,11 +185,15 @@ class Registry:
     # ---- waiting for replicas ----------------------------------------------------------------
 
     def replicas_applied(self, lsn: int) -> int:
-        """Live replicas that have applied ``lsn``."""
+        """Live replicas following this history (SYNCING or READY) that have applied ``lsn``.
+
+        A CONNECTING or BOOTSTRAPPING replica reports its old store's LSN, which may belong
+        to another history until its snapshot is installed, so it does not count.
+        """
         return sum(
             1
             for r in self._by_id.values()
-            if r.applied_lsn >= lsn and r.status not in (Status.DISCONNECTED, Status.ERROR)
+            if r.applied_lsn >= lsn and r.status in (Status.SYNCING, Status.READY)
         )
 
     def wait_for(
@@ -227,11 +231,13 @@ class Registry:
     def retention_floor(self) -> int | None:
         """Lowest LSN some known replica still needs (None: no replica needs anything).
 
+        A replica restarts from its *durable* LSN (its applies are not synced: the primary's
+        WAL is what makes that safe), so the floor is ``durable_lsn + 1``, not applied.
         Disconnected replicas keep their floor until forgotten, so a replica that restarts
         resumes by catch-up; the WAL's byte cap bounds what a dead one can hold.
         """
         needs = [
-            (r.bootstrap_snapshot_lsn if r.bootstrap_snapshot_lsn else r.applied_lsn) + 1
+            (r.bootstrap_snapshot_lsn if r.bootstrap_snapshot_lsn else r.durable_lsn) + 1
             for r in self._by_id.values()
         ]
         return min(needs) if needs else None
