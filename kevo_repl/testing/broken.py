@@ -1,0 +1,80 @@
+"""Deliberately broken followers: each breaks one rule, to prove the checkers notice.
+
+A simulator whose checkers never fire proves nothing. ``python -m kevo_repl.testing.sim
+--broken RULE --seeds 0:40`` runs the real simulation with one of these mutants in place of
+``Follower``; ``tests/test_sim.py`` asserts each is caught on some seed of a small range.
+"""
+
+from __future__ import annotations
+
+from kevo_repl.core.follower import Follower
+from kevo_repl.core.follower_types import Action, ApplyRecord, SendWalSync
+
+__all__ = ["BROKEN_RULES"]
+
+
+class ApplyPastGap(Follower):
+    """Skips the gap check: applies a record whose first_lsn > applied + 1."""
+
+    def _offer(self, first: int, last: int, history: bytes, record: bytes) -> list[Action]:
+        ours = history == self.primary_history == self.history_id
+        if ours and first > self.applied_lsn + 1:
+            self.applied_lsn = last
+            self._ack_due = True
+            return [ApplyRecord(first, last, record)]
+        return Follower._offer(self, first, last, history, record)
+
+
+class ApplyTwice(Follower):
+    """Forgets to drop records it already applied."""
+
+    def _offer(self, first: int, last: int, history: bytes, record: bytes) -> list[Action]:
+        ours = history == self.primary_history == self.history_id
+        if ours and last <= self.applied_lsn:
+            return [ApplyRecord(first, last, record)]
+        return Follower._offer(self, first, last, history, record)
+
+
+class IgnoreHistory(Follower):
+    """Treats a primary of another history as its own: catches up on top of foreign data."""
+
+    def on_register_reply(
+        self, primary_lsn: int, retained_from_lsn: int, history_id: bytes, bootstrap_required: bool
+    ) -> list[Action]:
+        if self.history_id and self.history_id != history_id:
+            self.history_id = history_id
+            bootstrap_required = self.applied_lsn + 1 < retained_from_lsn
+        return Follower.on_register_reply(
+            self, primary_lsn, retained_from_lsn, history_id, bootstrap_required
+        )
+
+    def _offer(self, first: int, last: int, history: bytes, record: bytes) -> list[Action]:
+        return Follower._offer(self, first, last, self.history_id, record)
+
+
+class SkipTooOld(Follower):
+    """Answers TooOld by jumping to the oldest retained LSN instead of bootstrapping."""
+
+    def on_too_old(self, retained_from_lsn: int) -> list[Action]:
+        if self.pending_request != "wal_sync":
+            return []
+        self.applied_lsn = retained_from_lsn - 1
+        self._request("wal_sync")
+        return [SendWalSync(retained_from_lsn, self.config.wal_sync_max_bytes)]
+
+
+class DeafToBeacons(Follower):
+    """Never repairs a gap a beacon reveals: a lost stream tail is never fetched."""
+
+    def on_beacon(self, history_id: bytes, last_lsn: int) -> list[Action]:
+        self._last_heard_ms = self._now_ms
+        return []
+
+
+BROKEN_RULES: dict[str, type[Follower]] = {
+    "apply_past_gap": ApplyPastGap,
+    "apply_twice": ApplyTwice,
+    "ignore_history": IgnoreHistory,
+    "skip_too_old": SkipTooOld,
+    "deaf_to_beacons": DeafToBeacons,
+}
