@@ -332,7 +332,8 @@ class StateStore:
             return snapshot
 
     def _forget(self, snapshot: StoreSnapshot) -> None:
-        self._snapshots.discard(snapshot)
+        with self._write_lock:  # the set is walked by _grow and close under this lock
+            self._snapshots.discard(snapshot)
 
     def _more_than_half_used(self, env: lmdb.Environment) -> bool:
         try:
