@@ -1,5 +1,24 @@
-"""kevo-repl: WAL replication for a key-value store over ZeroMQ."""
+"""kevo-repl: WAL replication for a key-value store over ZeroMQ.
 
-__all__ = ["__version__"]
+``kevo_repl.Client`` is imported lazily, so importing a pure submodule (``kevo_repl.core``)
+does not pull in ZeroMQ.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kevo_repl.client import Client
+
+__all__ = ["Client", "__version__"]
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Client":
+        from kevo_repl.client import Client
+
+        return Client
+    raise AttributeError(f"module 'kevo_repl' has no attribute {name!r}")

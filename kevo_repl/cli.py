@@ -1,26 +1,30 @@
 """``kevo-repl``: run nodes and talk to them.
 
-Exit codes: 0 success, 1 a key is absent or the node refused, 2 bad arguments (argparse),
-3 the node could not be reached in time.
+Exit codes: 0 success; 1 a key is absent, the node refused, or the command failed (a bad load
+line, an LSN retained away); 2 bad arguments or config file (with usage); 3 the node could not
+be reached in time; 130 a one-shot command interrupted. Following commands (``tail``,
+``status --watch``, ``logs --follow``, ``cluster``) end normally with Ctrl-C: exit 0.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from kevo_repl.client import Client, NodeUnreachableError, RemoteError, parse_node
+from kevo_repl.client import NodeUnreachableError, RemoteError, parse_node
+from kevo_repl.config import CONFIGURABLE_COMMANDS, ConfigError, config_defaults
 from kevo_repl.core.errors import KevoError
 from kevo_repl.logs import configure_logging
 
-__all__ = ["main"]
+__all__ = ["EXIT_ABSENT", "EXIT_UNREACHABLE", "EXIT_USAGE", "build_parser", "main"]
 
 EXIT_ABSENT = 1
+EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
+_LEVELS = ["debug", "info", "warning", "error"]
+_REQUIRED = {"primary": ("data",), "replica": ("data", "primary"), "cluster": ("data",)}
 
 
 def _node_arg(text: str) -> str:
@@ -31,207 +35,217 @@ def _node_arg(text: str) -> str:
     return text
 
 
-def _parser() -> argparse.ArgumentParser:
+def _count(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be {low} or more, got {value}")
+        return value
+
+    parse.config_type = int  # type: ignore[attr-defined]  # TOML type (kevo_repl.config)
+    return parse
+
+
+def _port_type(low: int) -> Callable[[str], int]:
+    """A port P with P+1 also a port (ROUTER); ``low`` 0 allows "none"."""
+
+    def parse(text: str) -> int:
+        value = _count(low)(text)
+        if value > 65534:
+            raise argparse.ArgumentTypeError(f"must be a port below 65535, got {value}")
+        return value
+
+    parse.config_type = int  # type: ignore[attr-defined]
+    return parse
+
+
+_port = _port_type(1)
+
+
+def _interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 0.1 <= value <= 3600:
+        raise argparse.ArgumentTypeError("must be between 0.1 and 3600 seconds")
+    return value
+
+
+_interval.config_type = float  # type: ignore[attr-defined]
+
+
+def _logging_flags(p: argparse.ArgumentParser, default: object) -> None:
+    p.add_argument("--log-level", choices=_LEVELS, default=default, help="or $KEVO_LOG_LEVEL")
+    p.add_argument("--log-format", choices=["auto", "json", "console"], default=default)
+
+
+def _serving_flags(p: argparse.ArgumentParser, port: int) -> None:
+    p.add_argument("--data", type=Path, help="data directory (required)")
+    p.add_argument("--bind", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=_port, default=port, help="PUB port; ROUTER is port+1")
+    p.add_argument("--advertise", default="", help="HOST:PORT others reach this node at")
+    p.add_argument("--metrics-port", type=_port_type(0), default=0, help="serve Prometheus metrics")
+
+
+def _config_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="TOML file of flags; flags given here win")
+    p.add_argument("--print-config", action="store_true", help="print the settings and exit")
+
+
+def _node_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--node", required=True, type=_node_arg, help="HOST:PORT (the PUB port)")
+    p.add_argument(
+        "--request-timeout-ms", type=_count(1), default=5000, help="give up on a silent node"
+    )
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The parser and its subparsers by command name (the config file checks keys on them)."""
     p = argparse.ArgumentParser(prog="kevo-repl", description=__doc__.splitlines()[0])
-    p.add_argument("--log-level", default=None, help="debug, info, warning, error")
-    p.add_argument("--log-format", default=None, choices=["auto", "json", "console"])
-    sub = p.add_subparsers(dest="command", required=True)
+    _logging_flags(p, None)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    subs: dict[str, argparse.ArgumentParser] = {}
 
-    pr = sub.add_parser("primary", help="run a primary in the foreground")
-    pr.add_argument("--data", required=True, type=Path)
-    pr.add_argument("--bind", default="127.0.0.1")
-    pr.add_argument("--port", type=int, default=7100)
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help_text, description=help_text)
+        _logging_flags(c, argparse.SUPPRESS)
+        subs[name] = c
+        return c
+
+    pr = add("primary", "run a primary in the foreground")
+    _serving_flags(pr, 7100)
+    pr.add_argument("--id", default="primary", help="node id shown in status and logs")
     pr.add_argument("--fsync", choices=["always", "interval", "none"], default="always")
-    pr.add_argument("--retention-bytes", type=int, default=1024 * 1024 * 1024)
-    pr.add_argument("--segment-bytes", type=int, default=0)
-    pr.add_argument("--pub-hwm", type=int, default=10_000)
-    pr.add_argument("--advertise", default="", help="HOST:PORT others reach this node at")
+    pr.add_argument("--retention-bytes", type=_count(1), default=1024 * 1024 * 1024)
+    pr.add_argument("--segment-bytes", type=_count(0), default=0, help="0: derived")
+    pr.add_argument("--pub-hwm", type=_count(1), default=10_000)
+    _config_flags(pr)
 
-    rp = sub.add_parser("replica", help="run a replica in the foreground")
-    rp.add_argument("--data", required=True, type=Path)
-    rp.add_argument("--primary", required=True, type=_node_arg)
-    rp.add_argument("--id", default="")
-    rp.add_argument("--bind", default="127.0.0.1")
-    rp.add_argument("--port", type=int, default=7110)
-    rp.add_argument("--advertise", default="")
+    rp = add("replica", "run a replica in the foreground")
+    _serving_flags(rp, 7110)
+    rp.add_argument("--primary", type=_node_arg, help="HOST:PORT of the primary (required)")
+    rp.add_argument("--id", default="", help="replica id (default replica-PORT)")
     rp.add_argument("--no-bootstrap", action="store_true", help="refuse instead of bootstrapping")
-    rp.add_argument("--heartbeat-ms", type=int, default=300)
-    rp.add_argument("--bootstrap-chunk-bytes", type=int, default=256 * 1024)
+    rp.add_argument("--heartbeat-ms", type=_count(1), default=300)
+    rp.add_argument("--bootstrap-chunk-bytes", type=_count(1), default=256 * 1024)
+    _config_flags(rp)
 
-    cl = sub.add_parser("cluster", help="a primary and N replicas as child processes")
-    cl.add_argument("--data", required=True, type=Path)
-    cl.add_argument("--replicas", type=int, default=2)
-    cl.add_argument("--port", type=int, default=7100)
+    cl = add("cluster", "a primary and N replicas as child processes")
+    cl.add_argument("--data", type=Path, help="data directory (required)")
+    cl.add_argument("--replicas", type=_count(0), default=2)
+    cl.add_argument("--port", type=_port, default=7100, help="primary on P, replica i on P+10i")
     cl.add_argument("--restart", action="store_true", help="restart crashed children")
+    cl.add_argument(
+        "--metrics-port", type=_port_type(0), default=0, help="primary M, replica i M+i"
+    )
+    _config_flags(cl)
 
-    dm = sub.add_parser("demo", help="cluster + demo data + proof that replicas match")
+    dm = add("demo", "cluster + demo data + proof that replicas match")
     dm.add_argument("--data", type=Path, default=Path("data/demo"))
-    dm.add_argument("--replicas", type=int, default=2)
-    dm.add_argument("--port", type=int, default=7100)
-    dm.add_argument("--keys", type=int, default=20_000)
+    dm.add_argument("--replicas", type=_count(0), default=2)
+    dm.add_argument("--port", type=_port, default=7100)
+    dm.add_argument("--keys", type=_count(1), default=20_000)
     dm.add_argument("--exit", action="store_true", help="stop after showing replication")
 
-    for name in ("put", "delete", "get", "status", "digest"):
-        c = sub.add_parser(name)
-        c.add_argument("--node", required=True, type=_node_arg)
-        c.add_argument("--timeout-ms", type=int, default=0)
-        if name in ("put", "delete", "get"):
-            c.add_argument("key")
+    for name, text in (("put", "write KEY=VALUE"), ("delete", "delete KEY")):
+        c = add(name, f"{text}; prints the committed LSN")
+        _node_flags(c)
+        c.add_argument("key")
         if name == "put":
             c.add_argument("value")
-        if name in ("put", "delete"):
-            c.add_argument("--wait-replicas", type=int, default=0)
-        if name == "get":
-            c.add_argument("--min-lsn", type=int, default=0)
-        if name in ("status", "digest"):
-            c.add_argument("--json", action="store_true")
-    return p
+        c.add_argument("--wait-replicas", type=_count(0), default=0)
+        c.add_argument("--timeout-ms", type=_count(0), default=0, help="for --wait-replicas")
+
+    g = add("get", "print KEY's value; exit 1 if absent")
+    _node_flags(g)
+    g.add_argument("key")
+    g.add_argument("--min-lsn", type=_count(0), default=0, help="wait until applied")
+    g.add_argument("--timeout-ms", type=_count(0), default=0, help="for --min-lsn")
+
+    ld = add("load", "load key<TAB>value lines in batches; prints the last LSN")
+    _node_flags(ld)
+    ld.add_argument("file", nargs="?", default="-", help="a file, or - for stdin (default)")
+    ld.add_argument("--batch", type=_count(1), default=1000, help="entries per batch")
+
+    st = add("status", "a node's role, LSNs and replicas")
+    _node_flags(st)
+    st.add_argument("--json", action="store_true")
+    st.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
+    st.add_argument("--interval", type=_interval, default=1.0, help="seconds between refreshes")
+    st.add_argument("--ready", action="store_true", help="exit 1 unless primary or ready replica")
+
+    dg = add("digest", "LSN, key count and SHA-256 of the state, from one read")
+    _node_flags(dg)
+    dg.add_argument("--json", action="store_true")
+
+    tl = add("tail", "follow a node's replication stream")
+    _node_flags(tl)
+    tl.add_argument("--from-lsn", type=_count(1), default=None, help="catch up from this LSN")
+    tl.add_argument("--count", type=_count(1), default=None, help="exit after N entries")
+    tl.add_argument("--format", choices=["text", "json"], default="text")
+
+    lg = add("logs", "follow the local cluster's node logs, merged in time order")
+    lg.add_argument("--data", type=Path, required=True, help="the cluster's --data directory")
+    lg.add_argument("--node", action="append", default=[], help="only this node (repeatable)")
+    lg.add_argument("--level", choices=_LEVELS, default="debug", help="this level and above")
+    lg.add_argument("--follow", action=argparse.BooleanOptionalAction, default=True)
+    lg.add_argument("--format", choices=["text", "json"], default="text")
+    lg.add_argument("--lines", type=_count(0), default=0, help="only the last N lines first")
+    return p, subs
+
+
+def _parse(
+    argv: Sequence[str] | None,
+) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
+    parser, subs = build_parser()
+    args = parser.parse_args(argv)
+    sub = subs[args.command]
+    if args.command in CONFIGURABLE_COMMANDS and args.config is not None:
+        try:
+            sub.set_defaults(**config_defaults(args.config, args.command, subs))
+        except ConfigError as exc:
+            sub.error(str(exc))
+        args = parser.parse_args(argv)
+    for name in _REQUIRED.get(args.command, ()):
+        if getattr(args, name) is None:
+            sub.error(f"--{name} is required (on the command line or in --config)")
+    return args, sub
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args, sub = _parse(argv)
     try:
         configure_logging(args.log_level, args.log_format)
     except ValueError as exc:
-        print(f"kevo-repl: {exc}", file=sys.stderr)
-        return 2
+        sub.error(str(exc))
+    from kevo_repl.commands import COMMANDS
+
     try:
-        return _COMMANDS[args.command](args)
+        return COMMANDS[args.command](args)
     except NodeUnreachableError as exc:
-        print(f"kevo-repl: {exc}", file=sys.stderr)
+        _say(str(exc))
         return EXIT_UNREACHABLE
-    except RemoteError as exc:
-        print(f"kevo-repl: {exc}", file=sys.stderr)
-        return 1
-    except KevoError as exc:
-        print(f"kevo-repl: {exc}", file=sys.stderr)
+    except (RemoteError, KevoError) as exc:
+        _say(str(exc))
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        _quiet_stdout()
+        return 0
 
 
-def _run_node(node: object) -> int:
-    stop = node.stop  # type: ignore[attr-defined]
-    signal.signal(signal.SIGINT, lambda *_: stop())
-    signal.signal(signal.SIGTERM, lambda *_: stop())
-    node.run()  # type: ignore[attr-defined]
-    return 0
+def _say(message: str) -> None:
+    print(f"kevo-repl: {message}", file=sys.stderr)
 
 
-def _primary(args: argparse.Namespace) -> int:
-    from kevo_repl.node.primary_node import PrimaryConfig, PrimaryNode
+def _quiet_stdout() -> None:
+    """After a closed pipe (``| head``), keep Python from complaining at exit."""
+    import os
 
-    config = PrimaryConfig(
-        data_dir=args.data,
-        bind=args.bind,
-        port=args.port,
-        fsync=args.fsync,
-        retention_bytes=args.retention_bytes,
-        segment_bytes=args.segment_bytes,
-        pub_hwm=args.pub_hwm,
-        advertise=args.advertise,
-    )
-    return _run_node(PrimaryNode(config))
-
-
-def _replica(args: argparse.Namespace) -> int:
-    from kevo_repl.node.replica_node import ReplicaConfig, ReplicaNode
-
-    host, port = parse_node(args.primary)
-    config = ReplicaConfig(
-        data_dir=args.data,
-        primary_host=host,
-        primary_port=port,
-        replica_id=args.id or f"replica-{args.port}",
-        bind=args.bind,
-        port=args.port,
-        advertise=args.advertise,
-        allow_bootstrap=not args.no_bootstrap,
-        heartbeat_interval_ms=args.heartbeat_ms,
-        bootstrap_chunk_bytes=args.bootstrap_chunk_bytes,
-    )
-    return _run_node(ReplicaNode(config))
-
-
-def _client(args: argparse.Namespace) -> Client:
-    return Client(args.node, timeout_ms=5000)
-
-
-def _put(args: argparse.Namespace) -> int:
-    with _client(args) as c:
-        r = c.put(
-            args.key.encode(),
-            args.value.encode(),
-            wait_replicas=args.wait_replicas,
-            timeout_ms=args.timeout_ms,
-        )
-    _print_write(r.lsn, args.wait_replicas, r.replicas_applied, r.wait_timed_out)
-    return 1 if r.wait_timed_out else 0
-
-
-def _delete(args: argparse.Namespace) -> int:
-    with _client(args) as c:
-        r = c.delete(
-            args.key.encode(), wait_replicas=args.wait_replicas, timeout_ms=args.timeout_ms
-        )
-    _print_write(r.lsn, args.wait_replicas, r.replicas_applied, r.wait_timed_out)
-    return 1 if r.wait_timed_out else 0
-
-
-def _print_write(lsn: int, wanted: int, applied: int, timed_out: bool) -> None:
-    print(lsn)
-    if wanted:
-        note = " (timed out)" if timed_out else ""
-        print(f"replicas applied: {applied} of {wanted} requested{note}", file=sys.stderr)
-
-
-def _get(args: argparse.Namespace) -> int:
-    with _client(args) as c:
-        value = c.get(args.key.encode(), min_lsn=args.min_lsn, timeout_ms=args.timeout_ms)
-    if value is None:
-        print(f"kevo-repl: key {args.key!r} not found", file=sys.stderr)
-        return EXIT_ABSENT
-    sys.stdout.buffer.write(value + b"\n")
-    return 0
-
-
-def _status(args: argparse.Namespace) -> int:
-    from kevo_repl.status_format import status_json, status_text
-
-    with _client(args) as c:
-        s = c.status()
-    print(json.dumps(status_json(s)) if args.json else status_text(s))
-    return 0
-
-
-def _digest(args: argparse.Namespace) -> int:
-    with _client(args) as c:
-        d = c.digest()
-    doc = {"lsn": d.lsn, "keys": d.keys, "digest": d.digest}
-    print(json.dumps(doc) if args.json else f"lsn={d.lsn} keys={d.keys} digest={d.digest}")
-    return 0
-
-
-def _cluster(args: argparse.Namespace) -> int:
-    from kevo_repl.cluster import run_cluster
-
-    return run_cluster(args.data, args.replicas, args.port, restart=args.restart)
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from kevo_repl.cluster import run_demo
-
-    return run_demo(args.data, args.replicas, args.port, args.keys, exit_after=args.exit)
-
-
-_COMMANDS = {
-    "primary": _primary,
-    "replica": _replica,
-    "cluster": _cluster,
-    "demo": _demo,
-    "put": _put,
-    "delete": _delete,
-    "get": _get,
-    "status": _status,
-    "digest": _digest,
-}
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())

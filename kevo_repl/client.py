@@ -4,6 +4,13 @@ A node is addressed as ``HOST:P`` (its PUB port, as printed by ``kevo-repl``); r
 its ROUTER on P+1 over one DEALER. Every call has a deadline, so an unreachable node raises
 ``NodeUnreachableError`` instead of hanging. A write sent to a replica is refused with
 ``ERROR_NOT_PRIMARY`` naming the primary; the client follows that once, by itself.
+
+Example::
+
+    with Client("127.0.0.1:7100") as c:
+        lsn = c.put(b"k", b"v", wait_replicas=1, timeout_ms=1000).lsn
+    with Client("127.0.0.1:7110") as r:  # a replica: read your write once it has applied it
+        assert r.get(b"k", min_lsn=lsn, timeout_ms=1000) == b"v"
 """
 
 from __future__ import annotations
@@ -40,12 +47,16 @@ class NodeUnreachableError(KevoError):
 class RemoteError(KevoError):
     """The node answered with an ``Error``."""
 
-    def __init__(self, code: int, message: str, primary: str = "") -> None:
+    def __init__(
+        self, code: int, message: str, primary: str = "", retained_from_lsn: int = 0
+    ) -> None:
         name = pb.ErrorCode.Name(code) if code in pb.ErrorCode.values() else str(code)  # type: ignore[arg-type]
         super().__init__(f"{name}: {message}")
         self.code = code
         self.code_name = name
-        self.primary = primary
+        self.message = message
+        self.primary = primary  # with ERROR_NOT_PRIMARY: where writes go
+        self.retained_from_lsn = retained_from_lsn  # with ERROR_TOO_OLD: the WAL's first LSN
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,8 +168,22 @@ class Client:
         return Digest(d.lsn, d.keys, d.digest.hex())
 
     def wal_sync(self, from_lsn: int, max_bytes: int = 1 << 20) -> pb.WalSyncResponse:
+        """Raw WAL records from the batch holding ``from_lsn`` on (primary only).
+
+        Raises ``RemoteError`` with ``ERROR_TOO_OLD`` (and ``retained_from_lsn``) when the WAL
+        no longer holds ``from_lsn``; a replica answers ``ERROR_BAD_REQUEST``.
+        """
         req = pb.Request(wal_sync=pb.WalSyncRequest(from_lsn=from_lsn, max_bytes=max_bytes))
         return self.call(req).wal_sync
+
+    def primary_address(self) -> str:
+        """``HOST:PORT`` of the primary: this node itself, or the one a replica follows."""
+        s = self.status()
+        if s.role == pb.ROLE_PRIMARY:
+            return self.node
+        if not s.primary:
+            raise RemoteError(pb.ERROR_UNAVAILABLE, f"{self.node} does not name its primary")
+        return s.primary
 
     # ---- plumbing ----------------------------------------------------------------------------
 
@@ -181,7 +206,7 @@ class Client:
                 continue  # a late answer to an earlier, timed-out request
             if resp.WhichOneof("body") == "error":
                 e = resp.error
-                raise RemoteError(e.code, e.message, e.primary)
+                raise RemoteError(e.code, e.message, e.primary, e.retained_from_lsn)
             return resp
 
     def call_many(self, requests: Sequence[pb.Request], *, window: int = 64) -> list[pb.Response]:
@@ -205,7 +230,10 @@ class Client:
                 raise NodeUnreachableError(
                     f"no answer from {self.node} within {self.timeout_ms} ms"
                 )
-            resp = decode_response(self._sock.recv())
+            try:
+                resp = decode_response(self._sock.recv())
+            except WireError as exc:
+                raise RemoteError(pb.ERROR_BAD_REQUEST, f"unreadable response: {exc}") from exc
             if first_id <= resp.request_id < first_id + len(requests):
                 out[resp.request_id] = resp
         self._ids = itertools.count(first_id + len(requests))

@@ -1,4 +1,11 @@
-"""A local cluster: one primary and N replicas as child processes, logs merged with a prefix.
+"""A local cluster: one primary and N replicas as child processes, their logs merged.
+
+Each child writes its JSON log lines straight to ``DIR/logs/<node>.log`` (so they survive the
+cluster process, and ``kevo-repl logs --data DIR`` can follow them); the cluster shows them
+merged, one ``[node]`` prefix per line. The primary listens on P, replica i on P + 10 * i. A
+child that exits by itself is reported; with ``restart`` a crashed one is started again after
+a growing pause (so a child that cannot start does not spin). SIGINT and SIGTERM stop every
+child with SIGTERM (SIGKILL after a deadline) and end with exit 0.
 
 ``run_demo`` is the README's first command: it starts a cluster, loads demo data, waits until
 every replica's digest equals the primary's at the same LSN, shows the status table, and keeps
@@ -12,35 +19,48 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 from kevo_repl.client import Client, NodeUnreachableError
+from kevo_repl.logview import LogFollower, run_logs
 from kevo_repl.status_format import status_text
 
 __all__ = ["ClusterProcesses", "run_cluster", "run_demo"]
+
+RESTART_PAUSE_MAX_S = 5.0
 
 
 @dataclass(slots=True)
 class _Child:
     name: str
     argv: list[str]
+    port: int
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
+    restart_at: float = 0.0
 
 
 @dataclass(slots=True)
 class ClusterProcesses:
-    """Starts, watches and stops the children; prints their log lines as ``[name] line``."""
+    """Starts, watches and stops the children; their logs go to ``data/logs``."""
 
     data: Path
     replicas: int
     port: int
     restart: bool = False
+    metrics_port: int = 0  # 0: none; else the primary on it, replica i on it + i
+    node_args: Sequence[str] = ()  # extra flags for every node (--log-level ...)
     out: IO[str] = field(default_factory=lambda: sys.stdout)
     children: list[_Child] = field(default_factory=list)
+    crashes: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data / "logs"
 
     def endpoints(self) -> list[tuple[str, str]]:
         eps = [("primary", f"127.0.0.1:{self.port}")]
@@ -50,47 +70,50 @@ class ClusterProcesses:
         return eps
 
     def start(self) -> None:
-        base = [sys.executable, "-m", "kevo_repl", "--log-format", "json"]
-        self.children.append(
-            _Child(
-                "primary",
-                [*base, "primary", "--data", str(self.data / "primary"), "--port", str(self.port)],
-            )
-        )
-        for i in range(1, self.replicas + 1):
-            name = f"replica-{i}"
-            self.children.append(
-                _Child(
-                    name,
-                    [
-                        *base,
-                        "replica",
-                        "--data",
-                        str(self.data / name),
-                        "--id",
-                        name,
-                        "--primary",
-                        f"127.0.0.1:{self.port}",
-                        "--port",
-                        str(self.port + 10 * i),
-                    ],
-                )
-            )
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        base = [sys.executable, "-m", "kevo_repl"]
+        tail = ["--log-format", "json", *self.node_args]
+        for i, (name, ep) in enumerate(self.endpoints()):
+            port = int(ep.rsplit(":", 1)[1])
+            argv = [*base, "primary" if i == 0 else "replica", "--data", str(self.data / name)]
+            argv += ["--port", str(port), *tail]
+            if i > 0:
+                argv += ["--id", name, "--primary", f"127.0.0.1:{self.port}"]
+            if self.metrics_port:
+                argv += ["--metrics-port", str(self.metrics_port + i)]
+            self.children.append(_Child(name, argv, port))
         for child in self.children:
             self._spawn(child)
 
     def watch(self, stop: threading.Event) -> None:
-        """Report (and with ``restart``, restart) crashed children until ``stop`` is set."""
-        while not stop.wait(0.2):
+        """Report (and with ``restart``, restart) exited children until ``stop`` is set."""
+        while not stop.wait(0.1):
+            now = time.monotonic()
             for child in self.children:
                 if child.proc is not None and child.proc.poll() is not None:
-                    code = child.proc.returncode
-                    self._say(f"[cluster] {child.name} exited with code {code}")
-                    child.proc = None
-                    if self.restart:
-                        child.restarts += 1
-                        self._say(f"[cluster] restarting {child.name} (restart {child.restarts})")
-                        self._spawn(child)
+                    self._exited(child, now)
+                if child.proc is None and child.restart_at and now >= child.restart_at:
+                    if stop.is_set():
+                        return
+                    child.restart_at = 0.0
+                    child.restarts += 1
+                    self.say(f"[cluster] restarting {child.name} (restart {child.restarts})")
+                    self._spawn(child)
+
+    def _exited(self, child: _Child, now: float) -> None:
+        assert child.proc is not None
+        code = child.proc.returncode
+        child.proc = None
+        if code == 0:
+            self.say(f"[cluster] {child.name} stopped (exit code 0)")
+            return
+        self.crashes += 1
+        how = f"signal {-code}" if code < 0 else f"exit code {code}"
+        self.say(f"[cluster] {child.name} crashed ({how}); log: {self.log_dir / child.name}.log")
+        if self.restart:
+            child.restart_at = now + min(RESTART_PAUSE_MAX_S, 0.2 * 2**child.restarts)
+        else:
+            self.say(f"[cluster] {child.name} stays down (use --restart to restart crashed nodes)")
 
     def stop(self, timeout_s: float = 10.0) -> None:
         for child in self.children:
@@ -103,26 +126,31 @@ class ClusterProcesses:
             try:
                 child.proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
+                self.say(f"[cluster] {child.name} did not stop in {timeout_s:.0f}s; killing it")
                 child.proc.kill()
                 child.proc.wait()
 
+    def wait_serving(self, deadline_s: float = 30.0) -> None:
+        for name, ep in self.endpoints():
+            child = next(c for c in self.children if c.name == name)
+            _wait_until_serving(ep, deadline_s, child)
+
     def _spawn(self, child: _Child) -> None:
-        child.proc = subprocess.Popen(child.argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        threading.Thread(target=self._pump, args=(child.name, child.proc), daemon=True).start()
+        with (self.log_dir / f"{child.name}.log").open("ab") as log:
+            child.proc = subprocess.Popen(
+                child.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+            )
 
-    def _pump(self, name: str, proc: subprocess.Popen[bytes]) -> None:
-        assert proc.stderr is not None
-        for raw in proc.stderr:
-            self._say(f"[{name}] {raw.decode(errors='replace').rstrip()}")
-
-    def _say(self, line: str) -> None:
+    def say(self, line: str) -> None:
         with self._lock:
             print(line, file=self.out, flush=True)
 
 
-def _wait_until_serving(node: str, deadline_s: float) -> None:
+def _wait_until_serving(node: str, deadline_s: float, child: _Child | None = None) -> None:
     end = time.monotonic() + deadline_s
     while True:
+        if child is not None and child.proc is not None and child.proc.poll() is not None:
+            raise NodeUnreachableError(f"{child.name} exited with {child.proc.returncode}")
         try:
             with Client(node, timeout_ms=500) as c:
                 c.status()
@@ -132,39 +160,91 @@ def _wait_until_serving(node: str, deadline_s: float) -> None:
                 raise
 
 
-def _serve_until_interrupted(cluster: ClusterProcesses) -> int:
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+def _serve_until_stopped(cluster: ClusterProcesses, stop: threading.Event) -> int:
     try:
         cluster.watch(stop)
     except KeyboardInterrupt:
         pass
     finally:
+        cluster.say("[cluster] stopping every node")
         cluster.stop()
     return 0
 
 
-def run_cluster(data: Path, replicas: int, port: int, *, restart: bool = False) -> int:
-    cluster = ClusterProcesses(data, replicas, port, restart)
+def _on_signals(stop: threading.Event) -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+
+
+def run_cluster(
+    data: Path,
+    replicas: int,
+    port: int,
+    *,
+    restart: bool = False,
+    metrics_port: int = 0,
+    node_args: Sequence[str] = (),
+) -> int:
+    stop = threading.Event()
+    _on_signals(stop)
+    cluster = ClusterProcesses(data, replicas, port, restart, metrics_port, node_args)
+    follower = LogFollower(cluster.log_dir, start_at_end=True)
+    cluster.log_dir.mkdir(parents=True, exist_ok=True)
+    follower.poll()  # note where each existing file ends: show only this run's lines
     cluster.start()
-    for name, ep in cluster.endpoints():
+    for i, (name, ep) in enumerate(cluster.endpoints()):
         host, port_text = ep.rsplit(":", 1)
-        print(f"[cluster] {name}: PUB {ep}, ROUTER {host}:{int(port_text) + 1}", flush=True)
-    print("[cluster] Ctrl-C stops every node", flush=True)
-    return _serve_until_interrupted(cluster)
+        proc = cluster.children[i].proc
+        metrics = f", metrics {host}:{metrics_port + i}" if metrics_port else ""
+        cluster.say(
+            f"[cluster] {name}: PUB {ep}, ROUTER {host}:{int(port_text) + 1}{metrics}"
+            f" (pid {proc.pid if proc else '-'})"
+        )
+    cluster.say(f"[cluster] logs: {cluster.log_dir}/<node>.log (kevo-repl logs --data {data})")
+    logs_stop = threading.Event()
+    shower = threading.Thread(
+        target=run_logs,
+        args=(follower, _Locked(cluster)),
+        kwargs={"follow": True, "stop": logs_stop},
+        daemon=True,
+    )
+    shower.start()
+    try:
+        cluster.wait_serving()
+        cluster.say("[cluster] ready; Ctrl-C stops every node")
+    except NodeUnreachableError as exc:
+        cluster.say(f"[cluster] a node did not come up: {exc}")
+    code = _serve_until_stopped(cluster, stop)
+    logs_stop.set()
+    shower.join(5)
+    cluster.say("[cluster] stopped")
+    return code
+
+
+class _Locked:
+    """A text stream that writes through the cluster's lock, so lines never interleave."""
+
+    def __init__(self, cluster: ClusterProcesses) -> None:
+        self.cluster = cluster
+
+    def write(self, text: str) -> int:
+        with self.cluster._lock:
+            self.cluster.out.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        with self.cluster._lock:
+            self.cluster.out.flush()
 
 
 def run_demo(data: Path, replicas: int, port: int, keys: int, *, exit_after: bool) -> int:
-    import io
-
-    logs = io.StringIO()  # node logs stay quiet during the demo; printed if something fails
-    cluster = ClusterProcesses(data, replicas, port, out=logs)
+    stop = threading.Event()
+    cluster = ClusterProcesses(data, replicas, port)
     cluster.start()
     try:
         eps = cluster.endpoints()
         primary = eps[0][1]
-        for _, ep in eps:
-            _wait_until_serving(ep, 30)
+        cluster.wait_serving()
         print(f"cluster up: primary {primary}, replicas {', '.join(ep for _, ep in eps[1:])}")
         started = time.monotonic()
         with Client(primary) as c:
@@ -191,13 +271,16 @@ def run_demo(data: Path, replicas: int, port: int, keys: int, *, exit_after: boo
         with Client(primary) as c:
             print()
             print(status_text(c.status()))
-    except Exception:
-        print(logs.getvalue(), file=sys.stderr)
+    except BaseException:
+        print(f"node logs: {cluster.log_dir}", file=sys.stderr)
         cluster.stop()
         raise
     if exit_after:
         cluster.stop()
         return 0
     print(f"\ntry: kevo-repl get --node 127.0.0.1:{port + 10} user:00000042  (Ctrl-C stops it)")
-    cluster.out = sys.stdout
-    return _serve_until_interrupted(cluster)
+    print(f"     kevo-repl logs --data {data}")
+    _on_signals(stop)
+    code = _serve_until_stopped(cluster, stop)
+    cluster.say("[cluster] stopped")
+    return code

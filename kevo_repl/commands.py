@@ -1,0 +1,213 @@
+"""The CLI's commands, one function each: ``args`` in, exit code out, output on stdout.
+
+Results go to stdout (an LSN, a value, a JSON object) so scripts can capture them; notes and
+errors go to stderr. Errors are raised (``NodeUnreachableError``, ``RemoteError``,
+``KevoError``) and turned into a message and an exit code by ``cli.main``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import BinaryIO
+
+from kevo_repl.client import Client, NodeUnreachableError
+from kevo_repl.core.errors import KevoError
+from kevo_repl.logs import get_logger
+from kevo_repl.serve import run_cluster_command, run_primary, run_replica
+from kevo_repl.wire import pb
+
+__all__ = ["COMMANDS"]
+
+EXIT_ABSENT = 1
+EXIT_UNREACHABLE = 3
+_CLEAR = "\x1b[H\x1b[2J"
+
+
+def _client(args: argparse.Namespace) -> Client:
+    return Client(args.node, timeout_ms=args.request_timeout_ms)
+
+
+def _put(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        r = c.put(
+            args.key.encode(),
+            args.value.encode(),
+            wait_replicas=args.wait_replicas,
+            timeout_ms=args.timeout_ms,
+        )
+    return _print_write(r.lsn, args.wait_replicas, r.replicas_applied, r.wait_timed_out)
+
+
+def _delete(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        r = c.delete(
+            args.key.encode(), wait_replicas=args.wait_replicas, timeout_ms=args.timeout_ms
+        )
+    return _print_write(r.lsn, args.wait_replicas, r.replicas_applied, r.wait_timed_out)
+
+
+def _print_write(lsn: int, wanted: int, applied: int, timed_out: bool) -> int:
+    """The LSN on stdout; with --wait-replicas, how many applied it (exit 1 if too few)."""
+    print(lsn)
+    if wanted:
+        note = " (timed out)" if timed_out else ""
+        print(f"replicas applied: {applied} of {wanted} requested{note}", file=sys.stderr)
+    return 1 if timed_out else 0
+
+
+def _get(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        value = c.get(args.key.encode(), min_lsn=args.min_lsn, timeout_ms=args.timeout_ms)
+    if value is None:
+        print(f"kevo-repl: key {args.key!r} not found", file=sys.stderr)
+        return EXIT_ABSENT
+    sys.stdout.buffer.write(value + b"\n")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from kevo_repl.status_format import status_json, status_text
+
+    def show(s: pb.StatusResponse, clear: bool) -> None:
+        if args.json:
+            print(json.dumps(status_json(s)), flush=True)
+        else:
+            stamp = f"{time.strftime('%H:%M:%S')}  (every {args.interval:g}s, Ctrl-C stops)\n"
+            head = (_CLEAR if clear else "") + (stamp if args.watch else "")
+            print(head + status_text(s), flush=True)
+
+    with _client(args) as c:
+        s = c.status()
+        show(s, clear=args.watch and sys.stdout.isatty())
+        if args.watch:
+            _watch(c, show, args.interval)
+    return 0 if not args.ready or _is_ready(s) else 1
+
+
+def _is_ready(s: pb.StatusResponse) -> bool:
+    return s.role == pb.ROLE_PRIMARY or s.status == pb.STATUS_READY
+
+
+def _watch(c: Client, show: Callable[[pb.StatusResponse, bool], None], interval_s: float) -> None:
+    """Refresh until Ctrl-C; a node that stops answering is reported and retried."""
+    clear = sys.stdout.isatty()
+    try:
+        while True:
+            time.sleep(interval_s)
+            try:
+                show(c.status(), clear)
+            except NodeUnreachableError as exc:
+                print(f"kevo-repl: {exc} (retrying)", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        return
+
+
+def _digest(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        d = c.digest()
+    doc = {"lsn": d.lsn, "keys": d.keys, "digest": d.digest}
+    print(json.dumps(doc) if args.json else f"lsn={d.lsn} keys={d.keys} digest={d.digest}")
+    return 0
+
+
+def _load(args: argparse.Namespace) -> int:
+    from kevo_repl.load import Progress, load_lines
+
+    stream: BinaryIO
+    total: int | None = None
+    if args.file == "-":
+        stream = sys.stdin.buffer
+    else:
+        path = Path(args.file)
+        try:
+            stream = path.open("rb")
+            total = path.stat().st_size
+        except OSError as exc:
+            raise KevoError(f"cannot read {path}: {exc.strerror or exc}") from None
+    progress = Progress(sys.stderr, total) if sys.stderr.isatty() else None
+    started = time.monotonic()
+    try:
+        result = load_lines(
+            args.node,
+            stream,
+            batch=args.batch,
+            timeout_ms=args.request_timeout_ms,
+            progress=progress,
+        )
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+    elapsed = time.monotonic() - started
+    print(result.last_lsn)
+    print(
+        f"loaded {result.entries} entries in {result.batches} batches"
+        f" ({result.entries / max(elapsed, 1e-6):,.0f} entries/s)"
+        + ("" if result.entries else "; the input held no entries"),
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _tail(args: argparse.Namespace) -> int:
+    from kevo_repl.tail import StreamTail, entry_json, entry_text
+
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    fmt = (lambda e: json.dumps(entry_json(e))) if args.format == "json" else entry_text
+    tail = StreamTail(args.node, timeout_ms=args.request_timeout_ms)
+    shown = last = 0
+    entries = tail.entries(args.from_lsn)
+    try:
+        for entry in entries:
+            print(fmt(entry))
+            shown, last = shown + 1, entry.lsn
+            if args.count is not None and shown >= args.count:
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        entries.close()
+        get_logger(node=args.node, role="tail").debug(
+            "tail_done", entries=shown, lsn=last, **asdict(tail.stats)
+        )
+    return 0
+
+
+def _logs(args: argparse.Namespace) -> int:
+    from kevo_repl.logview import LogFollower, run_logs
+
+    log_dir = args.data / "logs"
+    if not log_dir.is_dir():
+        raise KevoError(f"no logs in {log_dir} (is {args.data} a `kevo-repl cluster --data` dir?)")
+    follower = LogFollower(log_dir, frozenset(args.node), args.level)
+    try:
+        return run_logs(follower, sys.stdout, follow=args.follow, fmt=args.format, last=args.lines)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from kevo_repl.cluster import run_demo
+
+    return run_demo(args.data, args.replicas, args.port, args.keys, exit_after=args.exit)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "primary": run_primary,
+    "replica": run_replica,
+    "cluster": run_cluster_command,
+    "demo": _demo,
+    "put": _put,
+    "delete": _delete,
+    "get": _get,
+    "load": _load,
+    "status": _status,
+    "digest": _digest,
+    "tail": _tail,
+    "logs": _logs,
+}

@@ -1,0 +1,196 @@
+"""``kevo-repl load``: ``key<TAB>value`` lines into the primary, in pipelined batches.
+
+Input is read as bytes (keys and values need not be UTF-8), one entry per line, split at the
+first TAB (so a value may hold TABs); a trailing ``\\r`` is dropped and blank lines are
+skipped. Lines are grouped into atomic batches of ``--batch`` entries (smaller when the bytes
+would exceed a request), and ``WINDOW`` batches at a time are pipelined with
+``Client.call_many``.
+
+A bad line (no TAB, empty key, key or value over the limits) stops the load before its batch
+is sent: every batch before it is committed, nothing from the first line of its batch on is
+sent, and the error says both line numbers and the last committed LSN, so the operator can
+fix the line and resume from the right place. Nothing is half-sent silently. A batch the
+primary refuses is reported the same way. Writes sent to a replica go to its primary.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO, TextIO
+
+from kevo_repl.client import Client, RemoteError, batch_request
+from kevo_repl.core.errors import KevoError
+from kevo_repl.wire import pb
+from kevo_repl.wire.batch import DEFAULT_LIMITS
+
+__all__ = ["LoadError", "LoadResult", "Progress", "load_lines", "parse_line"]
+
+WINDOW = 16  # batches in flight
+_MAX_BATCH_BYTES = 4 * 1024 * 1024  # well under the 16 MiB request limit
+
+
+class LoadError(KevoError):
+    """A line or a batch could not be loaded; says what was committed before it."""
+
+
+@dataclass(slots=True)
+class LoadResult:
+    entries: int = 0
+    batches: int = 0
+    last_lsn: int = 0
+    committed_through_line: int = 0
+
+
+@dataclass(slots=True)
+class _Batch:
+    first_line: int
+    last_line: int
+    entries: list[tuple[bytes, bytes | None]]
+    read_bytes: int  # input bytes consumed through this batch
+
+
+class _BadLine(Exception):
+    """Line ``lineno`` is bad; its batch (not sent) began at ``first_unsent``."""
+
+    def __init__(self, lineno: int, reason: str, first_unsent: int) -> None:
+        super().__init__(reason)
+        self.lineno = lineno
+        self.reason = reason
+        self.first_unsent = first_unsent
+
+
+def parse_line(raw: bytes) -> tuple[bytes, bytes] | None:
+    """``(key, value)``, or None for a blank line; ``ValueError`` says what is wrong."""
+    line = raw.removesuffix(b"\n").removesuffix(b"\r")
+    if not line:
+        return None
+    key, tab, value = line.partition(b"\t")
+    if not tab:
+        raise ValueError("no TAB between key and value")
+    if not key:
+        raise ValueError("empty key")
+    if len(key) > DEFAULT_LIMITS.max_key_bytes:
+        raise ValueError(f"key of {len(key)} bytes (limit {DEFAULT_LIMITS.max_key_bytes})")
+    if len(value) > DEFAULT_LIMITS.max_value_bytes:
+        raise ValueError(f"value of {len(value)} bytes (limit {DEFAULT_LIMITS.max_value_bytes})")
+    return key, value
+
+
+def _batches(stream: BinaryIO, size: int) -> Iterator[_Batch]:
+    entries: list[tuple[bytes, bytes | None]] = []
+    first = 0
+    nbytes = 0
+    consumed = 0
+    lineno = 0
+    for lineno, raw in enumerate(stream, start=1):
+        consumed += len(raw)
+        try:
+            kv = parse_line(raw)
+        except ValueError as exc:
+            raise _BadLine(lineno, str(exc), first or lineno) from None
+        if kv is None:
+            continue
+        if not entries:
+            first = lineno
+        entries.append(kv)
+        nbytes += len(kv[0]) + len(kv[1]) + 8
+        if len(entries) >= size or nbytes >= _MAX_BATCH_BYTES:
+            yield _Batch(first, lineno, entries, consumed)
+            entries, nbytes, first = [], 0, 0
+    if entries:
+        yield _Batch(first, lineno, entries, consumed)
+
+
+class Progress:
+    """A one-line progress bar on stderr, redrawn at most ten times a second."""
+
+    def __init__(self, out: TextIO, total_bytes: int | None) -> None:
+        self.out = out
+        self.total = total_bytes
+        self.started = time.monotonic()
+        self._drawn = 0.0
+
+    def update(self, entries: int, read_bytes: int, *, final: bool = False) -> None:
+        now = time.monotonic()
+        if not final and now - self._drawn < 0.1:
+            return
+        self._drawn = now
+        rate = entries / max(now - self.started, 1e-6)
+        text = f"{entries} entries  {rate:,.0f}/s"
+        if self.total:
+            frac = min(1.0, read_bytes / self.total)
+            filled = int(frac * 30)
+            text = f"[{'#' * filled}{'.' * (30 - filled)}] {frac:6.1%}  {text}"
+        self.out.write("\r" + text + ("\n" if final else ""))
+        self.out.flush()
+
+
+def load_lines(
+    node: str,
+    stream: BinaryIO,
+    *,
+    batch: int = 1000,
+    timeout_ms: int = 5000,
+    progress: Progress | None = None,
+) -> LoadResult:
+    """Load every line of ``stream`` through ``node`` (or its primary); see the module doc."""
+    with Client(node, timeout_ms=timeout_ms) as c:
+        target = c.primary_address()
+    result = LoadResult()
+    with Client(target, timeout_ms=timeout_ms) as c:
+        pending: list[_Batch] = []
+        batches = _batches(stream, batch)
+        while True:
+            try:
+                item = next(batches, None)
+            except _BadLine as bad:
+                _send(c, pending, result, progress)
+                raise LoadError(_bad_line_message(bad, result)) from None
+            if item is not None:
+                pending.append(item)
+            if pending and (item is None or len(pending) >= WINDOW):
+                _send(c, pending, result, progress)
+                pending = []
+            if item is None:
+                break
+    if progress is not None:
+        progress.update(result.entries, progress.total or 0, final=True)
+    return result
+
+
+def _send(c: Client, pending: list[_Batch], result: LoadResult, progress: Progress | None) -> None:
+    if not pending:
+        return
+    responses = c.call_many([batch_request(b.entries) for b in pending], window=WINDOW)
+    for b, resp in zip(pending, responses, strict=True):
+        if resp.WhichOneof("body") != "write":
+            err = resp.error if resp.WhichOneof("body") == "error" else pb.Error()
+            name = RemoteError(err.code, err.message).code_name
+            raise LoadError(
+                f"lines {b.first_line}-{b.last_line} were refused ({name}: {err.message}); "
+                + _committed(result)
+            )
+        result.entries += len(b.entries)
+        result.batches += 1
+        result.last_lsn = max(result.last_lsn, resp.write.lsn)
+        result.committed_through_line = b.last_line
+        if progress is not None:
+            progress.update(result.entries, b.read_bytes)
+
+
+def _committed(result: LoadResult) -> str:
+    if not result.entries:
+        return "nothing was committed"
+    return (
+        f"lines 1-{result.committed_through_line} were committed "
+        f"({result.entries} entries, up to LSN {result.last_lsn})"
+    )
+
+
+def _bad_line_message(bad: _BadLine, result: LoadResult) -> str:
+    return (
+        f"line {bad.lineno}: {bad.reason}; {_committed(result)}; "
+        f"nothing from line {bad.first_unsent} on was sent"
+    )

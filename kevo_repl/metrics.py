@@ -1,0 +1,158 @@
+"""``--metrics-port``: Prometheus text read from the node's own objects at scrape time.
+
+A custom collector is handed the node and reads its plain attributes (WAL positions, store
+LSN, registry, counters) when Prometheus scrapes, so the hot path keeps no metric objects and
+pays nothing per entry. The reads happen on the HTTP server's thread while the node loop runs:
+they are single attribute reads of ints (atomic under the GIL) and a copy of the registry's
+replica list; a value may be one turn stale, never torn. The LMDB store itself is not opened
+from that thread (a bootstrap swaps it), so no key count is exported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import ProcessCollector, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from kevo_repl.adapters.clock import monotonic_ms
+
+if TYPE_CHECKING:
+    from kevo_repl.node.primary_node import PrimaryNode
+    from kevo_repl.node.replica_node import ReplicaNode
+
+__all__ = ["MetricsServer", "PrimaryCollector", "ReplicaCollector", "serve_metrics"]
+
+_STATUS_NAMES = ("connecting", "syncing", "bootstrapping", "ready", "disconnected", "error")
+
+
+def _gauge(name: str, doc: str, value: float) -> Metric:
+    return GaugeMetricFamily(name, doc, value=value)
+
+
+def _counter(name: str, doc: str, value: float) -> Metric:
+    return CounterMetricFamily(name, doc, value=value)
+
+
+def _info(node_id: str, role: str, history_id: bytes) -> Metric:
+    info = GaugeMetricFamily(
+        "kevo_node_info", "Always 1; labels name the node.", labels=["node", "role", "history_id"]
+    )
+    info.add_metric([node_id, role, history_id.hex()], 1)
+    return info
+
+
+class PrimaryCollector(Collector):
+    """Series of a primary: LSNs, WAL range and size, publishing, per-replica lag."""
+
+    def __init__(self, node: PrimaryNode) -> None:
+        self.node = node
+
+    def collect(self) -> Iterator[Metric]:
+        node = self.node
+        wal, c = node.wal, node.counters
+        yield _info(node.config.node_id, "primary", wal.history_id)
+        yield _gauge("kevo_lsn", "Last committed LSN.", wal.last_lsn)
+        yield _gauge("kevo_durable_lsn", "Last LSN on disk (fsynced).", wal.durable_lsn)
+        yield _gauge("kevo_applied_lsn", "Last LSN applied to the store.", node.store.applied_lsn)
+        yield _gauge(
+            "kevo_wal_retained_from_lsn",
+            "First LSN the WAL still holds (catch-up below it needs a bootstrap).",
+            wal.retained_from_lsn,
+        )
+        yield _gauge("kevo_wal_last_lsn", "Last LSN the WAL holds.", wal.last_lsn)
+        yield _gauge("kevo_wal_size_bytes", "Bytes of WAL on disk.", wal.size_bytes)
+        yield _counter("kevo_batches_published", "Batches published on PUB.", c.batches_published)
+        yield _counter("kevo_entries_published", "Entries published on PUB.", c.entries_published)
+        yield _counter("kevo_bytes_published", "Bytes published on PUB.", c.bytes_published)
+        yield _counter("kevo_catchups_served", "WalSync requests answered.", c.catchups_served)
+        yield _counter("kevo_bootstraps_served", "Bootstrap sessions started.", c.bootstraps_served)
+        yield from self._replicas()
+
+    def _replicas(self) -> Iterator[Metric]:
+        registry = self.node.registry
+        now = monotonic_ms()
+        replicas = _copy_list(registry.replicas)
+        labels = ["replica"]
+        lag = GaugeMetricFamily("kevo_replica_lag_entries", "Entries behind.", labels=labels)
+        lag_ms = GaugeMetricFamily(
+            "kevo_replica_lag_ms", "Age of the oldest unapplied commit (ms).", labels=labels
+        )
+        applied = GaugeMetricFamily(
+            "kevo_replica_applied_lsn", "LSN the replica acknowledged.", labels=labels
+        )
+        status = GaugeMetricFamily(
+            "kevo_replica_status", "1 for the replica's current status.", labels=[*labels, "status"]
+        )
+        for r in replicas:
+            rid = [r.replica_id]
+            lag.add_metric(rid, registry.lag_entries(r))
+            lag_ms.add_metric(rid, registry.lag_ms(r, now))
+            applied.add_metric(rid, r.applied_lsn)
+            for name in _STATUS_NAMES:
+                status.add_metric([r.replica_id, name], 1 if r.status.name.lower() == name else 0)
+        yield from (lag, lag_ms, applied, status)
+        yield _gauge("kevo_replicas", "Replicas registered.", len(replicas))
+
+
+class ReplicaCollector(Collector):
+    """Series of a replica: applied and durable LSN, status, gaps, catch-ups, bootstraps."""
+
+    def __init__(self, node: ReplicaNode) -> None:
+        self.node = node
+
+    def collect(self) -> Iterator[Metric]:
+        f = self.node.follower
+        yield _info(self.node.config.replica_id, "replica", f.history_id)
+        yield _gauge("kevo_lsn", "Last applied LSN.", f.applied_lsn)
+        yield _gauge("kevo_applied_lsn", "Last LSN applied to the store.", f.applied_lsn)
+        yield _gauge("kevo_durable_lsn", "Applied LSN as of the last checkpoint.", f.durable_lsn)
+        yield _gauge("kevo_primary_lsn", "Primary's LSN as last heard.", f.primary_lsn)
+        lag = max(0, f.primary_lsn - f.applied_lsn)
+        yield _gauge("kevo_lag_entries", "Entries behind the primary, as last heard.", lag)
+        status = GaugeMetricFamily("kevo_status", "1 for the current status.", labels=["status"])
+        for name in _STATUS_NAMES:
+            status.add_metric([name], 1 if f.status.name.lower() == name else 0)
+        yield status
+        counters = f.counters
+        yield _counter("kevo_catchups", "WalSync catch-ups run.", counters.catchups)
+        yield _counter("kevo_bootstraps", "Bootstraps run.", counters.bootstraps)
+        yield _counter("kevo_gaps", "Gaps detected in the stream.", counters.gaps)
+
+
+def _copy_list(get: Any) -> list[Any]:
+    """The registry's replica list; retried if the node loop changed it mid-copy."""
+    for _ in range(5):
+        try:
+            return list(get())
+        except RuntimeError:
+            continue
+    return []
+
+
+class MetricsServer:
+    """The HTTP endpoint; ``close`` stops it (the node's shutdown path calls it)."""
+
+    def __init__(self, server: Any, thread: Any, address: str) -> None:
+        self._server = server
+        self._thread = thread
+        self.address = address
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+
+def serve_metrics(collector: Collector, host: str, port: int) -> MetricsServer:
+    """Serve ``collector`` and the process's own series (memory, CPU, fds) on ``host:port``.
+
+    Raises ``OSError`` when the port cannot be bound.
+    """
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    ProcessCollector(registry=registry)
+    server, thread = start_http_server(port, addr=host, registry=registry)
+    return MetricsServer(server, thread, f"{host}:{port}")

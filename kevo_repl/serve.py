@@ -1,0 +1,126 @@
+"""``kevo-repl primary`` / ``replica`` / ``cluster``: build the node from flags, run it.
+
+This is where a node object is created, so it is also where its metrics collector is
+registered (``--metrics-port``) and where SIGINT/SIGTERM are turned into a clean stop: the
+node finishes its turn, flushes, closes its sockets, and the process exits 0.
+``--print-config`` shows the settings a command would run with (flags over config file over
+defaults) and exits, so an operator can check a config file without starting anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+from pathlib import Path
+from typing import Any, Protocol
+
+from kevo_repl.client import parse_node
+from kevo_repl.core.errors import KevoError
+
+__all__ = ["run_cluster_command", "run_primary", "run_replica", "settings"]
+
+_NOT_SETTINGS = frozenset({"command", "config", "print_config", "func"})
+
+
+class _Node(Protocol):
+    def run(self) -> None: ...
+    def stop(self) -> None: ...
+    def close(self) -> None: ...
+
+
+def settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The effective settings of a serving command, JSON-ready."""
+    out: dict[str, Any] = {}
+    for key, value in sorted(vars(args).items()):
+        if key in _NOT_SETTINGS:
+            continue
+        out[key.replace("_", "-")] = str(value) if isinstance(value, Path) else value
+    return out
+
+
+def _print_settings(args: argparse.Namespace) -> int:
+    print(json.dumps({"command": args.command, **settings(args)}, indent=2))
+    return 0
+
+
+def _run_node(node: _Node, host: str, metrics_port: int, collector: Any) -> int:
+    server = None
+    if metrics_port:
+        from kevo_repl.metrics import serve_metrics
+
+        try:
+            server = serve_metrics(collector, host, metrics_port)
+        except OSError as exc:
+            node.close()
+            raise KevoError(f"cannot serve metrics on {host}:{metrics_port}: {exc}") from None
+    signal.signal(signal.SIGINT, lambda *_: node.stop())
+    signal.signal(signal.SIGTERM, lambda *_: node.stop())
+    try:
+        node.run()
+    finally:
+        if server is not None:
+            server.close()
+    return 0
+
+
+def run_primary(args: argparse.Namespace) -> int:
+    if args.print_config:
+        return _print_settings(args)
+    from kevo_repl.metrics import PrimaryCollector
+    from kevo_repl.node.primary_node import PrimaryConfig, PrimaryNode
+
+    config = PrimaryConfig(
+        data_dir=args.data,
+        bind=args.bind,
+        port=args.port,
+        fsync=args.fsync,
+        retention_bytes=args.retention_bytes,
+        segment_bytes=args.segment_bytes,
+        pub_hwm=args.pub_hwm,
+        advertise=args.advertise,
+        node_id=args.id,
+    )
+    node = PrimaryNode(config)
+    return _run_node(node, args.bind, args.metrics_port, PrimaryCollector(node))
+
+
+def run_replica(args: argparse.Namespace) -> int:
+    if args.print_config:
+        return _print_settings(args)
+    from kevo_repl.metrics import ReplicaCollector
+    from kevo_repl.node.replica_node import ReplicaConfig, ReplicaNode
+
+    host, port = parse_node(args.primary)
+    config = ReplicaConfig(
+        data_dir=args.data,
+        primary_host=host,
+        primary_port=port,
+        replica_id=args.id or f"replica-{args.port}",
+        bind=args.bind,
+        port=args.port,
+        advertise=args.advertise,
+        allow_bootstrap=not args.no_bootstrap,
+        heartbeat_interval_ms=args.heartbeat_ms,
+        bootstrap_chunk_bytes=args.bootstrap_chunk_bytes,
+    )
+    node = ReplicaNode(config)
+    return _run_node(node, args.bind, args.metrics_port, ReplicaCollector(node))
+
+
+def run_cluster_command(args: argparse.Namespace) -> int:
+    if args.print_config:
+        return _print_settings(args)
+    from kevo_repl.cluster import run_cluster
+
+    node_args: list[str] = []
+    if getattr(args, "log_level", None):
+        node_args += ["--log-level", args.log_level]
+    return run_cluster(
+        args.data,
+        args.replicas,
+        args.port,
+        restart=args.restart,
+        metrics_port=args.metrics_port,
+        node_args=node_args,
+    )
