@@ -4,12 +4,12 @@ Every apply writes the data, ``applied_lsn`` and the history id in ONE write tra
 a crash can never leave a batch applied twice or in part: after any crash the data is exactly
 batches ``1..applied_lsn``. An already-applied batch is a no-op and a gap is refused.
 
-Durability: commits do not sync (DESIGN section 9). A process crash loses nothing (pages live
-in the shared file mapping); an OS crash or power loss may lose or even corrupt what was
-committed since the last :meth:`StateStore.checkpoint`, which is why the store reports
-``durable_lsn`` apart from ``applied_lsn``: the primary replays its WAL from the checkpoint and
-a replica whose store cannot be opened bootstraps again. ``sync_commits=True`` trades the
-speed for a sync per commit.
+Durability: commits do not sync (DESIGN section 9: the WAL is the durability point). A process
+crash loses nothing (committed pages live in the shared file mapping); an OS crash or power
+loss may lose, and with writemap + no sync even corrupt, what was committed since the last
+:meth:`StateStore.checkpoint`. Hence ``durable_lsn`` apart from ``applied_lsn``; recovering
+from such a loss (WAL replay, a new bootstrap) is the caller's job. ``sync_commits=True``
+trades the speed for a sync per commit.
 
 Threads: one writer at a time (a lock); reads from any thread. Growing the map aborts every
 open read transaction in py-lmdb, so short reads hold a shared gate the resize takes alone,
@@ -373,10 +373,12 @@ class StateStore:
             except OSError as exc:
                 self._open_env()
                 raise storage_error(self._path, "install bootstrap", exc) from exc
-            # The old lock file describes readers of the old file; a fresh one is made on open.
-            unlink_quietly(self._path.with_name(self._path.name + LOCK_SUFFIX))
-            fsync_path(self._path.parent)
-            self._open_env()
+            try:
+                # The old lock file describes readers of the old file; open makes a fresh one.
+                unlink_quietly(self._path.with_name(self._path.name + LOCK_SUFFIX))
+                fsync_path(self._path.parent)
+            finally:
+                self._open_env()  # the new store is in place either way
 
     def close(self) -> None:
         """Close the store; open snapshots are lost. Idempotent."""
