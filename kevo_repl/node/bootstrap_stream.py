@@ -12,7 +12,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from kevo_repl.adapters.state_lmdb import StateStore, StoreSnapshot
+from kevo_repl.core.errors import StorageError
 from kevo_repl.wire import pb
+from kevo_repl.wire.envelope import error_response
 
 __all__ = ["BootstrapSession", "BootstrapSessions"]
 
@@ -78,8 +80,16 @@ class BootstrapSessions:
         """Send up to ``budget`` chunks across sessions with credit; returns chunks sent."""
         sent = 0
         for session in list(self._sessions.values()):
-            while session.credit > 0 and sent < budget and not session.done:
-                frame = session.unsent or self._next_frame(session)
+            while session.credit > 0 and sent < budget and (session.unsent or not session.done):
+                try:
+                    frame = session.unsent or self._next_frame(session)
+                except StorageError as exc:  # SnapshotLostError: the map grew under it
+                    msg = f"bootstrap snapshot lost ({exc}); register again to restart"
+                    send(
+                        session.peer, error_response(session.request_id, pb.ERROR_UNAVAILABLE, msg)
+                    )
+                    self._close(session)
+                    break
                 if not send(session.peer, frame):
                     session.unsent = frame
                     break
@@ -88,7 +98,7 @@ class BootstrapSessions:
                 session.seq += 1
                 session.last_active_ms = now_ms
                 sent += 1
-            if session.done and not session.unsent:
+            if session.done and not session.unsent and session.session_id in self._sessions:
                 self._close(session)
         return sent
 

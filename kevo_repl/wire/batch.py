@@ -51,7 +51,7 @@ _MIB: Final = 1024 * _KIB
 class WireLimits:
     """Size limits enforced on what peers send; one value shared by node and client."""
 
-    max_key_bytes: int = 64 * _KIB
+    max_key_bytes: int = 511  # LMDB's compiled-in key limit (StateStore.max_key_bytes)
     max_value_bytes: int = 4 * _MIB
     max_entries: int = 65536  # per client batch
     max_request_bytes: int = 16 * _MIB  # one DEALER -> ROUTER frame
