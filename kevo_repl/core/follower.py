@@ -343,7 +343,10 @@ class Follower:
             self._ack_due = True
             return [ApplyRecord(first, last, record)]
         if first <= self.applied_lsn:
-            raise InvariantError(f"record {first}..{last} straddles applied LSN {self.applied_lsn}")
+            # Remote input, not our invariant: the primary's batch boundaries differ from ours
+            # (a forged record, or a primary that lost an unsynced tail). Never apply it.
+            self._note("straddling_record", first_lsn=first, last_lsn=last)
+            return self._disconnect(f"record {first}..{last} straddles applied {self.applied_lsn}")
         return [] if self._pending else self._gap(first - 1)
 
     def _gap(self, seen_lsn: int) -> list[Action]:

@@ -1,0 +1,177 @@
+"""Invariant checkers for real node processes (DESIGN.md section 5), used by tests and the soak.
+
+- ``verify_acked``: every write acknowledged under fsync=always is present (invariant 3);
+- ``wait_converged``: replicas digest-equal to the primary at the same LSN (1, 4), timed;
+- ``LsnMonitor``: samples every node's Status in a thread and flags an applied LSN that goes
+  backwards within one history (2), and keeps the primary's per-replica bootstrap/catch-up
+  counters across primary restarts (the primary's registry starts empty after each one);
+- ``count_events``: counts a JSON log event (e.g. ``bootstrap_start``) across restarts.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kevo_repl.client import Client
+from kevo_repl.core.errors import KevoError
+from kevo_repl.wire import pb
+from tests.nodes import Node, converged, wait_for
+
+__all__ = [
+    "LsnMonitor",
+    "count_events",
+    "verify_acked",
+    "wait_caught_up",
+    "wait_converged",
+]
+
+
+def verify_acked(node: Node, acked: Mapping[bytes, bytes], chunk: int = 2000) -> int:
+    """Read back every acknowledged write (pipelined); fail naming what is missing."""
+    keys = list(acked)
+    missing: list[bytes] = []
+    with node.client(10_000) as c:
+        for start in range(0, len(keys), chunk):
+            part = keys[start : start + chunk]
+            reqs = [pb.Request(get=pb.GetRequest(key=k)) for k in part]
+            for key, resp in zip(part, c.call_many(reqs, window=256), strict=True):
+                found = resp.WhichOneof("body") == "get" and resp.get.found
+                if (resp.get.value if found else None) != acked[key]:
+                    missing.append(key)
+    if missing:
+        raise AssertionError(
+            f"{len(missing)} of {len(keys)} acknowledged writes missing on {node.name}, "
+            f"e.g. {missing[:5]}"
+        )
+    return len(keys)
+
+
+def wait_converged(primary: Node, replicas: Iterable[Node], timeout_s: float = 60.0) -> float:
+    """Seconds until every replica is digest-equal to the (quiescent) primary."""
+    nodes = list(replicas)
+    start = time.monotonic()
+    wait_for("replicas digest-equal to the primary", lambda: converged(primary, *nodes), timeout_s)
+    return time.monotonic() - start
+
+
+def wait_caught_up(primary: Node, replicas: Iterable[Node], timeout_s: float = 60.0) -> float:
+    """Seconds until every replica applied what the primary had committed when called.
+
+    Works under load (the primary's digest moves on, so digest equality needs a pause).
+    """
+    start = time.monotonic()
+    with primary.client() as c:
+        target = c.status().lsn
+    for r in replicas:
+
+        def applied(node: Node = r) -> bool:
+            node.assert_alive()
+            with node.client(1000) as rc:
+                return rc.status().lsn >= target
+
+        wait_for(f"{r.name} to apply LSN {target}", applied, timeout_s)
+    return time.monotonic() - start
+
+
+def count_events(log_path: Path, event: str) -> int:
+    """How many JSON log lines carry ``"event": event`` (the log survives restarts)."""
+    if not log_path.exists():
+        return 0
+    n = 0
+    for line in log_path.read_text(errors="replace").splitlines():
+        if f'"{event}"' not in line:
+            continue
+        try:
+            if json.loads(line).get("event") == event:
+                n += 1
+        except ValueError:
+            continue
+    return n
+
+
+@dataclass
+class _Seen:
+    history: bytes = b""
+    lsn: int = 0
+
+
+@dataclass
+class LsnMonitor:
+    """Samples Status of ``nodes`` every ``interval_s`` until ``stop()``; see module doc."""
+
+    primary: Node
+    replicas: list[Node]
+    interval_s: float = 0.05
+    violations: list[str] = field(default_factory=list)
+    samples: int = 0
+    # per primary incarnation (pid): replica id -> (bootstraps, catchups), the max seen
+    counters: dict[int, dict[str, tuple[int, int]]] = field(default_factory=dict)
+    errors_seen: dict[str, str] = field(default_factory=dict)
+    _seen: dict[str, _Seen] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> LsnMonitor:
+        self._thread = threading.Thread(target=self._run, name="lsn-monitor", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def check(self) -> None:
+        if self.violations:
+            raise AssertionError("applied LSN went backwards: " + "; ".join(self.violations[:5]))
+
+    def totals(self) -> dict[str, tuple[int, int]]:
+        """Bootstraps and catch-ups per replica, summed over primary incarnations."""
+        out: dict[str, tuple[int, int]] = {}
+        for per in self.counters.values():
+            for rid, (b, c) in per.items():
+                ob, oc = out.get(rid, (0, 0))
+                out[rid] = (ob + b, oc + c)
+        return out
+
+    def _run(self) -> None:
+        clients: dict[str, Client] = {}
+        try:
+            while not self._stop.wait(self.interval_s):
+                for node in [self.primary, *self.replicas]:
+                    self._sample(node, clients)
+                self.samples += 1
+        finally:
+            for c in clients.values():
+                c.close()
+
+    def _sample(self, node: Node, clients: dict[str, Client]) -> None:
+        proc = node.proc
+        if proc is None or proc.poll() is not None:
+            return
+        client = clients.get(node.name)
+        if client is None or client.node != node.address:
+            client = clients[node.name] = Client(node.address, timeout_ms=300)
+        try:
+            s = client.status()
+        except KevoError:
+            client.close()
+            clients.pop(node.name, None)
+            return
+        if s.role == pb.ROLE_PRIMARY:
+            per = self.counters.setdefault(proc.pid, {})
+            for r in s.replicas:
+                b, c = per.get(r.replica_id, (0, 0))
+                per[r.replica_id] = (max(b, r.bootstraps), max(c, r.catchups))
+        elif s.status == pb.STATUS_ERROR and s.error_message:
+            self.errors_seen[node.name] = s.error_message
+        seen = self._seen.setdefault(node.name, _Seen())
+        if s.history_id == seen.history and s.lsn < seen.lsn:
+            self.violations.append(f"{node.name}: {seen.lsn} -> {s.lsn}")
+        if s.history_id:
+            seen.history, seen.lsn = s.history_id, s.lsn
