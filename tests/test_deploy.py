@@ -1,0 +1,136 @@
+"""deploy/ checked offline: Kubernetes schemas, compose structure, every command a valid CLI.
+
+Docker and a cluster are not available here, so the checks are what can fail without them:
+the manifests against the Kubernetes OpenAPI schemas (kubernetes-validate, strict: unknown
+fields fail), the compose file's services, ports, volumes and health checks, and every node
+command line in any of these files parsed by kevo-repl's own parser (a renamed flag breaks
+this test, not a deployment).
+"""
+
+from __future__ import annotations
+
+import configparser
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate  # type: ignore[import-untyped]
+import pytest
+import yaml
+
+from kevo_repl.cli import build_parser
+from tests.cli_support import kevo
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+K8S_VERSION = "1.30.0"
+
+
+def k8s_docs() -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for path in sorted((DEPLOY / "k8s").glob("*.yaml")):
+        out += [(path.name, doc) for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return out
+
+
+def parses(argv: list[str]) -> Any:
+    """kevo-repl's parser accepts ``argv`` (SystemExit if not)."""
+    parser, _ = build_parser()
+    return parser.parse_args(argv)
+
+
+@pytest.mark.parametrize(
+    ("name", "doc"), k8s_docs(), ids=lambda v: v if isinstance(v, str) else v["kind"]
+)
+def test_kubernetes_manifests_validate(name: str, doc: dict[str, Any]) -> None:
+    kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_the_validator_would_catch_a_mistake() -> None:
+    _, doc = next((n, d) for n, d in k8s_docs() if d["kind"] == "StatefulSet")
+    bad = copy.deepcopy(doc)
+    bad["spec"]["template"]["spec"]["containers"][0]["livenesProbe"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(bad, K8S_VERSION, strict=True)
+
+
+def statefulsets() -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for _, d in k8s_docs() if d["kind"] == "StatefulSet"}
+
+
+def test_kubernetes_topology_and_probes() -> None:
+    services = {d["metadata"]["name"]: d for _, d in k8s_docs() if d["kind"] == "Service"}
+    sets = statefulsets()
+    assert set(sets) == {"kevo-primary", "kevo-replica"}
+    assert sets["kevo-primary"]["spec"]["replicas"] == 1
+    assert services["kevo-replica"]["spec"]["clusterIP"] == "None"  # headless
+    for name, sts in sets.items():
+        assert sts["spec"]["serviceName"] == name and name in services
+        (container,) = sts["spec"]["template"]["spec"]["containers"]
+        args = [a.replace("$(POD_NAME)", "kevo-replica-0") for a in container["args"]]
+        ns = parses(args)
+        assert ns.port == 7100 and ns.bind == "0.0.0.0" and ns.metrics_port == 9100
+        assert {p["containerPort"] for p in container["ports"]} == {7100, 7101, 9100}
+        for probe in ("readinessProbe", "livenessProbe"):
+            cmd = container[probe]["exec"]["command"]
+            assert cmd[:2] == ["kevo-repl", "status"]
+            parses(cmd[1:])
+        mounts = {m["mountPath"] for m in container["volumeMounts"]}
+        assert mounts == {ns.data.as_posix()}
+    replica = sets["kevo-replica"]["spec"]["template"]["spec"]["containers"][0]
+    assert "--ready" in replica["readinessProbe"]["exec"]["command"]
+    assert "--primary=kevo-primary-0.kevo-primary:7100" in replica["args"]
+
+
+def test_compose_has_one_primary_and_three_replicas() -> None:
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert set(services) == {"primary", "replica-1", "replica-2", "replica-3"}
+    assert set(compose["volumes"]) == {f"{s}-data" for s in services}
+    host_ports: set[str] = set()
+    for name, svc in services.items():
+        ns = parses(svc["command"])
+        assert ns.command == ("primary" if name == "primary" else "replica")
+        assert ns.bind == "0.0.0.0" and ns.port == 7100 and str(ns.data) == "/data"
+        assert svc["volumes"] == [f"{name}-data:/data"]
+        published = {p.split(":")[1]: p.split(":")[0] for p in svc["ports"]}
+        assert {"7100", "7101"} <= published.keys()  # PUB and ROUTER both reachable
+        host_ports |= set(published.values())
+        health = svc["healthcheck"]["test"]
+        assert health[:3] == ["CMD", "kevo-repl", "status"]
+        parses(health[2:])
+        assert svc["build"]["dockerfile"] == "deploy/Dockerfile"
+        if name != "primary":
+            assert ns.primary == "primary:7100" and ns.id == name
+            assert svc["depends_on"]["primary"]["condition"] == "service_healthy"
+    assert len(host_ports) == 3 * len(services)  # no two services publish one host port
+
+
+def test_dockerfile_runs_the_cli() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    assert 'ENTRYPOINT ["kevo-repl"]' in text
+    assert "EXPOSE 7100 7101 9100" in text
+    assert "pip install --no-cache-dir ." in text
+
+
+def test_systemd_units_start_nodes_from_valid_config_files() -> None:
+    units = sorted((DEPLOY / "systemd").glob("*.service"))
+    assert [u.name for u in units] == ["kevo-primary.service", "kevo-replica@.service"]
+    for unit in units:
+        ini = configparser.ConfigParser(interpolation=None, strict=True)
+        ini.optionxform = str  # type: ignore[assignment,method-assign]
+        ini.read(unit)
+        service = ini["Service"]
+        assert service["KillSignal"] == "SIGTERM" and ini["Install"]["WantedBy"]
+        argv = service["ExecStart"].split()
+        assert argv[0] == "/usr/local/bin/kevo-repl"
+        args = [a.replace("%i", "replica-1") for a in argv[1:]]
+        config_name = Path(args[args.index("--config") + 1]).name
+        local = DEPLOY / "config" / config_name
+        assert local.exists(), f"{unit.name} reads {config_name}; ship an example"
+        args[args.index("--config") + 1] = str(local)
+        r = kevo(*args, "--print-config")
+        assert r.returncode == 0, r.stderr
+        settings = json.loads(r.stdout)
+        assert settings["port"] == 7100 and settings["bind"] == "0.0.0.0"
+        assert str(settings["data"]).startswith(service["ReadWritePaths"])
