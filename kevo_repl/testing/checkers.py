@@ -205,7 +205,8 @@ class Checker:
         """Empty string when converged, else why not (the caller decides when that fails)."""
         if follower is None:
             return f"{name} is down"
-        if store.history_id != wal.history_id or store.applied_lsn != wal.last_lsn:
+        foreign = store.applied_lsn > 0 and store.history_id != wal.history_id  # empty: none yet
+        if foreign or store.applied_lsn != wal.last_lsn:
             return (
                 f"{name} at {store.applied_lsn} ({follower.status.name}), primary at {wal.last_lsn}"
             )

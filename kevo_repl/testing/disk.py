@@ -42,9 +42,12 @@ def apply_entries(state: dict[bytes, bytes], entries: tuple[Entry, ...]) -> None
 class ReplicaStore:
     """A replica's state store with a visible (applied) and a durable (checkpointed) prefix."""
 
-    def __init__(self, rng: random.Random, fail_rate: float = 0.0) -> None:
+    def __init__(
+        self, rng: random.Random, fail_rate: float = 0.0, boot_fail_rate: float = 0.0
+    ) -> None:
         self.rng = rng
         self.fail_rate = fail_rate
+        self.boot_fail_rate = boot_fail_rate  # a bootstrap writes a second full copy: disk full
         self.state: dict[bytes, bytes] = {}
         self.applied_lsn = 0
         self.history_id = b""
@@ -71,14 +74,14 @@ class ReplicaStore:
     def write_chunk(self, keys: list[bytes], values: list[bytes]) -> None:
         if self.boot is None:
             raise StorageError("bootstrap chunk without a bootstrap store")
-        self._maybe_fail("bootstrap write")
+        self._maybe_fail("bootstrap write", self.boot_fail_rate)
         self.boot.update(zip(keys, values, strict=True))
 
     def install(self, snapshot_lsn: int, history_id: bytes) -> None:
         """Swap the finished bootstrap store in; it was synced before the rename."""
         if self.boot is None:
             raise StorageError("install without a bootstrap store")
-        self._maybe_fail("bootstrap install")
+        self._maybe_fail("bootstrap install", self.boot_fail_rate)
         self.state, self.boot = self.boot, None
         self.applied_lsn, self.history_id = snapshot_lsn, history_id
         self.sync()
@@ -95,8 +98,9 @@ class ReplicaStore:
         self.applied_lsn, self.history_id = self.durable_lsn, self.durable_history
         self.boot = None
 
-    def _maybe_fail(self, what: str) -> None:
-        if self.fail_rate and self.rng.random() < self.fail_rate:
+    def _maybe_fail(self, what: str, rate: float | None = None) -> None:
+        rate = self.fail_rate if rate is None else rate
+        if rate and self.rng.random() < rate:
             self.failures += 1
             raise StorageError(f"simulated {what} failure")
 

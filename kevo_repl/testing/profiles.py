@@ -27,7 +27,8 @@ class Profile:
     replica_crashes: bool = False
     primary_crashes: bool = False
     reinit: bool = False  # the primary's data directory is wiped once: a new history
-    disk_fail_rate: float = 0.0
+    disk_fail_rate: float = 0.0  # per apply
+    boot_fail_rate: float = 0.0  # per bootstrap chunk write and install
     foreign_replica: float = 0.0  # chance that one replica starts with another history's data
     late_joiner: bool = False
     tight_retention: bool = False  # small WAL: long outages force bootstraps
@@ -62,6 +63,7 @@ PROFILES: tuple[Profile, ...] = (
         primary_crashes=True,
         reinit=True,
         disk_fail_rate=0.02,
+        boot_fail_rate=0.1,
         foreign_replica=0.5,
         late_joiner=True,
         tight_retention=True,

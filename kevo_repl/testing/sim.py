@@ -91,7 +91,7 @@ class Simulation:
                 self.checker,
                 cfg,
                 follower_cls,
-                ReplicaStore(rng, p.disk_fail_rate),
+                ReplicaStore(rng, p.disk_fail_rate, p.boot_fail_rate),
                 self.setup.tick_ms[i],
                 self.setup.checkpoint_ms[i],
             )
@@ -102,6 +102,7 @@ class Simulation:
         self.exempt: set[str] = set()  # dropped below by the size cap or while unknown
         self.covered_at_heal: dict[str, bool] = {}
         self.converged_at = 0
+        self.faults = {"partitions": 0, "replica_crashes": 0, "primary_crashes": 0, "reinits": 0}
 
     # ---- the run ----------------------------------------------------------------------------
 
@@ -162,15 +163,19 @@ class Simulation:
                 stream, requests = rng.choice([(True, True), (True, False), (False, True)])
                 duration = rng.randint(100, 3000)
                 self.net.partition(r.name, stream, requests, duration)
+                self.faults["partitions"] += 1
                 self.sched.note(r.name, "partition", stream=stream, requests=requests, ms=duration)
             elif kind == "crash":
                 r.crash()
+                self.faults["replica_crashes"] += 1
                 self.sched.after(rng.randint(50, 3000), self._restart_replica, r, r.incarnation)
             else:
                 self.primary.crash()
+                self.faults["primary_crashes"] += 1
                 if rng.random() < s.reinit_chance:
                     s.reinit_chance = 0.0
                     self.primary.reinit()
+                    self.faults["reinits"] += 1
                     self.retention_passed = True
                 self.sched.after(
                     rng.randint(50, 1500), self._restart_primary, self.primary.incarnation
@@ -195,7 +200,7 @@ class Simulation:
             self.primary.restart()
         wal = self.primary.wal
         for r in self.replicas:
-            r.store.fail_rate = 0.0
+            r.store.fail_rate = r.store.boot_fail_rate = 0.0
             if not r.up:
                 r.start()
             st = r.store
@@ -308,12 +313,11 @@ class Simulation:
     def _stats(self) -> dict[str, int]:
         stats = dict(self.primary.stats)
         stats["bootstraps"] = sum(len(r.bootstrap_times) for r in self.replicas)
-        stats["catchups"] = sum(
-            r.follower.counters.catchups for r in self.replicas if r.follower is not None
-        )
         stats["events"] = self.sched.events_run
         stats["end_ms"] = self.sched.now
         stats["retention_passed"] = int(self.retention_passed)
+        stats["storage_errors"] = sum(r.store.failures for r in self.replicas)
+        stats.update(self.faults)
         stats.update(self.net.stats)
         return stats
 

@@ -90,7 +90,13 @@ class SimPrimary:
         self._next_token = 1
         self.on_drop: Callable[[bool, int], None] = lambda forced, old_retained: None
         self.on_wait: Callable[[WaitResult, int, int], None] = lambda result, lsn, k: None
-        self.stats = {"commits": 0, "bootstraps_served": 0, "too_old": 0, "register_bootstrap": 0}
+        self.stats = {
+            "commits": 0,
+            "wal_syncs_served": 0,
+            "bootstraps_served": 0,
+            "too_old": 0,
+            "register_bootstrap": 0,
+        }
         net.attach_primary(self.on_request)
 
     @property
@@ -223,6 +229,7 @@ class SimPrimary:
             self.net.reply(peer, TooOld(self.wal.retained_from))
             return
         self.registry.note_catchup(peer, self.sched.now)
+        self.stats["wal_syncs_served"] += 1
         batches = self.wal.read(msg.from_lsn, msg.max_bytes, self.p.wal_sync_max_count)
         records = tuple(Record(b.first_lsn, b.last_lsn, b.history_id, b.record) for b in batches)
         self.net.reply(peer, WalSyncReply(records, self.wal.last_lsn))

@@ -1,0 +1,322 @@
+"""The follower state machine, one decision at a time: events in, actions out."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+
+from kevo_repl.core.follower import Follower
+from kevo_repl.core.follower_types import (
+    TRANSITIONS,
+    ApplyRecord,
+    BeginBootstrap,
+    FollowerConfig,
+    InstallBootstrap,
+    Reconnect,
+    SendAck,
+    SendBootstrap,
+    SendHeartbeat,
+    SendRegister,
+    SendWalSync,
+    Status,
+    WriteChunk,
+)
+
+H = b"H" * 16  # the primary's history
+OTHER = b"O" * 16
+MAX = 4096
+
+
+BASE = FollowerConfig(
+    replica_id="r1",
+    heartbeat_interval_ms=100,
+    primary_timeout_ms=1000,
+    request_timeout_ms=500,
+    backoff_initial_ms=100,
+    backoff_max_ms=800,
+    wal_sync_max_bytes=MAX,
+    bootstrap_credit=4,
+    bootstrap_chunk_bytes=64,
+)
+
+
+def make(applied_lsn: int = 0, history_id: bytes = b"", **config: Any) -> Follower:
+    cfg = dataclasses.replace(BASE, **config)
+    return Follower(cfg, applied_lsn=applied_lsn, history_id=history_id)
+
+
+def status(f: Follower) -> Status:
+    """Read through a call: mypy would otherwise narrow ``f.status`` across method calls."""
+    return f.status
+
+
+def ready(applied: int = 5) -> Follower:
+    """A follower that registered and is READY at ``applied``."""
+    f = make(applied_lsn=applied, history_id=H)
+    f.start(0)
+    assert f.on_register_reply(applied, 1, H, False) == []
+    assert status(f) == Status.READY
+    return f
+
+
+def syncing(applied: int = 5, primary_lsn: int = 10) -> Follower:
+    """A follower SYNCING with a WalSync from ``applied + 1`` in flight."""
+    f = make(applied_lsn=applied, history_id=H)
+    f.start(0)
+    assert f.on_register_reply(primary_lsn, 1, H, False) == [SendWalSync(applied + 1, MAX)]
+    return f
+
+
+def rec(first: int, last: int, history: bytes = H) -> tuple[int, int, bytes, bytes]:
+    return first, last, history, b"%d-%d" % (first, last)
+
+
+# ---- joining ------------------------------------------------------------------------------
+
+
+def test_empty_replica_registers_then_catches_up_from_lsn_1() -> None:
+    f = make()
+    assert f.start(0) == [SendRegister(0, b"")]
+    assert status(f) == Status.CONNECTING
+    assert f.on_register_reply(5, 1, H, False) == [SendWalSync(1, MAX)]
+    assert status(f) == Status.SYNCING and f.history_id == H
+    out = f.on_wal_sync_reply([rec(1, 2), rec(3, 5)], primary_lsn=5)
+    assert out == [ApplyRecord(1, 2, b"1-2"), ApplyRecord(3, 5, b"3-5")]
+    assert status(f) == Status.READY and f.applied_lsn == 5
+    assert f.take_ack() == [SendAck(5, 0)]
+    assert f.take_ack() == []  # coalesced: one ack per batch of applies
+
+
+def test_catch_up_takes_several_wal_syncs_until_the_primary_lsn() -> None:
+    f = syncing(applied=0, primary_lsn=9)
+    assert f.on_wal_sync_reply([rec(1, 4)], primary_lsn=9) == [
+        ApplyRecord(1, 4, b"1-4"),
+        SendWalSync(5, MAX),
+    ]
+    assert status(f) == Status.SYNCING
+    f.on_wal_sync_reply([rec(5, 9)], primary_lsn=9)
+    assert status(f) == Status.READY
+
+
+def test_replica_at_the_primary_lsn_is_ready_at_once() -> None:
+    f = make(applied_lsn=7, history_id=H)
+    f.start(0)
+    assert f.on_register_reply(7, 1, H, False) == []
+    assert status(f) == Status.READY
+
+
+def test_wal_too_old_at_register_means_bootstrap() -> None:
+    f = make(applied_lsn=3, history_id=H)
+    f.start(0)
+    # the primary's flag is not even needed: applied + 1 < retained_from is checked here too
+    assert f.on_register_reply(50, 10, H, False) == [BeginBootstrap(), SendBootstrap(0, 4, 64)]
+    assert status(f) == Status.BOOTSTRAPPING
+
+
+def test_too_old_reply_to_wal_sync_means_bootstrap() -> None:
+    f = syncing(applied=5)
+    assert f.on_too_old(retained_from_lsn=20) == [BeginBootstrap(), SendBootstrap(0, 4, 64)]
+    assert status(f) == Status.BOOTSTRAPPING and f.counters.bootstraps == 1
+
+
+def test_history_mismatch_means_bootstrap() -> None:
+    f = make(applied_lsn=40, history_id=OTHER)
+    f.start(0)
+    assert f.on_register_reply(10, 1, H, True) == [BeginBootstrap(), SendBootstrap(0, 4, 64)]
+    assert status(f) == Status.BOOTSTRAPPING
+
+
+def test_history_mismatch_without_bootstrap_allowed_is_an_error_that_stays() -> None:
+    f = make(applied_lsn=40, history_id=OTHER, allow_bootstrap=False)
+    f.start(0)
+    assert f.on_register_reply(10, 1, H, True) == []
+    assert status(f) == Status.ERROR and "bootstrap is not allowed" in f.error_message
+    out = f.tick(5000)
+    assert [type(a) for a in out] == [SendHeartbeat]  # reports its error, never retries alone
+    assert status(f) == Status.ERROR and f.history_id == OTHER
+
+
+def test_stale_register_reply_is_ignored() -> None:
+    f = ready()
+    assert f.on_register_reply(99, 1, H, True) == []
+    assert status(f) == Status.READY
+
+
+# ---- the one rule for records -------------------------------------------------------------
+
+
+def test_gap_in_the_stream_moves_to_syncing_and_asks_once() -> None:
+    f = ready(applied=5)
+    assert f.on_record(*rec(8, 9)) == [SendWalSync(6, MAX)]
+    assert status(f) == Status.SYNCING and f.counters.gaps == 1
+    assert f.on_record(*rec(10, 10)) == []  # a WalSync is in flight: no second request
+
+
+def test_next_record_applies_and_old_ones_are_dropped() -> None:
+    f = ready(applied=5)
+    assert f.on_record(*rec(6, 8)) == [ApplyRecord(6, 8, b"6-8")]
+    assert f.on_record(*rec(6, 8)) == []
+    assert f.on_record(*rec(2, 4)) == []
+    assert f.counters.dropped_duplicates == 2 and f.applied_lsn == 8
+
+
+def test_record_straddling_the_applied_lsn_is_refused_not_fatal() -> None:
+    # Remote input (a forged record, or a primary that lost an unsynced tail): the replica
+    # never applies it and never crashes on it; it disconnects and registers again later.
+    f = ready(applied=5)
+    out = f.on_record(*rec(4, 7))
+    assert out == [Reconnect("record 4..7 straddles applied 5")]
+    assert status(f) == Status.DISCONNECTED and f.applied_lsn == 5
+
+
+def test_record_of_another_history_is_never_applied() -> None:
+    f = ready(applied=5)
+    out = f.on_record(*rec(6, 6, OTHER))
+    assert out == [Reconnect("stream of another history"), SendRegister(5, H)]
+    assert status(f) == Status.CONNECTING and f.applied_lsn == 5
+
+
+def test_records_before_registration_are_left_for_catch_up() -> None:
+    f = make()
+    f.start(0)
+    assert f.on_record(*rec(1, 1)) == []
+    assert f.applied_lsn == 0
+
+
+def test_beacon_reveals_a_lost_tail() -> None:
+    f = ready(applied=5)
+    assert f.on_beacon(H, 5) == []
+    assert f.on_beacon(H, 7) == [SendWalSync(6, MAX)]
+    assert status(f) == Status.SYNCING
+
+
+def test_beacon_of_another_history_re_registers() -> None:
+    f = ready(applied=5)
+    assert f.on_beacon(OTHER, 1) == [Reconnect("stream of another history"), SendRegister(5, H)]
+
+
+# ---- timers -------------------------------------------------------------------------------
+
+
+def test_wal_sync_timeout_reconnects_and_asks_again() -> None:
+    f = syncing(applied=5)
+    f.on_heartbeat_reply(10)
+    f.tick(499)
+    out = f.tick(500)
+    assert [type(a) for a in out[:2]] == [Reconnect, SendWalSync]
+    assert out[1] == SendWalSync(6, MAX)
+
+
+def test_register_timeout_disconnects() -> None:
+    f = make()
+    f.start(0)
+    assert Reconnect("register timed out") in f.tick(500)
+    assert status(f) == Status.DISCONNECTED
+
+
+def test_primary_silence_disconnects_then_backoff_doubles_to_the_cap() -> None:
+    f = ready()
+    out = f.tick(1001)
+    assert out == [Reconnect("primary silent for 1001 ms")] and status(f) == Status.DISCONNECTED
+    now, waits = 1001, list[int]()
+    for _ in range(6):  # the primary never answers: register, time out, back off, again
+        t = now
+        while status(f) == Status.DISCONNECTED:
+            t += 1
+            f.tick(t)
+        waits.append(t - now)
+        assert status(f) == Status.CONNECTING and f.pending_request == "register"
+        now = t + 500
+        assert Reconnect("register timed out") in f.tick(now)
+    assert waits == [100, 200, 400, 800, 800, 800]
+
+
+def test_retry_register_is_timed_from_the_retry_not_from_the_last_contact() -> None:
+    """Regression: the silence clock ran from before the outage and killed every retry."""
+    f = ready()
+    f.tick(1001)  # silent: DISCONNECTED, retry in 100 ms
+    assert f.tick(1101) == [SendRegister(5, H)]
+    assert f.tick(1111) == []  # the reply is on its way; nothing has timed out
+    assert status(f) == Status.CONNECTING
+    f.on_register_reply(5, 1, H, False)
+    assert status(f) == Status.READY
+
+
+def test_heartbeats_while_following() -> None:
+    f = ready()
+    assert [type(a) for a in f.tick(10)] == [SendHeartbeat]
+    assert f.tick(50) == []
+    hb = f.tick(110)
+    assert hb == [SendHeartbeat(Status.READY, 5, 0, 0.0, "")]
+
+
+def test_primary_forgetting_us_re_registers_and_keeps_data() -> None:
+    f = ready(applied=5)
+    assert f.on_not_registered() == [SendRegister(5, H)]
+    assert status(f) == Status.CONNECTING and f.applied_lsn == 5
+
+
+# ---- bootstrap ----------------------------------------------------------------------------
+
+
+def chunk(f: Follower, seq: int, last: bool = False, session: int = 7) -> list[object]:
+    return list(f.on_bootstrap_chunk(session, seq, [b"k%d" % seq], [b"v"], seq / 10, last, 30, H))
+
+
+def test_bootstrap_streams_against_credit_and_installs_atomically() -> None:
+    f = syncing(applied=5)
+    f.on_too_old(20)  # credit 4 granted with the request
+    assert chunk(f, 0) == [WriteChunk([b"k0"], [b"v"])]
+    # two of four credits left: top the primary back up to four
+    assert chunk(f, 1) == [WriteChunk([b"k1"], [b"v"]), SendBootstrap(7, 2, 64)]
+    assert chunk(f, 2) == [WriteChunk([b"k2"], [b"v"])]
+    assert f.bootstrap_progress == pytest.approx(0.2)
+    out = chunk(f, 3, last=True)
+    assert out == [
+        WriteChunk([b"k3"], [b"v"]),
+        InstallBootstrap(30, H),
+        SendWalSync(31, MAX),
+    ]
+    assert status(f) == Status.SYNCING and f.applied_lsn == 30 and f.durable_lsn == 30
+
+
+def test_out_of_order_chunk_restarts_the_bootstrap_on_a_fresh_socket() -> None:
+    f = syncing(applied=5)
+    f.on_too_old(20)
+    chunk(f, 0)
+    out = chunk(f, 2)
+    assert out == [
+        Reconnect("bootstrap stream out of order"),
+        BeginBootstrap(),
+        SendBootstrap(0, 4, 64),
+    ]
+    assert status(f) == Status.BOOTSTRAPPING
+    assert chunk(f, 0, session=8) == [WriteChunk([b"k0"], [b"v"])]  # the new session
+
+
+def test_bootstrap_silence_times_out() -> None:
+    f = syncing(applied=5)
+    f.on_heartbeat_reply(10)
+    f.on_too_old(20)
+    out = f.tick(500)
+    assert Reconnect("bootstrap timed out") in out and status(f) == Status.DISCONNECTED
+
+
+def test_failed_install_rewinds_lsn_and_history_to_the_store() -> None:
+    """Regression: a failed InstallBootstrap left the snapshot's history on the old data."""
+    f = make(applied_lsn=40, history_id=OTHER)
+    f.start(0)
+    f.on_register_reply(10, 1, H, True)
+    f.on_bootstrap_chunk(1, 0, [], [], 1.0, True, 10, H)  # the driver's install then fails
+    out = f.storage_failed("disk full", 40, 200, store_history_id=OTHER)
+    assert status(f) == Status.ERROR and f.applied_lsn == 40 and f.history_id == OTHER
+    assert [type(a) for a in out] == [SendHeartbeat]
+    out = f.tick(200)
+    assert SendRegister(40, OTHER) in out  # the primary sees the mismatch: bootstrap again
+
+
+def test_every_transition_has_a_reason() -> None:
+    assert all(why for why in TRANSITIONS.values())
+    assert (Status.DISCONNECTED, Status.READY) not in TRANSITIONS
