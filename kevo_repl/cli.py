@@ -24,6 +24,9 @@ EXIT_ABSENT = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 _LEVELS = ["debug", "info", "warning", "error"]
+_EPILOG = """\
+A node is addressed as HOST:P, its PUB port; its ROUTER is P+1.
+exit codes: 0 ok, 1 absent key / refused / failed, 2 bad arguments, 3 node unreachable"""
 _REQUIRED = {"primary": ("data",), "replica": ("data", "primary"), "cluster": ("data",)}
 
 
@@ -105,7 +108,12 @@ def _node_flags(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The parser and its subparsers by command name (the config file checks keys on them)."""
-    p = argparse.ArgumentParser(prog="kevo-repl", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="kevo-repl",
+        description="WAL replication for a key-value store over ZeroMQ: run nodes, talk to them.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _logging_flags(p, None)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     subs: dict[str, argparse.ArgumentParser] = {}
