@@ -1,0 +1,149 @@
+"""Random process faults under load, each healed and timed: shared by tests and the soak.
+
+A ``FaultRun`` owns nothing it did not start: the cluster's nodes, one writer, one monitor.
+Every fault is printed (seed, index, kind, target), then healed, then the replicas must
+apply what the primary had committed within a deadline; the time that takes is the fault's
+convergence time. Pauses are fault *parameters* (how long a process stays frozen), never
+waits for a condition: those all poll with a deadline.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from kevo_repl.wire import pb
+from tests.faults.checkers import LsnMonitor, wait_caught_up
+from tests.faults.load import Writer
+from tests.nodes import Cluster, Node, replica_view, wait_for
+
+__all__ = ["FAULT_KINDS", "FaultRun"]
+
+# kind -> weight in a random run
+FAULT_KINDS: dict[str, int] = {
+    "kill_primary": 3,
+    "kill_replica": 4,
+    "stop_replica": 3,
+    "restart_replica": 2,
+    "kill_all_replicas": 1,
+    "stop_replica_past_timeout": 1,
+    "stop_primary_past_timeout": 1,
+}
+
+
+@dataclass
+class FaultRun:
+    cluster: Cluster
+    primary: Node
+    replicas: list[Node]
+    writer: Writer
+    monitor: LsnMonitor
+    seed: int
+    kinds: dict[str, int] = field(default_factory=lambda: dict(FAULT_KINDS))
+    converge_timeout_s: float = 60.0
+    faults: list[dict[str, Any]] = field(default_factory=list)
+    rng: random.Random = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+
+    @property
+    def longest_convergence_s(self) -> float:
+        return max((f["convergence_s"] for f in self.faults), default=0.0)
+
+    def random_fault(self) -> dict[str, Any]:
+        kinds = list(self.kinds)
+        kind = self.rng.choices(kinds, weights=[self.kinds[k] for k in kinds])[0]
+        return self.inject(kind)
+
+    def inject(self, kind: str) -> dict[str, Any]:
+        target = self.primary
+        if "replica" in kind and kind != "kill_all_replicas":
+            target = self.rng.choice(self.replicas)
+        name = "all replicas" if kind == "kill_all_replicas" else target.name
+        record: dict[str, Any] = {"n": len(self.faults) + 1, "kind": kind, "target": name}
+        print(f"fault seed={self.seed} #{record['n']}: {kind} {name}", flush=True)
+        started = time.monotonic()
+        getattr(self, f"_{kind}")(target, record)
+        healed = time.monotonic()
+        record["convergence_s"] = round(
+            wait_caught_up(self.primary, self.replicas, self.converge_timeout_s), 3
+        )
+        record["fault_s"] = round(healed - started, 3)
+        record["acked_so_far"] = len(self.writer.acked)
+        self.faults.append(record)
+        return record
+
+    # ---- the faults ------------------------------------------------------------------------
+
+    def _kill_primary(self, node: Node, record: dict[str, Any]) -> None:
+        self._some_writes(20)
+        node.kill()
+        self.cluster.restart(node)
+
+    def _kill_replica(self, node: Node, record: dict[str, Any]) -> None:
+        node.kill()
+        self._some_writes(self.rng.randint(10, 500))
+        self.cluster.restart(node)
+
+    def _restart_replica(self, node: Node, record: dict[str, Any]) -> None:
+        assert node.stop() == 0, f"{node.name} did not stop cleanly:\n{node.log_tail()}"
+        self._some_writes(50)
+        self.cluster.restart(node)
+
+    def _kill_all_replicas(self, node: Node, record: dict[str, Any]) -> None:
+        for r in self.replicas:
+            r.kill()
+        self._some_writes(200)
+        for r in self.replicas:
+            self.cluster.restart(r)
+
+    def _stop_replica(self, node: Node, record: dict[str, Any]) -> None:
+        pause_s = round(self.rng.uniform(0.1, 1.0), 2)
+        record["pause_s"] = pause_s
+        node.signal(signal.SIGSTOP)
+        try:
+            time.sleep(pause_s)  # the fault's length, not a wait for a condition
+        finally:
+            node.signal(signal.SIGCONT)
+
+    def _stop_replica_past_timeout(self, node: Node, record: dict[str, Any]) -> None:
+        """Frozen until the primary marks it disconnected (stale after 1.5 s)."""
+        node.signal(signal.SIGSTOP)
+        try:
+
+            def stale() -> bool:
+                v = replica_view(self.primary, node.name)
+                return v is not None and v["status"] == pb.STATUS_DISCONNECTED
+
+            wait_for(f"{node.name} marked disconnected", stale, 20)
+            self._some_writes(100)
+        finally:
+            node.signal(signal.SIGCONT)
+
+    def _stop_primary_past_timeout(self, node: Node, record: dict[str, Any]) -> None:
+        """Frozen until every replica reports itself disconnected (primary silent > 3 s)."""
+        self._some_writes(20)
+        node.signal(signal.SIGSTOP)
+        try:
+
+            def all_disconnected() -> bool:
+                for r in self.replicas:
+                    with r.client(500) as c:
+                        if c.status().status != pb.STATUS_DISCONNECTED:
+                            return False
+                return True
+
+            wait_for("replicas notice the frozen primary", all_disconnected, 30)
+        finally:
+            node.signal(signal.SIGCONT)
+
+    def _some_writes(self, n: int) -> None:
+        """Let the load make progress while a node is down (bounded, with a deadline)."""
+        if not self.writer.is_alive():
+            return
+        target = len(self.writer.acked) + n
+        wait_for(f"{n} more acknowledged writes", lambda: len(self.writer.acked) >= target, 60)
