@@ -21,6 +21,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from kevo_repl.adapters import wal_files
 from kevo_repl.adapters.wal_files import FsyncPolicy, WriteAheadLog
 from kevo_repl.wire import pb
 
@@ -116,7 +117,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.add_argument("--seconds", type=float, default=2.0, help="duration of each cell")
     parser.add_argument("--dir", type=Path, default=REPO_ROOT.parent, help="where temp logs go")
+    parser.add_argument(
+        "--prealloc-bytes",
+        type=int,
+        default=wal_files.PREALLOC_BYTES,
+        help="zero-fill step of the active segment (0: the file grows with every record)",
+    )
     args = parser.parse_args(argv)
+    wal_files.PREALLOC_BYTES = args.prealloc_bytes
     cells: list[Cell] = []
     with tempfile.TemporaryDirectory(prefix="wal-bench-", dir=args.dir) as tmp:
         info = machine(Path(tmp))
@@ -132,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"{c.fdatasyncs:>6} fdatasyncs ({c.appends_per_sync} appends/sync)",
                         flush=True,
                     )
+    info["prealloc_bytes"] = str(args.prealloc_bytes)
     if args.json:
         print(json.dumps({"machine": info, "cells": [asdict(c) for c in cells]}, indent=2))
     else:

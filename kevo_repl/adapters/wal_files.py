@@ -40,7 +40,7 @@ from kevo_repl.core.record import encode_record
 
 __all__ = ["Appended", "FsyncPolicy", "RecoveryReport", "WalStats", "WriteAheadLog"]
 
-PREALLOC_BYTES: Final = 4 * 1024 * 1024
+PREALLOC_BYTES = 4 * 1024 * 1024  # zero-fill step; not Final so bench.wal_bench can A/B it
 _ZEROS: Final = bytes(1024 * 1024)
 
 
