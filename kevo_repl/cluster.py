@@ -15,6 +15,7 @@ the cluster running until Ctrl-C (or stops at once with ``--exit``).
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import IO
 
 from kevo_repl.client import Client, NodeUnreachableError
+from kevo_repl.core.errors import KevoError
 from kevo_repl.logview import LogFollower, run_logs
 from kevo_repl.status_format import status_text
 
@@ -69,7 +71,22 @@ class ClusterProcesses:
         ]
         return eps
 
+    def check_ports(self) -> None:
+        """Refuse to start over ports in use: another node there would answer for ours."""
+        for name, ep in self.endpoints():
+            port = int(ep.rsplit(":", 1)[1])
+            for p in (port, port + 1):
+                with socket.socket() as s:
+                    try:
+                        s.bind(("127.0.0.1", p))
+                    except OSError as exc:
+                        raise KevoError(
+                            f"port {p} for {name} is in use ({exc.strerror}); "
+                            "is another cluster running? choose another --port"
+                        ) from None
+
     def start(self) -> None:
+        self.check_ports()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         base = [sys.executable, "-m", "kevo_repl"]
         tail = ["--log-format", "json", *self.node_args]
@@ -188,6 +205,7 @@ def run_cluster(
     stop = threading.Event()
     _on_signals(stop)
     cluster = ClusterProcesses(data, replicas, port, restart, metrics_port, node_args)
+    cluster.check_ports()
     follower = LogFollower(cluster.log_dir, start_at_end=True)
     cluster.log_dir.mkdir(parents=True, exist_ok=True)
     follower.poll()  # note where each existing file ends: show only this run's lines
@@ -212,9 +230,13 @@ def run_cluster(
     try:
         cluster.wait_serving()
         cluster.say("[cluster] ready; Ctrl-C stops every node")
+        code = _serve_until_stopped(cluster, stop)
     except NodeUnreachableError as exc:
-        cluster.say(f"[cluster] a node did not come up: {exc}")
-    code = _serve_until_stopped(cluster, stop)
+        # A node that cannot start (a port in use, a bad data dir) fails the whole cluster:
+        # a half-started cluster would only hide the reason.
+        cluster.say(f"[cluster] a node did not come up: {exc}; see its log above")
+        cluster.stop()
+        code = 1
     logs_stop.set()
     shower.join(5)
     cluster.say("[cluster] stopped")

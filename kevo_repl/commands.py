@@ -123,6 +123,8 @@ def _load(args: argparse.Namespace) -> int:
     total: int | None = None
     if args.file == "-":
         stream = sys.stdin.buffer
+        if sys.stdin.isatty():
+            print("reading key<TAB>value lines from the terminal; Ctrl-D ends", file=sys.stderr)
     else:
         path = Path(args.file)
         try:

@@ -196,6 +196,12 @@ class StreamTail:
                         self._source, self.next_lsn, exc.retained_from_lsn
                     ) from None
                 raise
+            except NodeUnreachableError as exc:
+                if self._source == self.node:
+                    raise
+                raise NodeUnreachableError(
+                    f"{self.node} is a replica; its history comes from its primary: {exc}"
+                ) from None
             self._check_history(resp.history_id)
             progressed = False
             for record in resp.records:

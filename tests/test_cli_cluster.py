@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import socket
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -145,3 +146,13 @@ def test_logs_follows_the_cluster_merged_and_filtered(
     assert "replica_disconnected replica_id=replica-1" in warnings
     c.proc.signal(signal.SIGTERM)
     assert c.proc.wait() == 0
+
+
+def test_cluster_refuses_ports_in_use(tmp_path: Path) -> None:
+    base = free_cluster_base(1)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", base + 11))  # replica-1's ROUTER
+        r = kevo("cluster", "--data", str(tmp_path / "c"), "--replicas", "1", "--port", str(base))
+    assert r.returncode == 1
+    assert f"port {base + 11} for replica-1 is in use" in r.stderr
+    assert not (tmp_path / "c" / "logs").exists()  # nothing was started
