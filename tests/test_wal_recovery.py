@@ -47,7 +47,7 @@ def test_a_cleanly_closed_log_recovers_everything_and_reports_nothing(tmp_path: 
 def test_cut_at_every_byte_of_the_last_record_keeps_exactly_the_complete_batches(
     tmp_path: Path,
 ) -> None:
-    appended = fill(tmp_path / "src", [50, 80, 120, 300])
+    appended = fill(tmp_path / "src", [50, 80, 120, 150])
     (segment,) = segment_files(tmp_path / "src")
     full = segment.read_bytes()
     last = appended[-1].record
@@ -208,3 +208,29 @@ def test_an_unclosed_log_recovers_its_data_and_trims_preallocated_zeros(tmp_path
         assert recovered.recovery.clean
         assert list(recovered.read_from(1)) == [a.record for a in appended]
         assert recovered.size_bytes == SEGMENT_HEADER_BYTES + sum(len(a.record) for a in appended)
+
+
+def test_a_flipped_byte_in_the_last_record_before_preallocated_zeros_is_corrupt(
+    tmp_path: Path,
+) -> None:
+    appended = fill(tmp_path, [100, 700])
+    (segment,) = segment_files(tmp_path)
+    damaged = bytearray(segment.read_bytes() + bytes(8192))  # as the active segment looks
+    offset = len(damaged) - 8192 - len(appended[-1].record)
+    damaged[offset + 300] ^= 0x01
+    segment.write_bytes(bytes(damaged))
+    with pytest.raises(CorruptRecordError) as info:
+        WriteAheadLog.open(tmp_path)
+    assert (info.value.path, info.value.offset) == (str(segment), offset)
+
+
+def test_corruption_found_while_reading_is_reported_with_file_and_offset(tmp_path: Path) -> None:
+    appended = fill(tmp_path, [250] * 20, segment_bytes=4096)
+    with WriteAheadLog.open(tmp_path, segment_bytes=4096) as wal:
+        path, offset = _locate(tmp_path, appended[2].record)
+        damaged = bytearray(path.read_bytes())
+        damaged[offset + 100] ^= 1
+        path.write_bytes(bytes(damaged))
+        with pytest.raises(CorruptRecordError) as info:
+            list(wal.read_from(1))
+        assert (info.value.path, info.value.offset) == (str(path), offset)

@@ -20,7 +20,9 @@ only in the last segment and only if it shows a lost write: it runs past the end
 or a whole 512-byte-aligned sector it touches is zero (a page or sector that never reached the
 disk reads as the preallocated zeros; a crash cuts writes at page or sector boundaries).
 Everything else, and any failure in an earlier segment, is *corrupt*. Zeros from a record
-boundary to the end of the file are the end of the data, not a failure.
+boundary to the end of the file are the end of the data, not a failure. Limit of the rule: a
+corrupt record in the last segment whose payload holds a whole zero sector is taken for a
+torn tail; it is still cut and reported in the ``RecoveryReport``, never skipped silently.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from crc32c import crc32c
 from kevo_repl.core.errors import BadRecordError, CorruptRecordError, StorageError, TornRecordError
 from kevo_repl.core.record import (
     RECORD_HEADER_BYTES,
+    RECORD_PREFIX_BYTES,
     DecodedRecord,
     decode_record,
     record_extent,
@@ -68,7 +71,7 @@ SEGMENT_MAGIC: Final = b"KEVOWAL\n"
 SEGMENT_VERSION: Final = 1
 SEGMENT_HEADER_BYTES: Final = 40
 HISTORY_ID_BYTES: Final = 16
-INDEX_STRIDE_BYTES: Final = 64 * 1024  # read_from scans at most this far past an index point
+INDEX_STRIDE_BYTES: Final = 16 * 1024  # read_from scans at most this far past an index point
 READ_CHUNK_BYTES: Final = 1024 * 1024
 SECTOR_BYTES: Final = 512
 
@@ -111,8 +114,8 @@ class SparseIndex:
     """(first_lsn, offset) of one record per ``INDEX_STRIDE_BYTES`` of a segment.
 
     Chosen over a full index so memory stays small with one-entry batches (a 64 MiB segment
-    of 150-byte records keeps ~1k points, not ~450k) and over a scan from the segment start
-    so ``read_from`` never reads more than one stride of records it then skips.
+    of 182-byte records keeps 4k points, 64 KiB, not 370k) and over a scan from the segment
+    start so ``read_from`` decodes at most one stride of records it then skips.
     """
 
     __slots__ = ("_lsns", "_offsets")
@@ -187,7 +190,8 @@ def scan_segment(buf: bytes, first_lsn: int, *, is_last: bool) -> SegmentScan:
         return SegmentScan(offset, expected - 1, records, index, failure)
 
     while offset < len(buf):
-        if _all_zero(buf, offset, len(buf)):
+        prefix_end = min(offset + RECORD_PREFIX_BYTES, len(buf))
+        if _all_zero(buf, offset, prefix_end) and _all_zero(buf, prefix_end, len(buf)):
             break  # preallocated space (or nothing): the end of the data
         try:
             rec: DecodedRecord = decode_record(buf, offset)
@@ -211,7 +215,7 @@ def read_records(fd: int, path: Path, start: int, end: int) -> Iterator[tuple[in
 
     ``end`` must be a record boundary known to be written; every record is crc-checked.
     """
-    buf, base, offset = b"", start, start
+    buf, base, offset, chunk = b"", start, start, INDEX_STRIDE_BYTES  # grows to READ_CHUNK
     while offset < end:
         rel = offset - base
         try:
@@ -223,7 +227,8 @@ def read_records(fd: int, path: Path, start: int, end: int) -> Iterator[tuple[in
         if rec is None:
             if base + len(buf) >= end:
                 raise CorruptRecordError(str(path), offset, "record runs past written data")
-            want = min(max(READ_CHUNK_BYTES, (record_extent(buf, rel) or 0) - rel), end - offset)
+            want = min(max(chunk, (record_extent(buf, rel) or 0) - rel), end - offset)
+            chunk = min(2 * chunk, READ_CHUNK_BYTES)
             try:
                 buf = os.pread(fd, want, offset)
             except OSError as exc:
