@@ -24,6 +24,7 @@ class Profile:
     reply_drop: float = 0.0  # ROUTER HWM drops: lost replies and torn bootstrap streams
     slow_join_max_ms: int = 0
     partitions: bool = False
+    pauses: bool = False  # SIGSTOP of a replica (and of the primary when it can crash)
     replica_crashes: bool = False
     primary_crashes: bool = False
     reinit: bool = False  # the primary's data directory is wiped once: a new history
@@ -38,7 +39,7 @@ class Profile:
 PROFILES: tuple[Profile, ...] = (
     Profile("calm"),
     Profile("lossy", pub_drop_max=0.3, reply_drop=0.02, slow_join_max_ms=300),
-    Profile("partitions", pub_drop_max=0.05, slow_join_max_ms=200, partitions=True),
+    Profile("partitions", pub_drop_max=0.05, slow_join_max_ms=200, partitions=True, pauses=True),
     Profile(
         "crashes", pub_drop_max=0.05, replica_crashes=True, disk_fail_rate=0.01, foreign_replica=0.5
     ),
@@ -59,6 +60,7 @@ PROFILES: tuple[Profile, ...] = (
         reply_drop=0.01,
         slow_join_max_ms=200,
         partitions=True,
+        pauses=True,
         replica_crashes=True,
         primary_crashes=True,
         reinit=True,

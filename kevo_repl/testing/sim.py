@@ -34,6 +34,8 @@ from kevo_repl.testing.sim_replica import SimReplica
 
 __all__ = ["SimResult", "Simulation", "main", "run_seed"]
 
+_FAULTS = ("partition", "crash", "pause", "primary_crash", "primary_pause", "reinits")
+
 
 @dataclass(slots=True)
 class SimResult:
@@ -102,7 +104,7 @@ class Simulation:
         self.exempt: set[str] = set()  # dropped below by the size cap or while unknown
         self.covered_at_heal: dict[str, bool] = {}
         self.converged_at = 0
-        self.faults = {"partitions": 0, "replica_crashes": 0, "primary_crashes": 0, "reinits": 0}
+        self.faults = dict.fromkeys(_FAULTS, 0)
 
     # ---- the run ----------------------------------------------------------------------------
 
@@ -148,39 +150,49 @@ class Simulation:
     # ---- faults -----------------------------------------------------------------------------
 
     def _fault(self) -> None:
-        now, s, rng = self.sched.now, self.setup, self.rng
-        if now >= s.heal_ms:
+        """Inject one fault of the profile's kinds, then schedule the next, until healing."""
+        s, rng = self.setup, self.rng
+        if self.sched.now >= s.heal_ms:
             return
         p = s.profile
         kinds = [k for k, on in (("partition", p.partitions), ("crash", p.replica_crashes)) if on]
+        kinds += ["pause"] if p.pauses else []
         if p.primary_crashes and self.primary.up:
-            kinds.append("primary")
+            kinds += ["primary_crash", "primary_pause"] if p.pauses else ["primary_crash"]
         up = [r for r in self.replicas if r.up]
         if kinds and up:
             kind = rng.choice(kinds)
-            r = rng.choice(up)
-            if kind == "partition":
-                stream, requests = rng.choice([(True, True), (True, False), (False, True)])
-                duration = rng.randint(100, 3000)
-                self.net.partition(r.name, stream, requests, duration)
-                self.faults["partitions"] += 1
-                self.sched.note(r.name, "partition", stream=stream, requests=requests, ms=duration)
-            elif kind == "crash":
-                r.crash()
-                self.faults["replica_crashes"] += 1
-                self.sched.after(rng.randint(50, 3000), self._restart_replica, r, r.incarnation)
-            else:
-                self.primary.crash()
-                self.faults["primary_crashes"] += 1
-                if rng.random() < s.reinit_chance:
-                    s.reinit_chance = 0.0
-                    self.primary.reinit()
-                    self.faults["reinits"] += 1
-                    self.retention_passed = True
-                self.sched.after(
-                    rng.randint(50, 1500), self._restart_primary, self.primary.incarnation
-                )
+            self.faults[kind] = self.faults.get(kind, 0) + 1
+            getattr(self, "_" + kind)(rng.choice(up))
         self.sched.after(max(1, int(rng.expovariate(1 / p.fault_mean_ms))), self._fault)
+
+    def _partition(self, r: SimReplica) -> None:
+        stream, requests = self.rng.choice([(True, True), (True, False), (False, True)])
+        duration = self.rng.randint(100, 3000)
+        self.net.partition(r.name, stream, requests, duration)
+        self.sched.note(r.name, "partition", stream=stream, requests=requests, ms=duration)
+
+    def _crash(self, r: SimReplica) -> None:
+        r.crash()
+        self.sched.after(self.rng.randint(50, 3000), self._restart_replica, r, r.incarnation)
+
+    def _pause(self, r: SimReplica) -> None:
+        r.pause(self.rng.randint(100, 2500))
+
+    def _primary_pause(self, _r: SimReplica) -> None:
+        self.primary.pause(self.rng.randint(100, 2000))
+
+    def _primary_crash(self, _r: SimReplica) -> None:
+        self.primary.crash()
+        s = self.setup
+        if self.rng.random() < s.reinit_chance:
+            s.reinit_chance = 0.0
+            self.primary.reinit()
+            self.faults["reinits"] += 1
+            self.retention_passed = True
+        self.sched.after(
+            self.rng.randint(50, 1500), self._restart_primary, self.primary.incarnation
+        )
 
     def _restart_replica(self, r: SimReplica, incarnation: int) -> None:
         if not r.up and r.incarnation == incarnation and not self.healed:
@@ -196,11 +208,13 @@ class Simulation:
         self.exempt.clear()
         self.net.heal_all()
         self.net.params.reply_drop = 0.0
+        self.primary.resume_now()
         if not self.primary.up:
             self.primary.restart()
         wal = self.primary.wal
         for r in self.replicas:
             r.store.fail_rate = r.store.boot_fail_rate = 0.0
+            r.resume_now()
             if not r.up:
                 r.start()
             st = r.store

@@ -52,6 +52,11 @@ class PrimaryParams:
     stale_after_ms: int = 600
 
 
+@dataclass(frozen=True, slots=True)
+class _Write:
+    entries: tuple[Entry, ...]
+
+
 @dataclass(slots=True)
 class _Session:
     session_id: int
@@ -88,6 +93,7 @@ class SimPrimary:
         self._sync_due = False
         self._waits: dict[int, tuple[int, int]] = {}
         self._next_token = 1
+        self._backlog: list[tuple[bytes, Request] | _Write] | None = None  # while paused
         self.on_drop: Callable[[bool, int], None] = lambda forced, old_retained: None
         self.on_wait: Callable[[WaitResult, int, int], None] = lambda result, lsn, k: None
         self.stats = {
@@ -123,6 +129,7 @@ class SimPrimary:
         """Process or power loss: unsynced WAL tail partly lost, sessions and registry gone."""
         self.up = False
         self.incarnation += 1
+        self._backlog = None
         self.net.set_primary_up(False)
         self._sessions.clear()
         self._waits.clear()
@@ -136,6 +143,30 @@ class SimPrimary:
         self.checker.check_recovered(self.wal, self.state)
         self.start()
 
+    def pause(self, duration_ms: int) -> None:
+        """SIGSTOP: requests and client writes queue in the sockets; no beacons, no commits."""
+        if self.up and self._backlog is None:
+            self._backlog = []
+            self.sched.note("primary", "pause", ms=duration_ms)
+            self.sched.after(duration_ms, self._resume, self.incarnation)
+
+    def resume_now(self) -> None:
+        self._resume(self.incarnation)
+
+    def _resume(self, inc: int) -> None:
+        backlog, self._backlog = self._backlog, None
+        if inc != self.incarnation or backlog is None:
+            return
+        self.sched.note("primary", "resume", backlog=len(backlog))
+        for item in backlog:  # stale requests of sockets the replicas have since replaced
+            if isinstance(item, _Write):
+                self.write(item.entries)
+            else:
+                self.on_request(*item)
+        if self.wal.unsynced and not self._sync_due:
+            self._sync_due = True
+            self.sched.after(self.p.group_commit_ms, self._sync, self.incarnation)
+
     def reinit(self) -> None:
         """The data directory was wiped: a new history from LSN 1 (replicas must bootstrap)."""
         self.wal = PrimaryWal(self.rng.randbytes(16), self.p.segment_entries)
@@ -146,6 +177,9 @@ class SimPrimary:
 
     def write(self, entries: tuple[Entry, ...], wait_replicas: int = 0, wait_ms: int = 0) -> None:
         if not self.up:
+            return
+        if self._backlog is not None:
+            self._backlog.append(_Write(entries))  # waits are not modelled across a pause
             return
         batch = self.wal.append(entries)
         if wait_replicas:
@@ -169,6 +203,9 @@ class SimPrimary:
 
     def on_request(self, peer: bytes, msg: Request) -> None:
         if not self.up:
+            return
+        if self._backlog is not None:
+            self._backlog.append((peer, msg))
             return
         now = self.sched.now
         reg = self.registry
@@ -206,13 +243,13 @@ class SimPrimary:
             )
         required = foreign or msg.applied_lsn + 1 < retained
         self.stats["register_bootstrap"] += required
-        try:  # a replica of another history has applied nothing of ours
+        try:  # as node/primary_requests.py does: even another history's LSN is recorded
             self.registry.register(
                 msg.replica_id,
                 peer,
                 msg.address,
                 2,
-                0 if foreign else msg.applied_lsn,
+                msg.applied_lsn,
                 self.sched.now,
             )
         except DuplicateReplicaError as e:
@@ -294,6 +331,8 @@ class SimPrimary:
         if inc != self.incarnation:
             return
         self._sync_due = False
+        if self._backlog is not None:
+            return  # paused: the resume syncs
         for batch in self.wal.sync():  # persist, then apply, then publish
             self._commit(batch, publish=True)
         self._retention()
@@ -321,12 +360,16 @@ class SimPrimary:
     def _beacon(self, inc: int) -> bool:
         if inc != self.incarnation:
             return False
+        if self._backlog is not None:
+            return True
         self.net.publish(Beacon(self.history_id, self.wal.last_lsn))
         return True
 
     def _housekeeping(self, inc: int) -> bool:
         if inc != self.incarnation:
             return False
+        if self._backlog is not None:
+            return True
         _, expired = self.registry.tick(self.sched.now)
         self._waited(expired)
         self._retention()
@@ -334,6 +377,9 @@ class SimPrimary:
 
     def _wait(self, inc: int, token: int, wait_ms: int) -> None:
         if inc != self.incarnation or token not in self._waits:
+            return
+        if self._backlog is not None:
+            self.sched.after(self.p.group_commit_ms, self._wait, inc, token, wait_ms)
             return
         lsn, k = self._waits[token]
         if lsn > self.wal.last_lsn:  # not committed yet: ask again after the next group commit

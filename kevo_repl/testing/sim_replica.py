@@ -83,6 +83,7 @@ class SimReplica:
         self.install_times: list[int] = []
         self.max_applied: dict[bytes, int] = {}
         self.storage_retry_ms = 200
+        self._backlog: list[StreamMessage | Reply] | None = None  # not None while paused
         net.attach_replica(name, self.on_stream, self.on_reply)
 
     # ---- lifecycle ------------------------------------------------------------------------
@@ -109,9 +110,32 @@ class SimReplica:
     def crash(self) -> None:
         self.incarnation += 1
         self.follower = None
+        self._backlog = None
         self.net.set_replica_up(self.name, False)
         self.store.crash()
         self.sched.note(self.name, "crash", durable=self.store.applied_lsn)
+
+    def pause(self, duration_ms: int) -> None:
+        """SIGSTOP: nothing runs, nothing is lost; what arrives waits in the socket buffers."""
+        if self._backlog is None and self.follower is not None:
+            self._backlog = []
+            self.sched.note(self.name, "pause", ms=duration_ms)
+            self.sched.after(duration_ms, self._resume, self.incarnation)
+
+    def resume_now(self) -> None:
+        self._resume(self.incarnation)
+
+    def _resume(self, inc: int) -> None:
+        backlog, self._backlog = self._backlog, None
+        if inc != self.incarnation or backlog is None:
+            return
+        self.sched.note(self.name, "resume", backlog=len(backlog))
+        for msg in backlog:  # the driver drains its sockets, then its timers fire
+            if isinstance(msg, Record | Beacon):
+                self.on_stream(msg)
+            else:
+                self.on_reply(msg)
+        self._tick(inc)
 
     @property
     def up(self) -> bool:
@@ -122,6 +146,9 @@ class SimReplica:
     def on_stream(self, msg: StreamMessage) -> None:
         f = self.follower
         if f is None:
+            return
+        if self._backlog is not None:
+            self._backlog.append(msg)
             return
         if isinstance(msg, Record):
             self._step(
@@ -134,6 +161,9 @@ class SimReplica:
     def on_reply(self, msg: Reply) -> None:
         f = self.follower
         if f is None:
+            return
+        if self._backlog is not None:
+            self._backlog.append(msg)
             return
         if isinstance(msg, RegisterReply):
             self._register_reply(f, msg)
@@ -185,6 +215,8 @@ class SimReplica:
         f = self.follower
         if inc != self.incarnation or f is None:
             return False
+        if self._backlog is not None:
+            return True  # paused
         now = self.sched.now
         self._step("tick", lambda: f.tick(now))
         return True
@@ -193,6 +225,8 @@ class SimReplica:
         f = self.follower
         if inc != self.incarnation or f is None:
             return False
+        if self._backlog is not None:
+            return True  # paused
         lsn = self.store.sync()
         if self.store.history_id == f.history_id:
 
