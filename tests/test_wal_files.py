@@ -183,7 +183,7 @@ def test_write_then_sync(tmp_path: Path) -> None:
 
 def test_interval_policy_syncs_in_the_background(tmp_path: Path) -> None:
     wal = WriteAheadLog.open(tmp_path, fsync=FsyncPolicy.INTERVAL, fsync_interval_ms=5)
-    syncer = next(t for t in threading.enumerate() if t.daemon and t.is_alive())
+    syncer = next(t for t in threading.enumerate() if t.name == f"wal-fsync-{tmp_path.name}")
     wal.append(b"a", 1)
     wait_for(lambda: wal.durable_lsn == 1)
     wal.append(b"b", 1)

@@ -7,9 +7,9 @@ and syncs everything written so far, the others wait on a condition variable; no
 the write lock while syncing, so writers keep filling the next group.
 
 Segments are zero-filled ahead of the write position in ``PREALLOC_BYTES`` steps, so most
-fdatasyncs journal no size change (DESIGN.md section 9 measured ~2x). A full segment is
-truncated to its data, synced and sealed before the next one is created (under the write
-lock, once per segment), so only the last segment can ever hold a torn tail.
+fdatasyncs journal no size change (about 2x the fdatasyncs/s, docs/benchmarks.md). A full
+segment is truncated to its data, synced and sealed before the next one is created (under
+the write lock, once per segment), so only the last segment can ever hold a torn tail.
 
 After an IO error the log refuses all further work (``StorageError``): a failed fdatasync
 may have lost data that a retry would wrongly report durable. Reopen to recover.
