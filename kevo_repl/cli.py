@@ -92,6 +92,9 @@ def _serving_flags(p: argparse.ArgumentParser, port: int) -> None:
     p.add_argument("--port", type=_port, default=port, help="PUB port; ROUTER is port+1")
     p.add_argument("--advertise", default="", help="HOST:PORT others reach this node at")
     p.add_argument("--metrics-port", type=_port_type(0), default=0, help="serve Prometheus metrics")
+    p.add_argument(
+        "--keys", type=Path, default=None, help="CURVE: key dir with authorized_keys (see keygen)"
+    )
 
 
 def _config_flags(p: argparse.ArgumentParser) -> None:
@@ -103,6 +106,14 @@ def _node_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--node", required=True, type=_node_arg, help="HOST:PORT (the PUB port)")
     p.add_argument(
         "--request-timeout-ms", type=_count(1), default=5000, help="give up on a silent node"
+    )
+    p.add_argument("--keys", type=Path, default=None, help="CURVE: directory of key files")
+    p.add_argument("--key-name", default="client", help="CURVE: use KEYS/NAME.key_secret")
+    p.add_argument(
+        "--server-key",
+        type=Path,
+        default=None,
+        help="CURVE: the node's public key file (default KEYS/primary.key)",
     )
 
 
@@ -128,6 +139,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     _serving_flags(pr, 7100)
     pr.add_argument("--id", default="primary", help="node id shown in status and logs")
     pr.add_argument("--fsync", choices=["always", "interval", "none"], default="always")
+    pr.add_argument("--key-name", default="primary", help="CURVE: use KEYS/NAME.key_secret")
     pr.add_argument("--retention-bytes", type=_count(1), default=1024 * 1024 * 1024)
     pr.add_argument("--segment-bytes", type=_count(0), default=0, help="0: derived")
     pr.add_argument("--pub-hwm", type=_count(1), default=10_000)
@@ -140,6 +152,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     rp.add_argument("--no-bootstrap", action="store_true", help="refuse instead of bootstrapping")
     rp.add_argument("--heartbeat-ms", type=_count(1), default=300)
     rp.add_argument("--bootstrap-chunk-bytes", type=_count(1), default=256 * 1024)
+    rp.add_argument(
+        "--primary-key", type=Path, default=None, help="CURVE: default KEYS/primary.key"
+    )
     _config_flags(rp)
 
     cl = add("cluster", "a primary and N replicas as child processes")
@@ -156,7 +171,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     dm.add_argument("--data", type=Path, default=Path("data/demo"))
     dm.add_argument("--replicas", type=_count(0), default=2)
     dm.add_argument("--port", type=_port, default=7100)
-    dm.add_argument("--keys", type=_count(1), default=20_000)
+    dm.add_argument("--count", type=_count(1), default=20_000, help="demo keys to write")
     dm.add_argument("--exit", action="store_true", help="stop after showing replication")
 
     for name, text in (("put", "write KEY=VALUE"), ("delete", "delete KEY")):
@@ -203,6 +218,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     lg.add_argument("--follow", action=argparse.BooleanOptionalAction, default=True)
     lg.add_argument("--format", choices=["text", "json"], default="text")
     lg.add_argument("--lines", type=_count(0), default=0, help="only the last N lines first")
+
+    kg = add("keygen", "write a CURVE key pair: DIR/NAME.key and DIR/NAME.key_secret (0600)")
+    kg.add_argument("--out", type=Path, required=True, help="directory for the key files")
+    kg.add_argument("name", help="key name: 'primary', a replica id, or a client name")
     return p, subs
 
 

@@ -22,6 +22,7 @@ from types import TracebackType
 
 import zmq
 
+from kevo_repl.adapters.security import ClientCurve
 from kevo_repl.adapters.zmq_io import SocketOptions, connect_socket
 from kevo_repl.core.errors import KevoError
 from kevo_repl.core.ops import OP_DELETE, OP_PUT
@@ -101,10 +102,18 @@ def batch_request(
 class Client:
     """A synchronous client; not thread-safe (one DEALER, like every ZeroMQ socket)."""
 
-    def __init__(self, node: str, *, timeout_ms: int = 5000, follow_redirects: bool = True) -> None:
+    def __init__(
+        self,
+        node: str,
+        *,
+        timeout_ms: int = 5000,
+        follow_redirects: bool = True,
+        curve: ClientCurve | None = None,
+    ) -> None:
         self.node = node
         self.timeout_ms = timeout_ms
         self.follow_redirects = follow_redirects
+        self.curve = curve
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._ids = itertools.count(1)
         self._sock = self._connect(node)
@@ -245,14 +254,17 @@ class Client:
         except RemoteError as exc:
             if not (exc.code == pb.ERROR_NOT_PRIMARY and exc.primary and self.follow_redirects):
                 raise
-            with Client(exc.primary, timeout_ms=self.timeout_ms, follow_redirects=False) as c:
+            with Client(
+                exc.primary, timeout_ms=self.timeout_ms, follow_redirects=False, curve=self.curve
+            ) as c:
                 resp = c.call(req, extra_ms=timeout_ms)
         w = resp.write
         return WriteResult(w.lsn, w.first_lsn, w.replicas_applied, w.wait_timed_out)
 
     def _connect(self, node: str) -> zmq.Socket[bytes]:
         host, port = parse_node(node)
-        return connect_socket(self._ctx, zmq.DEALER, host, port + 1, SocketOptions())
+        prepare = self.curve.apply if self.curve else None
+        return connect_socket(self._ctx, zmq.DEALER, host, port + 1, SocketOptions(), prepare)
 
     def _reset(self) -> None:
         self._sock.close(0)

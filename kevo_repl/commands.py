@@ -16,6 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import BinaryIO
 
+from kevo_repl.adapters.security import ClientCurve, write_keypair
 from kevo_repl.client import Client, NodeUnreachableError
 from kevo_repl.core.errors import KevoError
 from kevo_repl.logs import get_logger
@@ -29,8 +30,24 @@ EXIT_UNREACHABLE = 3
 _CLEAR = "\x1b[H\x1b[2J"
 
 
+def _curve(args: argparse.Namespace) -> ClientCurve | None:
+    """CURVE client keys from ``--keys/--key-name/--server-key`` (None without ``--keys``)."""
+    if args.keys is None:
+        return None
+    return ClientCurve.from_dir(args.keys, args.key_name, args.server_key)
+
+
 def _client(args: argparse.Namespace) -> Client:
-    return Client(args.node, timeout_ms=args.request_timeout_ms)
+    return Client(args.node, timeout_ms=args.request_timeout_ms, curve=_curve(args))
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    public, secret = write_keypair(args.out, args.name)
+    key = public.read_text().split('"')[1]
+    print(f"wrote {public} and {secret} (mode 0600)")
+    print("to admit it, add a line to authorized_keys:")
+    print(f"{key}  <replica|client-rw|client-ro|admin>  {args.name}")
+    return 0
 
 
 def _put(args: argparse.Namespace) -> int:
@@ -141,6 +158,7 @@ def _load(args: argparse.Namespace) -> int:
             batch=args.batch,
             timeout_ms=args.request_timeout_ms,
             progress=progress,
+            curve=_curve(args),
         )
     finally:
         if stream is not sys.stdin.buffer:
@@ -161,7 +179,7 @@ def _tail(args: argparse.Namespace) -> int:
 
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     fmt = (lambda e: json.dumps(entry_json(e))) if args.format == "json" else entry_text
-    tail = StreamTail(args.node, timeout_ms=args.request_timeout_ms)
+    tail = StreamTail(args.node, timeout_ms=args.request_timeout_ms, curve=_curve(args))
     shown = last = 0
     entries = tail.entries(args.from_lsn)
     try:
@@ -196,7 +214,7 @@ def _logs(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from kevo_repl.cluster import run_demo
 
-    return run_demo(args.data, args.replicas, args.port, args.keys, exit_after=args.exit)
+    return run_demo(args.data, args.replicas, args.port, args.count, exit_after=args.exit)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -212,4 +230,5 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "digest": _digest,
     "tail": _tail,
     "logs": _logs,
+    "keygen": _keygen,
 }

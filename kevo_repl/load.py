@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, TextIO
 
+from kevo_repl.adapters.security import ClientCurve
 from kevo_repl.client import Client, RemoteError, batch_request
 from kevo_repl.core.errors import KevoError
 from kevo_repl.wire import pb
@@ -134,12 +135,13 @@ def load_lines(
     batch: int = 1000,
     timeout_ms: int = 5000,
     progress: Progress | None = None,
+    curve: ClientCurve | None = None,
 ) -> LoadResult:
     """Load every line of ``stream`` through ``node`` (or its primary); see the module doc."""
-    with Client(node, timeout_ms=timeout_ms) as c:
+    with Client(node, timeout_ms=timeout_ms, curve=curve) as c:
         target = c.primary_address()
     result = LoadResult()
-    with Client(target, timeout_ms=timeout_ms) as c:
+    with Client(target, timeout_ms=timeout_ms, curve=curve) as c:
         pending: list[_Batch] = []
         batches = _batches(stream, batch)
         while True:

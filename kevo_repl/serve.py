@@ -80,6 +80,8 @@ def run_primary(args: argparse.Namespace) -> int:
         pub_hwm=args.pub_hwm,
         advertise=args.advertise,
         node_id=args.id,
+        keys_dir=args.keys,
+        key_name=args.key_name,
     )
     node = PrimaryNode(config)
     return _run_node(node, args.bind, args.metrics_port, PrimaryCollector(node))
@@ -103,6 +105,8 @@ def run_replica(args: argparse.Namespace) -> int:
         allow_bootstrap=not args.no_bootstrap,
         heartbeat_interval_ms=args.heartbeat_ms,
         bootstrap_chunk_bytes=args.bootstrap_chunk_bytes,
+        keys_dir=args.keys,
+        primary_key=args.primary_key,
     )
     node = ReplicaNode(config)
     return _run_node(node, args.bind, args.metrics_port, ReplicaCollector(node))

@@ -23,6 +23,7 @@ from typing import Any
 
 import zmq
 
+from kevo_repl.adapters.security import ClientCurve
 from kevo_repl.adapters.zmq_io import SocketOptions, connect_socket, recv_frames_nowait
 from kevo_repl.client import Client, NodeUnreachableError, RemoteError, parse_node
 from kevo_repl.core.errors import KevoError, ProtocolError
@@ -114,8 +115,16 @@ def entries_of_record(
 class StreamTail:
     """Yields a node's entries in LSN order; one instance per tail (owns its sockets)."""
 
-    def __init__(self, node: str, *, timeout_ms: int = 5000, sync_bytes: int = _SYNC_BYTES) -> None:
+    def __init__(
+        self,
+        node: str,
+        *,
+        timeout_ms: int = 5000,
+        sync_bytes: int = _SYNC_BYTES,
+        curve: ClientCurve | None = None,
+    ) -> None:
         self.node = node
+        self.curve = curve
         self.timeout_ms = timeout_ms
         self.sync_bytes = sync_bytes
         self.next_lsn = 0
@@ -126,7 +135,7 @@ class StreamTail:
 
     def entries(self, from_lsn: int | None = None) -> Generator[Entry, None, None]:
         """From ``from_lsn`` (default: what commits after now) on, forever."""
-        with Client(self.node, timeout_ms=self.timeout_ms) as c:
+        with Client(self.node, timeout_ms=self.timeout_ms, curve=self.curve) as c:
             status = c.status()
         lsn = status.lsn
         self._history = status.history_id
@@ -138,11 +147,12 @@ class StreamTail:
         self.next_lsn = from_lsn if from_lsn is not None else lsn + 1
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         host, port = parse_node(self.node)
-        sub = connect_socket(ctx, zmq.SUB, host, port, SocketOptions(rcvhwm=100_000))
+        prepare = self.curve.apply if self.curve else None
+        sub = connect_socket(ctx, zmq.SUB, host, port, SocketOptions(rcvhwm=100_000), prepare)
         try:
             sub.setsockopt(zmq.SUBSCRIBE, TOPIC_WAL)
             sub.setsockopt(zmq.SUBSCRIBE, TOPIC_BEACON)
-            with Client(self._source, timeout_ms=self.timeout_ms) as source:
+            with Client(self._source, timeout_ms=self.timeout_ms, curve=self.curve) as source:
                 yield from self._run(sub, source, need_sync=self.next_lsn <= lsn)
         finally:
             sub.close(0)
@@ -247,7 +257,7 @@ class StreamTail:
 
     def _check_alive(self) -> None:
         """Silence longer than the timeout (beacons come every ~200 ms): is it still there?"""
-        with Client(self.node, timeout_ms=self.timeout_ms) as c:
+        with Client(self.node, timeout_ms=self.timeout_ms, curve=self.curve) as c:
             try:
                 c.status()
             except NodeUnreachableError as exc:

@@ -30,6 +30,7 @@ __all__ = [
     "AUTHORIZED_KEYS",
     "ROLE_REQUESTS",
     "ROLE_STREAM",
+    "ClientCurve",
     "KeyPair",
     "KeyRing",
     "SecurityError",
@@ -156,8 +157,8 @@ def _parse_authorized(path: Path) -> dict[str, _Entry]:
         raise SecurityError(f"cannot read {path}: {exc}") from exc
     entries: dict[str, _Entry] = {}
     for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.split("#", 1)[0].strip()
-        if not line:
+        line = raw.strip()
+        if not line or line.startswith("#"):  # no inline comments: z85 keys may contain '#'
             continue
         parts = line.split()
         if len(parts) not in (2, 3) or len(parts[0]) != 40 or parts[1] not in ROLE_REQUESTS:
@@ -199,3 +200,20 @@ def apply_client_keys(sock: zmq.Socket[bytes], keys: KeyPair, server_public: byt
     sock.setsockopt(zmq.CURVE_SERVERKEY, server_public)
     sock.setsockopt(zmq.CURVE_PUBLICKEY, keys.public)
     sock.setsockopt(zmq.CURVE_SECRETKEY, keys.secret)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCurve:
+    """What a CURVE client needs: its own pair and the server's public key."""
+
+    keys: KeyPair
+    server_public: bytes
+
+    @classmethod
+    def from_dir(cls, keys_dir: Path, name: str, server_key: Path | None = None) -> ClientCurve:
+        """``DIR/NAME.key_secret`` and the server's ``DIR/primary.key`` (or ``server_key``)."""
+        keys = load_keypair(keys_dir / f"{name}.key_secret")
+        return cls(keys, load_public_key(server_key or keys_dir / "primary.key"))
+
+    def apply(self, sock: zmq.Socket[bytes]) -> None:
+        apply_client_keys(sock, self.keys, self.server_public)

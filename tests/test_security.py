@@ -1,0 +1,228 @@
+"""CURVE + ZAP on real node processes: who gets in, what each role may do, revocation."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import zmq
+
+from kevo_repl.adapters.security import ClientCurve, write_keypair
+from kevo_repl.client import Client, NodeUnreachableError, RemoteError
+from kevo_repl.wire import pb
+from tests.nodes import Cluster, Node, free_port_pair, wait_for
+
+
+def _key(keys: Path, name: str) -> str:
+    return (keys / f"{name}.key").read_text().split('"')[1]
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Path:
+    d = tmp_path / "keys"
+    for name in ("primary", "r1", "app", "ro", "ops", "intruder"):
+        write_keypair(d, name)
+    lines = [
+        f"{_key(d, 'r1')} replica r1",
+        f"{_key(d, 'app')} client-rw",
+        f"{_key(d, 'ro')} client-ro",
+        f"{_key(d, 'ops')} admin",
+        f"{_key(d, 'primary')} admin primary",
+    ]
+    (d / "authorized_keys").write_text("# who may connect\n" + "\n".join(lines) + "\n")
+    return d
+
+
+def _client(node: Node, keys: Path, name: str, timeout_ms: int = 2000) -> Client:
+    return Client(node.address, timeout_ms=timeout_ms, curve=ClientCurve.from_dir(keys, name))
+
+
+def _start_secure(cluster: Cluster, keys: Path, name: str, role: str, *extra: str) -> Node:
+    port = free_port_pair()
+    argv = [
+        sys.executable,
+        "-m",
+        "kevo_repl",
+        "--log-format",
+        "json",
+        role,
+        "--data",
+        str(cluster.root / name),
+        "--port",
+        str(port),
+        "--keys",
+        str(keys),
+        *extra,
+    ]
+    node = Node(name, port, argv, cluster.root / f"{name}.log").start()
+    cluster.nodes.append(node)
+
+    def serving() -> bool:
+        node.assert_alive()
+        with Client(node.address, timeout_ms=300, curve=_server_curve(keys, name, role)) as c:
+            c.status()
+        return True
+
+    wait_for(f"{name} serving", serving)
+    return node
+
+
+def _server_curve(keys: Path, name: str, role: str) -> ClientCurve:
+    server = keys / ("primary.key" if role == "primary" else f"{name}.key")
+    return ClientCurve.from_dir(keys, "ops", server)
+
+
+def _digest(node: Node, keys: Path, server: str) -> object:
+    with Client(node.address, curve=ClientCurve.from_dir(keys, "ops", keys / f"{server}.key")) as c:
+        return c.digest()
+
+
+def test_roles_identity_and_refusals(cluster: Cluster, keys: Path) -> None:
+    primary = _start_secure(cluster, keys, "primary", "primary")
+    replica = _start_secure(
+        cluster,
+        keys,
+        "r1",
+        "replica",
+        "--primary",
+        primary.address,
+        "--id",
+        "r1",
+        "--heartbeat-ms",
+        "100",
+    )
+    with _client(primary, keys, "app") as app:
+        lsn = app.batch([(b"k%d" % i, b"v%d" % i) for i in range(100)]).lsn
+    wait_for(
+        "secured replica converges",
+        lambda: _digest(replica, keys, "r1") == _digest(primary, keys, "primary"),
+    )
+    # client-ro reads but may not write or see status
+    with _client(primary, keys, "ro") as ro:
+        assert ro.get(b"k7") == b"v7"
+        with pytest.raises(RemoteError) as err:
+            ro.put(b"x", b"y")
+        assert err.value.code == pb.ERROR_UNAUTHORIZED
+        with pytest.raises(RemoteError):
+            ro.status()
+    # a replica key cannot write as a client
+    with _client(primary, keys, "r1") as rk:
+        with pytest.raises(RemoteError) as err:
+            rk.put(b"x", b"y")
+        assert err.value.code == pb.ERROR_UNAUTHORIZED
+    # an unlisted key gets no response at all; neither does a client without CURVE
+    with (
+        _client(primary, keys, "intruder", timeout_ms=500) as bad,
+        pytest.raises(NodeUnreachableError),
+    ):
+        bad.get(b"k1")
+    with Client(primary.address, timeout_ms=500) as plain, pytest.raises(NodeUnreachableError):
+        plain.get(b"k1")
+    with _client(primary, keys, "app") as app:
+        assert app.get(b"k99", min_lsn=lsn) == b"v99"
+
+
+def _subscriber(
+    ctx: zmq.Context[zmq.Socket[bytes]], node: Node, keys: Path, name: str
+) -> zmq.Socket[bytes]:
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    ClientCurve.from_dir(keys, name).apply(sub)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(f"tcp://{node.address}")
+    return sub
+
+
+def _drain(sub: zmq.Socket[bytes]) -> int:
+    n = 0
+    while sub.poll(0, zmq.POLLIN):
+        sub.recv()
+        n += 1
+    return n
+
+
+def test_unlisted_key_gets_no_stream_and_revocation_cuts_a_subscriber(
+    cluster: Cluster, keys: Path
+) -> None:
+    primary = _start_secure(cluster, keys, "primary", "primary")
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    intruder = _subscriber(ctx, primary, keys, "intruder")
+    listener = _subscriber(ctx, primary, keys, "app")
+    try:
+        with _client(primary, keys, "app") as app:
+
+            def listener_hears() -> bool:
+                app.put(b"ping", b"x")
+                return listener.poll(100, zmq.POLLIN) != 0
+
+            wait_for("listed subscriber receives the stream", listener_hears)
+            assert _drain(intruder) == 0, "an unlisted key received stream bytes"
+            # revoke app: remove its line, SIGHUP; its established subscription is cut
+            lines = (keys / "authorized_keys").read_text().splitlines()
+            app_key = _key(keys, "app")
+            (keys / "authorized_keys").write_text(
+                "\n".join(line for line in lines if not line.startswith(app_key)) + "\n"
+            )
+            assert primary.proc is not None
+            os.kill(primary.proc.pid, signal.SIGHUP)
+        with _client(primary, keys, "ops") as ops:
+
+            def cut() -> bool:
+                _drain(listener)
+                ops.status()  # the node serves admin after the rebind
+                return True
+
+            wait_for("primary rebinds", cut)
+            # A beacon every 200 ms reaches listed subscribers, never the revoked one.
+            watcher = _subscriber(ctx, primary, keys, "ops")
+            try:
+                wait_for(
+                    "a listed subscriber still hears beacons",
+                    lambda: watcher.poll(300, zmq.POLLIN) != 0,
+                )
+                _drain(listener)
+                assert not listener.poll(1000, zmq.POLLIN), "revoked subscriber still receives"
+                assert _drain(intruder) == 0
+            finally:
+                watcher.close(0)
+    finally:
+        intruder.close(0)
+        listener.close(0)
+        ctx.term()
+
+
+def test_a_replica_key_registers_only_under_its_own_name(cluster: Cluster, keys: Path) -> None:
+    primary = _start_secure(cluster, keys, "primary", "primary")
+    for suffix in (".key", ".key_secret"):  # r1's key pair, presented as "r2"
+        (keys / f"r2{suffix}").write_bytes((keys / f"r1{suffix}").read_bytes())
+    (keys / "r2.key_secret").chmod(0o600)
+    impostor = _start_secure(
+        cluster, keys, "r2", "replica", "--primary", primary.address, "--id", "r2"
+    )
+    wait_for("refusal logged", lambda: "UNAUTHORIZED" in impostor.log_path.read_text())
+    with _client(primary, keys, "ops") as ops:
+        assert [r.replica_id for r in ops.status().replicas] == []
+
+
+def test_keygen_writes_a_private_secret(tmp_path: Path) -> None:
+    out = tmp_path / "k"
+    r = subprocess.run(
+        [sys.executable, "-m", "kevo_repl", "keygen", "--out", str(out), "node-a"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 0, r.stderr
+    assert (out / "node-a.key_secret").stat().st_mode & 0o777 == 0o600
+    assert "authorized_keys" in r.stdout
+    again = subprocess.run(
+        [sys.executable, "-m", "kevo_repl", "keygen", "--out", str(out), "node-a"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert again.returncode == 1 and "exists" in again.stderr
