@@ -239,8 +239,9 @@ class PrimaryRequests:
             )
             self._send(peer, frame)
             return
-        self.node.registry.note_catchup(peer, now)
-        self.node.counters.catchups_served += 1
+        if self.node.registry.get(peer) is not None:  # a replica, not a tail or a tool
+            self.node.registry.note_catchup(peer, now)
+            self.node.counters.catchups_served += 1
         resp = pb.WalSyncResponse(
             records=records,
             primary_lsn=wal.last_lsn,
@@ -282,6 +283,7 @@ class PrimaryRequests:
             replicas=[replica_info(r, reg, now) for r in reg.replicas()],
             status=pb.STATUS_READY,
             node_id=node.config.node_id,
+            primary=node.address,  # what this primary advertises to clients and replicas
         )
 
     def tick(self, now: int) -> None:
