@@ -297,7 +297,8 @@ class Follower:
     # ---- driver feedback ------------------------------------------------------------------
 
     def durable(self, lsn: int) -> None:
-        """The store synced everything up to ``lsn`` (checkpoint)."""
+        """The store synced everything up to ``lsn`` (checkpoint); never beyond applied."""
+        lsn = min(lsn, self.applied_lsn)
         if lsn > self.durable_lsn:
             self.durable_lsn = lsn
             self._ack_due = True
@@ -314,13 +315,15 @@ class Follower:
         ``store_applied_lsn`` (and ``store_history_id``) are what the store really holds; the
         follower rewinds to them. Pass the history: when ``InstallBootstrap`` fails the store
         still holds the old history, and registering under the snapshot's history would
-        catch up on top of the old data.
+        catch up on top of the old data. The durable LSN is forgotten (0, which only makes
+        the primary keep more WAL) until the driver's next ``durable`` call: after a failed
+        install it was the snapshot's, which the store does not hold.
         """
         self.error_message = message
         self.applied_lsn = store_applied_lsn
         if store_history_id is not None:
             self.history_id = store_history_id
-        self.durable_lsn = min(self.durable_lsn, store_applied_lsn)
+        self.durable_lsn = 0
         self._pending = ""
         self._note("storage_failed", message=message, applied_lsn=store_applied_lsn)
         if self.status != Status.ERROR:
