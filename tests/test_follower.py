@@ -312,9 +312,26 @@ def test_failed_install_rewinds_lsn_and_history_to_the_store() -> None:
     f.on_bootstrap_chunk(1, 0, [], [], 1.0, True, 10, H)  # the driver's install then fails
     out = f.storage_failed("disk full", 40, 200, store_history_id=OTHER)
     assert status(f) == Status.ERROR and f.applied_lsn == 40 and f.history_id == OTHER
+    assert f.durable_lsn == 0  # was the snapshot's 10; the store says again what it synced
+    f.durable(35)
+    assert f.durable_lsn == 35
     assert [type(a) for a in out] == [SendHeartbeat]
     out = f.tick(200)
     assert SendRegister(40, OTHER) in out  # the primary sees the mismatch: bootstrap again
+
+
+def test_durable_never_passes_applied() -> None:
+    """A stale checkpoint LSN (e.g. of the store a bootstrap replaced) is clamped."""
+    f = ready(applied=5)
+    f.durable(900)
+    assert f.durable_lsn == 5
+    assert f.take_ack() == [SendAck(5, 5)]
+
+
+def test_diverged_replica_ahead_of_the_primary_bootstraps() -> None:
+    f = make(applied_lsn=20, history_id=H)
+    f.start(0)
+    assert f.on_register_reply(10, 1, H, True) == [BeginBootstrap(), SendBootstrap(0, 4, 64)]
 
 
 def test_every_transition_has_a_reason() -> None:

@@ -96,14 +96,29 @@ def _rewind_lsn_only(
     return _storage_failed(self, message, lsn, retry_ms)
 
 
+def _keep_snapshot_durable(
+    self: Follower, message: str, lsn: int, retry_ms: int, history: bytes | None = None
+) -> list[Action]:
+    durable = self.durable_lsn
+    out = _storage_failed(self, message, lsn, retry_ms, history)
+    self.durable_lsn = min(durable, lsn)
+    return out
+
+
 @pytest.mark.parametrize(
     ("cls", "name", "old", "invariant"),
     [
         (Registry, "retention_floor", _floor_at_applied, "retention"),
         (Registry, "replicas_applied", _count_any_live, "wait"),
         (Follower, "storage_failed", _rewind_lsn_only, "agreement"),
+        (Follower, "storage_failed", _keep_snapshot_durable, "agreement"),
     ],
-    ids=["retention-floor-at-applied", "bootstrapping-replicas-counted", "install-failure"],
+    ids=[
+        "retention-floor-at-applied",
+        "bootstrapping-replicas-counted",
+        "failed-install-keeps-new-history",
+        "failed-install-keeps-snapshot-durable",
+    ],
 )
 def test_the_original_core_bugs_are_caught(
     monkeypatch: pytest.MonkeyPatch, cls: type, name: str, old: object, invariant: str

@@ -10,7 +10,7 @@ from __future__ import annotations
 from kevo_repl.core.follower import Follower
 from kevo_repl.core.follower_types import Action, ApplyRecord, SendWalSync
 
-__all__ = ["BROKEN_RULES"]
+__all__ = ["BROKEN_RULES", "DRIVER_RULES"]
 
 
 class ApplyPastGap(Follower):
@@ -71,10 +71,16 @@ class DeafToBeacons(Follower):
         return []
 
 
+DRIVER_RULES = frozenset({"stale_checkpoint"})
+"""Driver mutations (run with the real ``Follower``): ``stale_checkpoint`` reports the last
+checkpoint thread's durable LSN on every tick, as ``node/replica_node.py`` does, even after a
+bootstrap swapped in another store."""
+
 BROKEN_RULES: dict[str, type[Follower]] = {
     "apply_past_gap": ApplyPastGap,
     "apply_twice": ApplyTwice,
     "ignore_history": IgnoreHistory,
     "skip_too_old": SkipTooOld,
     "deaf_to_beacons": DeafToBeacons,
+    "stale_checkpoint": Follower,
 }

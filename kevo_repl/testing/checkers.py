@@ -27,7 +27,7 @@ INVARIANTS = {
     "bootstrap": "inv4 bootstrap only when the WAL does not cover a replica, once after healing",
     "retention": "inv4 retention keeps what a known replica needs to resume after a restart",
     "follower": "follower raises no InvariantError and moves only along TRANSITIONS",
-    "agreement": "the follower's applied LSN and history match its store's",
+    "agreement": "the follower's applied LSN, history and reported durable LSN match its store",
     "wait": "a replicated write's replica count is honest",
 }
 
@@ -169,6 +169,15 @@ class Checker:
                     raise Violation("follower", f"{name} moved {pair[0].name} -> {pair[1].name}")
 
     def check_agreement(self, name: str, follower: Follower, store: ReplicaStore) -> None:
+        """The follower's position is the store's, and the durable LSN it reports (which the
+        primary's retention follows) is really durable."""
+        synced = store.durable_lsn if store.durable_history == follower.history_id else 0
+        if follower.durable_lsn > synced:
+            raise Violation(
+                "agreement",
+                f"{name} reports durable {follower.durable_lsn}, its store synced {synced} "
+                f"(applied {store.applied_lsn})",
+            )
         if follower.applied_lsn != store.applied_lsn:
             raise Violation(
                 "agreement",

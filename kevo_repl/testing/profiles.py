@@ -41,10 +41,20 @@ PROFILES: tuple[Profile, ...] = (
     Profile("lossy", pub_drop_max=0.3, reply_drop=0.02, slow_join_max_ms=300),
     Profile("partitions", pub_drop_max=0.05, slow_join_max_ms=200, partitions=True, pauses=True),
     Profile(
-        "crashes", pub_drop_max=0.05, replica_crashes=True, disk_fail_rate=0.01, foreign_replica=0.5
+        "crashes",
+        pub_drop_max=0.05,
+        replica_crashes=True,
+        disk_fail_rate=0.01,
+        boot_fail_rate=0.25,
+        foreign_replica=0.5,
     ),
     Profile(
-        "primary", pub_drop_max=0.05, primary_crashes=True, partitions=True, fault_mean_ms=1200
+        "primary",
+        pub_drop_max=0.05,
+        primary_crashes=True,
+        partitions=True,
+        pauses=True,
+        fault_mean_ms=1000,
     ),
     Profile(
         "retention",
@@ -65,7 +75,7 @@ PROFILES: tuple[Profile, ...] = (
         primary_crashes=True,
         reinit=True,
         disk_fail_rate=0.02,
-        boot_fail_rate=0.1,
+        boot_fail_rate=0.25,
         foreign_replica=0.5,
         late_joiner=True,
         tight_retention=True,

@@ -99,6 +99,8 @@ class Simulation:
             )
             for i, cfg in enumerate(self.setup.followers)
         ]
+        for r in self.replicas:
+            r.stale_durable = broken == "stale_checkpoint"
         self.healed = False
         self.retention_passed = False  # some replica once needed what the WAL had dropped
         self.exempt: set[str] = set()  # dropped below by the size cap or while unknown

@@ -83,6 +83,10 @@ class SimReplica:
         self.install_times: list[int] = []
         self.max_applied: dict[bytes, int] = {}
         self.storage_retry_ms = 200
+        # node/replica_node.py feeds follower.durable() on every timer tick from a checkpoint
+        # thread's last result; stale_durable models that (a broken driver rule).
+        self.stale_durable = False
+        self._checkpointed_lsn = 0
         self._backlog: list[StreamMessage | Reply] | None = None  # not None while paused
         net.attach_replica(name, self.on_stream, self.on_reply)
 
@@ -99,6 +103,7 @@ class SimReplica:
             history_id=s.history_id,
         )
         self.follower = f
+        self._checkpointed_lsn = s.durable_lsn
         self.net.set_replica_up(self.name, True)
         self.sched.note(self.name, "start", applied=s.applied_lsn, history=s.history_id.hex()[:8])
         now = self.sched.now
@@ -218,7 +223,16 @@ class SimReplica:
         if self._backlog is not None:
             return True  # paused
         now = self.sched.now
-        self._step("tick", lambda: f.tick(now))
+        if self.stale_durable:
+
+            def timers() -> list[Action]:
+                out = f.tick(now)
+                f.durable(self._checkpointed_lsn)
+                return out
+
+            self._step("tick", timers)
+        else:
+            self._step("tick", lambda: f.tick(now))
         return True
 
     def _checkpoint(self, inc: int) -> bool:
@@ -228,7 +242,9 @@ class SimReplica:
         if self._backlog is not None:
             return True  # paused
         lsn = self.store.sync()
-        if self.store.history_id == f.history_id:
+        if self.stale_durable:
+            self._checkpointed_lsn = lsn
+        elif self.store.history_id == f.history_id:
 
             def durable() -> list[Action]:
                 f.durable(lsn)
