@@ -10,7 +10,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from kevo_repl.client import RemoteError
 from kevo_repl.core.ops import OP_DELETE, OP_PUT
 from kevo_repl.wire import pb
 from tests.faults.raw import RawDealer
@@ -239,13 +238,6 @@ def _peak_rss_kib(pid: int) -> int:
     return 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RemoteError,
-    reason="each idle bootstrap session holds one of the store's 64 snapshots for 30 s (and "
-    "a zero-credit grant keeps it alive): 64 registered peers starve Digest and real "
-    "bootstraps (see docs/faults.md); CURVE roles limit who may try",
-)
 def test_idle_bootstrap_sessions_cannot_starve_snapshots(primary: Node) -> None:
     write_batches(primary, batches=10, size=50, prefix="big", value_bytes=400)
     dealers = [RawDealer(primary.address) for _ in range(70)]

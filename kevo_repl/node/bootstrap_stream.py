@@ -12,13 +12,21 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from kevo_repl.adapters.state_lmdb import StateStore, StoreSnapshot
-from kevo_repl.core.errors import StorageError
+from kevo_repl.core.errors import KevoError, StorageError
 from kevo_repl.wire import pb
 from kevo_repl.wire.envelope import error_response
 
-__all__ = ["BootstrapSession", "BootstrapSessions"]
+__all__ = ["BootstrapSession", "BootstrapSessions", "SessionsFullError"]
 
 MAX_CREDIT = 64
+MAX_SESSIONS = 16
+EVICT_IDLE_MS = 1000
+
+
+class SessionsFullError(KevoError):
+    """Every bootstrap slot is busy with a session that is making progress."""
+
+
 MIN_CHUNK_BYTES = 4 * 1024
 MAX_CHUNK_BYTES = 4 * 1024 * 1024
 
@@ -49,9 +57,19 @@ class BootstrapSessions:
     def start(
         self, peer: bytes, request_id: int, credit: int, chunk_bytes: int, now_ms: int
     ) -> BootstrapSession:
-        """Open a snapshot for ``peer`` (dropping any older session of the same peer)."""
+        """Open a snapshot for ``peer`` (dropping any older session of the same peer).
+
+        At most ``MAX_SESSIONS`` run at once, well under the store's snapshot slots, so idle
+        sessions can never starve Digest: when full, the session idle longest goes if it has
+        been idle ``EVICT_IDLE_MS``, otherwise ``SessionsFullError`` (the replica retries).
+        """
         for old in [s for s in self._sessions.values() if s.peer == peer]:
             self._close(old)
+        if len(self._sessions) >= MAX_SESSIONS:
+            idlest = min(self._sessions.values(), key=lambda s: s.last_active_ms)
+            if now_ms - idlest.last_active_ms < EVICT_IDLE_MS:
+                raise SessionsFullError(f"{MAX_SESSIONS} bootstraps already in progress")
+            self._close(idlest)
         snapshot = self.store.snapshot()
         chunk_bytes = max(MIN_CHUNK_BYTES, min(chunk_bytes or 256 * 1024, MAX_CHUNK_BYTES))
         session = BootstrapSession(
@@ -73,7 +91,8 @@ class BootstrapSessions:
         if session is None or session.peer != peer:
             return False
         session.credit = max(0, min(session.credit + credit, MAX_CREDIT))
-        session.last_active_ms = now_ms
+        if credit > 0:  # an empty grant is not progress: it must not keep a snapshot alive
+            session.last_active_ms = now_ms
         return True
 
     def pump(self, send: Callable[[bytes, bytes], bool], budget: int, now_ms: int) -> int:

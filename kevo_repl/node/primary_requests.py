@@ -17,6 +17,7 @@ from kevo_repl.core.errors import StorageError, TooOldError
 from kevo_repl.core.follower_types import Status
 from kevo_repl.core.ops import OP_DELETE, OP_PUT
 from kevo_repl.core.registry import DuplicateReplicaError, WaitResult
+from kevo_repl.node.bootstrap_stream import SessionsFullError
 from kevo_repl.node.group_commit import CommittedWrite, GroupCommitter, PendingWrite
 from kevo_repl.node.parked_reads import ParkedReads
 from kevo_repl.node.status_view import replica_info
@@ -259,7 +260,11 @@ class PrimaryRequests:
         if node.registry.get(peer) is None:
             self._send(peer, error_response(rid, pb.ERROR_NOT_REGISTERED, "register first"))
             return
-        session = node.sessions.start(peer, rid, req.credit, req.chunk_bytes, now)
+        try:
+            session = node.sessions.start(peer, rid, req.credit, req.chunk_bytes, now)
+        except SessionsFullError as exc:
+            self._send(peer, error_response(rid, pb.ERROR_UNAVAILABLE, str(exc)))
+            return
         node.registry.note_bootstrap(peer, session.snapshot.lsn, now)
         node.counters.bootstraps_served += 1
         node.log.info(
