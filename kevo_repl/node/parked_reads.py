@@ -17,6 +17,7 @@ from kevo_repl.wire.envelope import error_response
 __all__ = ["ParkedReads"]
 
 MAX_WAIT_MS = 60_000
+MAX_PARKED = 10_000  # a peer cannot grow this list without bound
 
 
 @dataclass(slots=True)
@@ -39,6 +40,8 @@ class ParkedReads:
         if not req.key:
             raise WireError("get: empty key")
         if req.min_lsn > self.store().applied_lsn:
+            if len(self._parked) >= MAX_PARKED:
+                raise WireError(f"{MAX_PARKED} reads already wait for LSNs", pb.ERROR_UNAVAILABLE)
             timeout = min(req.timeout_ms or 1000, MAX_WAIT_MS)
             self._parked.append(_Parked(peer, rid, req.key, req.min_lsn, now_ms + timeout))
             return

@@ -75,6 +75,9 @@ class ReplicaNode:
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._closed = False
+        self._bad_pending = 0
+        self._bad_last = ("", "")
+        self._bad_logged_ms = -(10**9)
         data = Path(config.data_dir)
         data.mkdir(parents=True, exist_ok=True)
         self.store_path = data / "state.mdb"
@@ -218,7 +221,7 @@ class ReplicaNode:
             try:
                 self.actions.on_stream_frame(frames[0], monotonic_ms())
             except ProtocolError as exc:
-                self.log.warning("bad_stream_frame", error=str(exc))
+                self._bad_input("bad_stream_frame", exc)
 
     def _drain_replies(self) -> None:
         for _ in range(self.config.drain_max):
@@ -230,7 +233,21 @@ class ReplicaNode:
             try:
                 self.actions.on_reply(frames[0], monotonic_ms())
             except ProtocolError as exc:
-                self.log.warning("bad_reply", error=str(exc))
+                self._bad_input("bad_reply", exc)
+
+    def _bad_input(self, event: str, exc: ProtocolError) -> None:
+        self._bad_pending += 1
+        self._bad_last = (event, str(exc))
+        self._log_bad_inputs(monotonic_ms())
+
+    def _log_bad_inputs(self, now: int) -> None:
+        """At most one line a second for refused input, naming the latest and the count, so a
+        flood of garbage cannot flood the log."""
+        if self._bad_pending and now - self._bad_logged_ms >= 1000:
+            event, error = self._bad_last
+            self.log.warning(event, error=error, refused=self._bad_pending)
+            self._bad_pending = 0
+            self._bad_logged_ms = now
 
     def _drain_clients(self) -> None:
         for _ in range(self.config.drain_max):
@@ -248,6 +265,7 @@ class ReplicaNode:
             beacon = encode_beacon(self.follower.history_id, self.follower.applied_lsn, wall_us())
             self.serving.pub.send(beacon, zmq.DONTWAIT)
         self.requests.reads.release(now)
+        self._log_bad_inputs(now)
 
     def _new_dealer(self) -> zmq.Socket[bytes]:
         return connect_socket(

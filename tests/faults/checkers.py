@@ -79,7 +79,11 @@ def wait_caught_up(primary: Node, replicas: Iterable[Node], timeout_s: float = 6
 
 
 def count_events(log_path: Path, event: str) -> int:
-    """How many JSON log lines carry ``"event": event`` (the log survives restarts)."""
+    """How many times ``event`` happened, from the JSON log (the log survives restarts).
+
+    A line counts once, or ``refused`` times for the replica's rate-limited summaries of
+    refused input (one line a second naming how many it refused).
+    """
     if not log_path.exists():
         return 0
     n = 0
@@ -87,10 +91,11 @@ def count_events(log_path: Path, event: str) -> int:
         if f'"{event}"' not in line:
             continue
         try:
-            if json.loads(line).get("event") == event:
-                n += 1
+            doc = json.loads(line)
         except ValueError:
             continue
+        if doc.get("event") == event:
+            n += int(doc.get("refused", 1))
     return n
 
 
