@@ -81,10 +81,10 @@ def test_empty_replica_registers_then_catches_up_from_lsn_1() -> None:
     assert f.start(0) == [SendRegister(0, b"")]
     assert status(f) == Status.CONNECTING
     assert f.on_register_reply(5, 1, H, False) == [SendWalSync(1, MAX)]
-    assert status(f) == Status.SYNCING and f.history_id == H
+    assert status(f) == Status.SYNCING and f.history_id == b""  # the store has none yet
     out = f.on_wal_sync_reply([rec(1, 2), rec(3, 5)], primary_lsn=5)
     assert out == [ApplyRecord(1, 2, b"1-2"), ApplyRecord(3, 5, b"3-5")]
-    assert status(f) == Status.READY and f.applied_lsn == 5
+    assert status(f) == Status.READY and f.applied_lsn == 5 and f.history_id == H
     assert f.take_ack() == [SendAck(5, 0)]
     assert f.take_ack() == []  # coalesced: one ack per batch of applies
 
@@ -332,6 +332,18 @@ def test_diverged_replica_ahead_of_the_primary_bootstraps() -> None:
     f = make(applied_lsn=20, history_id=H)
     f.start(0)
     assert f.on_register_reply(10, 1, H, True) == [BeginBootstrap(), SendBootstrap(0, 4, 64)]
+
+
+def test_empty_replica_of_a_wiped_primary_catches_up_instead_of_bootstrapping() -> None:
+    """Regression: an empty replica adopted the history at Register, so after the primary's
+    data directory was wiped it registered with the old history and was sent a snapshot."""
+    f = make()
+    f.start(0)
+    f.on_register_reply(0, 1, OTHER, False)  # joined the old primary: nothing to apply
+    assert f.on_not_registered() == [SendRegister(0, b"")]  # the primary restarted, wiped
+    assert f.on_register_reply(3, 1, H, False) == [SendWalSync(1, MAX)]
+    assert f.on_wal_sync_reply([rec(1, 3)], 3) == [ApplyRecord(1, 3, b"1-3")]
+    assert f.history_id == H
 
 
 def test_every_transition_has_a_reason() -> None:

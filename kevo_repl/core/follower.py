@@ -167,7 +167,8 @@ class Follower:
         if foreign or ahead or uncovered or bootstrap_required:
             why = "history mismatch" if foreign else "diverged" if ahead else "WAL too old"
             return self._begin_bootstrap(why)
-        self.history_id = history_id
+        # an empty replica takes the history with its first batch, as its store does: until
+        # then it has none, so a primary wiped meanwhile is caught up from 1, not bootstrapped
         if self.applied_lsn >= primary_lsn:
             self._move(Status.READY)
             return []
@@ -335,7 +336,7 @@ class Follower:
     # ---- internals ------------------------------------------------------------------------
 
     def _offer(self, first: int, last: int, history: bytes, record: bytes) -> list[Action]:
-        if history != self.primary_history or history != self.history_id:
+        if history != self.primary_history or (self.history_id and history != self.history_id):
             self.counters.foreign_records += 1
             return self._foreign_history()
         if last <= self.applied_lsn:
@@ -343,6 +344,7 @@ class Follower:
             return []
         if first == self.applied_lsn + 1:
             self.applied_lsn = last
+            self.history_id = history
             self._ack_due = True
             return [ApplyRecord(first, last, record)]
         if first <= self.applied_lsn:
