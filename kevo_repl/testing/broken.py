@@ -49,7 +49,7 @@ class IgnoreHistory(Follower):
         )
 
     def _offer(self, first: int, last: int, history: bytes, record: bytes) -> list[Action]:
-        return Follower._offer(self, first, last, self.history_id, record)
+        return Follower._offer(self, first, last, self.history_id or history, record)
 
 
 class SkipTooOld(Follower):

@@ -99,9 +99,9 @@ class Setup:
     wait_chance: float
     heal_ms: int
     deadline_ms: int
-    late_joiner: int | None = None
-    late_start_ms: int = 0
-    foreign: int | None = None
+    start_ms: list[int] = field(default_factory=list)  # late joiners start empty, later
+    foreign: int | None = None  # this replica starts with another history's data
+    foreign_batches: int = 0
     reinit_chance: float = 0.0
     notes: dict[str, object] = field(default_factory=dict)
 
@@ -150,6 +150,10 @@ def make_setup(seed: int, rng: random.Random) -> Setup:
     ]
     heal = rng.randint(4000, 8000)
     late = rng.randrange(n) if p.late_joiner and rng.random() < 0.7 else None
+    # half the foreign replicas join late, below the primary's LSN and inside its WAL: there
+    # only the history check stands between them and applying onto another history's data
+    foreign_late = foreign if rng.random() < 0.5 else None
+    starts = [rng.randint(500, heal // 2) if i in (late, foreign_late) else 0 for i in range(n)]
     return Setup(
         profile=p,
         replicas=n,
@@ -162,8 +166,8 @@ def make_setup(seed: int, rng: random.Random) -> Setup:
         wait_chance=rng.choice([0.0, 0.1]),
         heal_ms=heal,
         deadline_ms=heal + 12_000,
-        late_joiner=None if late == foreign else late,
-        late_start_ms=rng.randint(500, heal // 2),
+        start_ms=starts,
         foreign=foreign,
+        foreign_batches=rng.randint(1, 40),
         reinit_chance=0.5 if p.reinit else 0.0,
     )

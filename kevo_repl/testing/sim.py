@@ -118,7 +118,7 @@ class Simulation:
                 self.retention_passed = True
             self.primary.start()
             for i, r in enumerate(self.replicas):
-                sched.at(s.late_start_ms if i == s.late_joiner else 0, self._start_replica, r)
+                sched.at(s.start_ms[i], self._start_replica, r)
             sched.after(0, self._write)
             sched.after(self.rng.randint(200, 800), self._fault)
             sched.at(s.heal_ms, self._heal)
@@ -220,8 +220,8 @@ class Simulation:
             if not r.up:
                 r.start()
             st = r.store
-            foreign = st.applied_lsn > 0 and st.history_id != wal.history_id
-            self.covered_at_heal[r.name] = not foreign and st.applied_lsn + 1 >= wal.retained_from
+            ours = st.history_id in (b"", wal.history_id)  # as the primary decides: any other
+            self.covered_at_heal[r.name] = ours and st.applied_lsn + 1 >= wal.retained_from
         self.sched.note("sim", "heal", primary_lsn=wal.last_lsn, retained_from=wal.retained_from)
         self.sched.every(200, self._check_convergence)
 
@@ -230,7 +230,7 @@ class Simulation:
         wal = PrimaryWal(self.rng.randbytes(16), 16)
         state: dict[bytes, bytes] = {}
         log = self.truth.log(wal.history_id)
-        for _ in range(self.rng.randint(3, 60)):
+        for _ in range(self.setup.foreign_batches):
             wal.append(self.primary.random_entries())
             for batch in wal.sync():
                 apply_entries(state, batch.entries)
@@ -251,8 +251,8 @@ class Simulation:
         new_retained = wal.retained_from
         for r in self.replicas:
             st = r.store
-            if st.durable_history not in (b"", wal.history_id):
-                continue
+            if {st.history_id, st.durable_history} - {b"", wal.history_id}:
+                continue  # switching histories: it needs a snapshot whatever retention does
             for need in (st.durable_lsn + 1, st.applied_lsn + 1):
                 if need >= new_retained:
                     continue
