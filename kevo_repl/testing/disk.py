@@ -190,9 +190,6 @@ class PrimaryWal:
             dropped += self._drop_first()
         return dropped
 
-    def batches(self) -> list[Batch]:
-        return [b for segment in self.segments for b in segment]
-
     def _keep(self, batch: Batch) -> None:
         if self._segment_fill >= self.segment_entries:
             self.segments.append([])

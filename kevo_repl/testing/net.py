@@ -122,11 +122,6 @@ class Network:
                 self._stream_healed(name)
             port.req_cut_until_ms = min(port.req_cut_until_ms, now)
 
-    def cut(self, name: str) -> bool:
-        port = self._ports[name]
-        now = self.sched.now
-        return port.pub_cut_until_ms > now or port.req_cut_until_ms > now
-
     # ---- traffic --------------------------------------------------------------------------
 
     def publish(self, msg: StreamMessage) -> None:

@@ -103,7 +103,6 @@ class Setup:
     foreign: int | None = None  # this replica starts with another history's data
     foreign_batches: int = 0
     reinit_chance: float = 0.0
-    notes: dict[str, object] = field(default_factory=dict)
 
 
 def make_setup(seed: int, rng: random.Random) -> Setup:

@@ -2,10 +2,10 @@
 
 One seed is one run: ``random.Random(seed)`` draws a fault profile's parameters and drives
 every random choice, and a virtual-time scheduler orders every event, so a seed replays
-exactly. A run has two phases: until ``heal_ms`` clients write while faults (loss,
-partitions, crashes, storage errors, a wiped primary) are injected; then faults and writes
-stop and every replica must converge to the primary before a deadline. The checkers run
-throughout; the first violation ends the run and prints the command that replays it::
+exactly. A run has two phases: until ``heal_ms`` clients write while faults (message loss,
+partitions, crashes, pauses, storage errors, a wiped primary) are injected; then faults and
+writes stop and every replica must converge to the primary before a deadline. The checkers
+run throughout; the first violation ends the run and prints the command that replays it::
 
     python -m kevo_repl.testing.sim --seed 17
     python -m kevo_repl.testing.sim --seeds 0:250 [--broken apply_past_gap]
@@ -34,7 +34,7 @@ from kevo_repl.testing.sim_replica import SimReplica
 
 __all__ = ["SimResult", "Simulation", "main", "run_seed"]
 
-_FAULTS = ("partition", "crash", "pause", "primary_crash", "primary_pause", "reinits")
+_FAULTS = ("partition", "crash", "pause", "primary_crash", "primary_pause", "reinit")
 
 
 @dataclass(slots=True)
@@ -190,7 +190,7 @@ class Simulation:
         if self.rng.random() < s.reinit_chance:
             s.reinit_chance = 0.0
             self.primary.reinit()
-            self.faults["reinits"] += 1
+            self.faults["reinit"] += 1
             self.retention_passed = True
         self.sched.after(
             self.rng.randint(50, 1500), self._restart_primary, self.primary.incarnation
