@@ -192,6 +192,15 @@ def test_beacon_reveals_a_lost_tail() -> None:
     assert status(f) == Status.SYNCING
 
 
+def test_dead_stream_with_live_replies_still_catches_up() -> None:
+    f = ready(5)
+    f.tick(900)
+    assert f.on_heartbeat_reply(9) == []  # the stream may still bring 6..9
+    f.tick(1500)  # replies keep the primary heard, but no record or beacon for 1.5 s
+    assert f.on_heartbeat_reply(9) == [SendWalSync(6, MAX)]
+    assert status(f) == Status.SYNCING
+
+
 def test_beacon_of_another_history_re_registers() -> None:
     f = ready(applied=5)
     assert f.on_beacon(OTHER, 1) == [Reconnect("stream of another history"), SendRegister(5, H)]

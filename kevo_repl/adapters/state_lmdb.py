@@ -256,17 +256,17 @@ class StateStore:
 
     def checkpoint(self) -> int:
         """Flush everything committed to disk; returns the new ``durable_lsn``."""
-        env = self._require_env()
-        lsn = self._applied_lsn  # read before the sync: every commit up to it gets flushed
-        self._gate.enter()
+        self._gate.enter()  # a bootstrap install (exclusive) cannot swap the file under us
         try:
+            env = self._require_env()
+            lsn = self._applied_lsn  # read before the sync: every commit up to it gets flushed
             env.sync(True)
+            self._durable_lsn = max(self._durable_lsn, lsn)
+            return self._durable_lsn
         except lmdb.Error as exc:
             raise storage_error(self._path, "checkpoint", exc) from exc
         finally:
             self._gate.leave()
-        self._durable_lsn = max(self._durable_lsn, lsn)
-        return self._durable_lsn
 
     # -- reads ------------------------------------------------------------------------------
 

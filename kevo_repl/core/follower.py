@@ -74,6 +74,7 @@ class Follower:
     _events: list[tuple[str, dict[str, object]]] = field(default_factory=list)
     _now_ms: int = 0
     _last_heard_ms: int = 0
+    _last_stream_ms: int = 0  # last record or beacon on SUB
     _last_heartbeat_ms: int = -(10**12)
     _retry_at_ms: int = 0
     _backoff_ms: int = 0
@@ -96,7 +97,7 @@ class Follower:
     def start(self, now_ms: int) -> list[Action]:
         """Begin the join (the driver has subscribed already): Register."""
         self._now_ms = now_ms
-        self._last_heard_ms = now_ms
+        self._last_heard_ms = self._last_stream_ms = now_ms
         self._started = True
         self._backoff_ms = self.config.backoff_initial_ms
         return self._register()
@@ -273,7 +274,7 @@ class Follower:
         self, first_lsn: int, last_lsn: int, history_id: bytes, record: bytes
     ) -> list[Action]:
         """A live record from SUB (crc already checked by the adapter)."""
-        self._last_heard_ms = self._now_ms
+        self._last_heard_ms = self._last_stream_ms = self._now_ms
         if self.status not in (Status.SYNCING, Status.READY):
             return []  # joining or bootstrapping: WalSync fetches it later
         self._heard(last_lsn)
@@ -281,7 +282,7 @@ class Follower:
 
     def on_beacon(self, history_id: bytes, last_lsn: int) -> list[Action]:
         """Beacons follow the records on the same PUB, so ``applied < last_lsn`` is a gap."""
-        self._last_heard_ms = self._now_ms
+        self._last_heard_ms = self._last_stream_ms = self._now_ms
         if self.status not in (Status.SYNCING, Status.READY):
             return []
         if history_id != self.primary_history:
@@ -292,7 +293,18 @@ class Follower:
         return []
 
     def on_heartbeat_reply(self, primary_lsn: int) -> list[Action]:
+        """Replies keep the primary "heard"; if the stream itself went quiet (no record or
+        beacon for ``primary_timeout_ms``) while the primary is ahead, catch up by WalSync
+        rather than stay READY and fall behind behind a dead SUB."""
         self._heard(primary_lsn)
+        stream_quiet = self._now_ms - self._last_stream_ms > self.config.primary_timeout_ms
+        if (
+            stream_quiet
+            and self.applied_lsn < primary_lsn
+            and not self._pending
+            and self.status in (Status.SYNCING, Status.READY)
+        ):
+            return self._gap(primary_lsn)
         return []
 
     # ---- driver feedback ------------------------------------------------------------------

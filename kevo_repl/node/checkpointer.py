@@ -23,7 +23,6 @@ class Checkpointer:
         self._interval_s = interval_ms / 1000
         self._log = log
         self._stop = threading.Event()
-        self.durable_lsn = store.durable_lsn
         self.error = ""
         self._thread = threading.Thread(target=self._run, name="checkpoint", daemon=True)
         self._thread.start()
@@ -31,7 +30,7 @@ class Checkpointer:
     def _run(self) -> None:
         while not self._stop.wait(self._interval_s):
             try:
-                self.durable_lsn = self._store.checkpoint()
+                self._store.checkpoint()  # the store's durable_lsn is the one truth
                 self.error = ""
             except StorageError as exc:
                 if self._stop.is_set():

@@ -115,6 +115,8 @@ class ActionRunner:
             self.run(follower.on_too_old(err.retained_from_lsn))
         elif mine:
             self.run(follower.on_request_refused(name, err.message))
+        elif err.code == pb.ERROR_CREDIT:
+            pass  # a credit grant that crossed the last chunk: the session is already over
         else:
             self.node.log.warning("primary_error", code=name, message=err.message)
 
@@ -255,7 +257,13 @@ class ActionRunner:
         node = self.node
         node.log.error("storage_failed", error=message)
         self._to_apply.clear()
-        self.run(node.follower.storage_failed(message, node.store.applied_lsn, STORAGE_RETRY_MS))
+        follower = node.follower
+        store = node.store
+        self.run(
+            follower.storage_failed(
+                message, store.applied_lsn, STORAGE_RETRY_MS, store.history_id or b""
+            )
+        )
 
     def _send(self, req: pb.Request, *, pending: bool) -> None:
         req.request_id = next(self._ids)

@@ -258,7 +258,7 @@ class ReplicaNode:
 
     def _timers(self, now: int) -> None:
         self.actions.run(self.follower.tick(now))
-        self.follower.durable(self.checkpointer.durable_lsn)
+        self.follower.durable(self.store.durable_lsn)  # reset by a bootstrap install too
         self.actions.run(self.follower.take_ack())
         if now - self._last_beacon_ms >= self.config.beacon_interval_ms:
             self._last_beacon_ms = now

@@ -67,7 +67,7 @@ class DeafToBeacons(Follower):
     """Never repairs a gap a beacon reveals: a lost stream tail is never fetched."""
 
     def on_beacon(self, history_id: bytes, last_lsn: int) -> list[Action]:
-        self._last_heard_ms = self._now_ms
+        self._last_heard_ms = self._last_stream_ms = self._now_ms  # the stream is alive
         return []
 
 
