@@ -75,8 +75,8 @@ class ReplicaNode:
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._closed = False
-        self._bad_pending = 0
-        self._bad_last = ("", "")
+        self._bad_counts: dict[str, int] = {}
+        self._bad_last: dict[str, str] = {}
         self._bad_logged_ms = -(10**9)
         data = Path(config.data_dir)
         data.mkdir(parents=True, exist_ok=True)
@@ -236,18 +236,19 @@ class ReplicaNode:
                 self._bad_input("bad_reply", exc)
 
     def _bad_input(self, event: str, exc: ProtocolError) -> None:
-        self._bad_pending += 1
-        self._bad_last = (event, str(exc))
+        self._bad_counts[event] = self._bad_counts.get(event, 0) + 1
+        self._bad_last[event] = str(exc)
         self._log_bad_inputs(monotonic_ms())
 
     def _log_bad_inputs(self, now: int) -> None:
-        """At most one line a second for refused input, naming the latest and the count, so a
-        flood of garbage cannot flood the log."""
-        if self._bad_pending and now - self._bad_logged_ms >= 1000:
-            event, error = self._bad_last
-            self.log.warning(event, error=error, refused=self._bad_pending)
-            self._bad_pending = 0
-            self._bad_logged_ms = now
+        """At most one line a second per kind of refused input, naming the latest error and
+        how many were refused, so a flood of garbage cannot flood the log."""
+        if not self._bad_counts or now - self._bad_logged_ms < 1000:
+            return
+        for event, count in self._bad_counts.items():
+            self.log.warning(event, error=self._bad_last[event], refused=count)
+        self._bad_counts.clear()
+        self._bad_logged_ms = now
 
     def _drain_clients(self) -> None:
         for _ in range(self.config.drain_max):
