@@ -3,24 +3,36 @@
 from __future__ import annotations
 
 import os
-import platform
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.procinfo import machine, rss_kib
 from kevo_repl.client import Client, NodeUnreachableError
+from kevo_repl.wire import pb
 
-__all__ = ["BenchCluster", "free_port_pair", "machine", "rss_kib"]
+__all__ = [
+    "BenchCluster",
+    "bench_cluster",
+    "end_process",
+    "free_port",
+    "free_port_pair",
+    "machine",
+    "replica_caught_up",
+    "rss_kib",
+    "wait_until",
+]
 
 
 def free_port_pair() -> int:
+    """A loopback port P with P+1 also free (a node binds PUB on P and ROUTER on P+1)."""
     for _ in range(200):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -35,25 +47,50 @@ def free_port_pair() -> int:
     raise RuntimeError("no free port pair")
 
 
-def machine() -> str:
-    cpus = os.cpu_count()
-    return f"{cpus} cores, Linux {platform.release()}, CPython {platform.python_version()}"
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+def wait_until(what: str, check: Callable[[], bool], timeout: float, every: float = 0.005) -> float:
+    """Poll ``check`` until true; returns the monotonic time it became true."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if check():
+            return time.monotonic()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not reached within {timeout:.0f} s")
+        time.sleep(every)
+
+
+def end_process(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """SIGTERM by PID, then SIGKILL after ``grace`` seconds; always reaps."""
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@dataclass
+class _Node:
+    name: str
+    proc: subprocess.Popen[bytes]
+    port: int
+    stopped: bool = False
 
 
 @dataclass
 class BenchCluster:
     root: Path
-    procs: list[tuple[str, subprocess.Popen[bytes], int]] = field(default_factory=list)
+    nodes: list[_Node] = field(default_factory=list)
 
-    def start(self, role: str, name: str, *args: str) -> str:
-        port = free_port_pair()
+    def spawn(self, role: str, name: str, *args: str, port: int = 0) -> str:
+        """Start a node process without waiting; returns its ``HOST:PORT``."""
+        port = port or free_port_pair()
         argv = [
             sys.executable,
             "-m",
@@ -69,38 +106,76 @@ class BenchCluster:
             str(port),
             *args,
         ]
-        log = (self.root / f"{name}.log").open("ab")
-        proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-        log.close()
-        self.procs.append((name, proc, port))
-        address = f"127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
+        with (self.root / f"{name}.log").open("ab") as log:
+            proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        self.nodes.append(_Node(name, proc, port))
+        return f"127.0.0.1:{port}"
+
+    def wait_serving(self, name: str, timeout: float = 30) -> None:
+        """Until the node answers Status (it has bound its sockets)."""
+        node = self._node(name)
+        deadline = time.monotonic() + timeout
         while True:
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"{name} exited: {(self.root / f'{name}.log').read_text()[-2000:]}"
-                )
+            if node.proc.poll() is not None:
+                tail = (self.root / f"{name}.log").read_text()[-2000:]
+                raise RuntimeError(f"{name} exited: {tail}")
             try:
-                with Client(address, timeout_ms=300) as c:
+                with Client(f"127.0.0.1:{node.port}", timeout_ms=300) as c:
                     c.status()
-                return address
+                return
             except NodeUnreachableError:
                 if time.monotonic() > deadline:
                     raise
 
+    def start(self, role: str, name: str, *args: str, port: int = 0) -> str:
+        address = self.spawn(role, name, *args, port=port)
+        self.wait_serving(name)
+        return address
+
     def pid(self, name: str) -> int:
-        return next(p.pid for n, p, _ in self.procs if n == name)
+        return self._node(name).proc.pid
+
+    def port(self, name: str) -> int:
+        return self._node(name).port
+
+    def stop_node(self, name: str) -> None:
+        node = self._node(name)
+        node.stopped = True
+        end_process(node.proc)
+
+    def check_alive(self) -> None:
+        """Raise if a node exited that the benchmark did not stop (fail fast, not time out)."""
+        for node in self.nodes:
+            if not node.stopped and node.proc.poll() is not None:
+                tail = (self.root / f"{node.name}.log").read_text()[-1500:]
+                raise RuntimeError(f"{node.name} exited with {node.proc.returncode}: {tail}")
 
     def stop(self) -> None:
-        for _, proc, _ in self.procs:
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGTERM)
-        for _, proc, _ in self.procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
+        for node in self.nodes:
+            if node.proc.poll() is None:
+                os.kill(node.proc.pid, signal.SIGTERM)
+        for node in self.nodes:
+            end_process(node.proc)
+
+    def _node(self, name: str) -> _Node:
+        return next(n for n in reversed(self.nodes) if n.name == name)
+
+
+def replica_caught_up(
+    client: Client, lsn: int, cluster: BenchCluster | None = None
+) -> Callable[[], bool]:
+    """A check: the replica behind ``client`` is READY and has applied ``lsn``."""
+
+    def check() -> bool:
+        if cluster is not None:
+            cluster.check_alive()
+        try:
+            s = client.status()
+        except NodeUnreachableError:
+            return False
+        return s.status == pb.STATUS_READY and s.lsn >= lsn
+
+    return check
 
 
 @contextmanager

@@ -1,0 +1,156 @@
+"""Markdown tables for docs/benchmarks.md from a saved ``python -m bench all --save`` file.
+
+python -m bench.docgen bench/results/latest.json
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["markdown"]
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 100 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _table(header: Sequence[str], rows: list[list[Any]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    return out
+
+
+def _ratio(section: dict[str, Any], row: dict[str, Any], key: str) -> Any:
+    for r in section.get("ratios", []):
+        same = all(r.get(k) == row.get(k) for k in ("pipeline", "mode", "rate", "replicas"))
+        if r["vs"] == "redis-aof-always" and same and row["system"] == "kevo":
+            return r.get(f"{key}_ratio")
+    return None
+
+
+def _throughput(s: dict[str, Any]) -> list[str]:
+    rows = []
+    for r in s["rows"]:
+        if r["system"] == "pyzmq-pub-sub":
+            name = f"raw pyzmq PUB->SUB, {r['batch']} entries/frame"
+            rows.append([name, r["batch"], "-", "-", "-", r["entries_per_s"], "-", "-", "-"])
+            continue
+        name = f"{r['system']} ({r['mode']})" if "mode" in r else r["system"]
+        ratio = _ratio(s, r, "writes_per_s")
+        cpu = f"{r['primary_cpu']} / {r['replica_cpu']} / {r['load_cpu']}"
+        rows.append([name, r["pipeline"], r["writes_per_s"], ratio, r["replica_applied_per_s"]])
+        rows[-1] += ["-", r["latency_p50_ms"], r["latency_p99_ms"], cpu]
+    header = ["system", "D", "writes/s", "x Redis AOF", "replica applied/s", "raw entries/s"]
+    return _table([*header, "p50 ms", "p99 ms", "CPU cores: primary / replica / load"], rows)
+
+
+def _lag(sections: dict[str, Any]) -> list[str]:
+    rows = []
+    for name, s in sections.items():
+        if not name.startswith("lag_"):
+            continue
+        for r in s["rows"]:
+            row = [r["system"], r["rate"], r["achieved_rate"], r["lag_p50_ms"], r["lag_p99_ms"]]
+            rows.append([*row, r["lag_p999_ms"], r["lag_max_ms"], _ratio(s, r, "lag_p99_ms")])
+    header = ["system", "rate/s", "achieved/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms"]
+    return _table([*header, "p99 x Redis AOF"], rows)
+
+
+def _fanout(s: dict[str, Any]) -> list[str]:
+    rows = []
+    for r in s["rows"]:
+        per = r["lag_p99_ms_per_replica"]
+        rows.append(
+            [
+                r["system"],
+                r["replicas"],
+                r["lag_p99_ms_max"],
+                round(statistics.median(per), 3),
+                r.get("bootstraps", "-"),
+                r.get("catchups", "-"),
+                r["missing_on_replica_streams"],
+            ]
+        )
+    header = ["system", "replicas", "worst p99 ms", "median p99 ms", "bootstraps", "catch-ups"]
+    return _table([*header, "writes missing"], rows)
+
+
+def _simple(s: dict[str, Any], keys: list[str]) -> list[str]:
+    rows = [[r.get(k, "-") for k in keys] for r in s["rows"]]
+    return _table(keys, rows)
+
+
+def markdown(res: dict[str, Any]) -> str:
+    sec = res["sections"]
+    m = res["machine"]
+    out = [
+        f"Machine: {m['nproc']} cores, {m['mem_gib']} GiB, Linux {m['kernel']}, "
+        f"CPython {m['python']}, temp dir on {m['tmp_fs']}; load average before the run "
+        f"{m['load_avg_before']}, after {m['load_avg']}; the run took {res['minutes']} min.",
+        "",
+        "### Throughput (C = 50)",
+        "",
+        *_throughput(sec["throughput_p1"]),
+        *_throughput(sec["throughput_p16"])[2:],
+        "",
+        "### Lag",
+        "",
+        *_lag(sec),
+        "",
+        "### Fan-out at 5,000 writes/s",
+        "",
+        *_fanout(sec["fanout"]),
+        "",
+        "### Bootstrap (full sync) of 1M keys",
+        "",
+        *_simple(
+            sec["bootstrap"],
+            [
+                "system",
+                "keys",
+                "seconds",
+                "mb_per_s",
+                "primary_rss_growth_mib",
+                "primary_anon_growth_mib",
+                "primary_fork_child_private_mib",
+                "replica_peak_rss_mib",
+            ],
+        ),
+        "",
+        "### Catch-up (partial resync) of 1M entries",
+        "",
+        *_simple(sec["catchup"], ["system", "entries", "seconds", "entries_per_s", "partial"]),
+        "",
+        "### Idle memory",
+        "",
+        *_simple(sec["memory"], ["system", "primary_rss_mib", "replica_rss_mib"]),
+        "",
+        "### Targets",
+        "",
+        *_table(
+            ["target", "measured", "met"],
+            [
+                [t["target"], t["measured"], t["met"]]
+                for s in sec.values()
+                for t in s.get("targets", [])
+            ],
+        ),
+    ]
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown(json.loads(Path(sys.argv[1]).read_text())), end="")
