@@ -219,6 +219,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     lg.add_argument("--format", choices=["text", "json"], default="text")
     lg.add_argument("--lines", type=_count(0), default=0, help="only the last N lines first")
 
+    bn = add("bench", "benchmarks side by side with Redis (runs bench/ of the source tree)")
+    bn.add_argument("bench_args", nargs=argparse.REMAINDER, help="see: kevo-repl bench --help")
+
     kg = add("keygen", "write a CURVE key pair: DIR/NAME.key and DIR/NAME.key_secret (0600)")
     kg.add_argument("--out", type=Path, required=True, help="directory for the key files")
     kg.add_argument("name", help="key name: 'primary', a replica id, or a client name")

@@ -41,6 +41,18 @@ def _client(args: argparse.Namespace) -> Client:
     return Client(args.node, timeout_ms=args.request_timeout_ms, curve=_curve(args))
 
 
+def _bench(args: argparse.Namespace) -> int:
+    """``bench/`` lives in the source tree (it starts Redis, plots, ...), not in the wheel."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "bench" / "cli.py").exists():
+        raise KevoError("kevo-repl bench needs the source tree (bench/); run it from a clone")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from bench.cli import main as bench_main
+
+    return bench_main(args.bench_args)
+
+
 def _keygen(args: argparse.Namespace) -> int:
     public, secret = write_keypair(args.out, args.name)
     key = public.read_text().split('"')[1]
@@ -231,4 +243,5 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "tail": _tail,
     "logs": _logs,
     "keygen": _keygen,
+    "bench": _bench,
 }

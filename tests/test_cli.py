@@ -209,3 +209,19 @@ def test_bad_arguments_exit_2_with_usage(argv: list[str], needle: str) -> None:
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert "usage: kevo-repl" in r.stderr
     assert needle in r.stderr
+
+
+def test_bench_runs_from_the_cli_and_prints_one_json_object() -> None:
+    import json
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-m", "kevo_repl", "bench", "zmq", "--batch", "16", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["command"] == "zmq" and doc["rows"][0]["entries_per_s"] > 0
