@@ -14,6 +14,7 @@ from kevo_repl.wire import (
     WireError,
     decode_batch,
     encode_client_batch,
+    encode_single,
     pb,
     seal_batch,
     validate_client_batch,
@@ -189,3 +190,12 @@ def test_decode_batch_rejects_what_a_replica_cannot_apply() -> None:
         decode_batch(pb.WalBatch(keys=[b"k"]).SerializeToString())
     with pytest.raises(WireError, match="unknown op"):
         decode_batch(encode([(9, b"k", b"")]))
+
+
+@given(
+    op=st.sampled_from([pb.OP_PUT, pb.OP_DELETE]),
+    key=st.binary(min_size=1, max_size=300),
+    value=st.binary(max_size=20_000),
+)
+def test_encode_single_is_byte_identical_to_the_message(op: int, key: bytes, value: bytes) -> None:
+    assert encode_single(op, key, value) == encode_client_batch([op], [key], [value])

@@ -108,10 +108,10 @@ def send_nowait(sock: zmq.Socket[bytes], frames: list[bytes]) -> bool:
     high-water mark: both mean "this peer cannot take it now", never a reason to stop.
     """
     try:
-        if len(frames) == 1:
-            sock.send(frames[0], zmq.DONTWAIT, copy=len(frames[0]) < 65536)
-        else:
-            sock.send_multipart(frames, zmq.DONTWAIT)
+        last = len(frames) - 1
+        for i, frame in enumerate(frames):  # plain sends: cheaper than send_multipart
+            flags = zmq.DONTWAIT if i == last else zmq.DONTWAIT | zmq.SNDMORE
+            sock.send(frame, flags, copy=len(frame) < 65536)
         return True
     except zmq.Again:
         return False

@@ -9,7 +9,7 @@ means a replica never holds a batch the primary could lose in a crash.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -32,6 +32,9 @@ class PendingWrite:
     count: int
     wait_replicas: int
     timeout_ms: int
+    ops: Sequence[int]  # the validated columns, applied without parsing the payload again
+    keys: Sequence[bytes]
+    values: Sequence[bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +80,7 @@ class GroupCommitter:
         sync: Future[int] | None = None
         if self.sync_each_commit:
             sync = self._syncer.submit(self.wal.sync)
-        self._apply(appended, payload)
+        self._apply(appended, group)
         if sync is not None:
             sync.result()
         committed: list[CommittedWrite] = []
@@ -114,20 +117,22 @@ class GroupCommitter:
     def close(self) -> None:
         self._syncer.shutdown(wait=True)
 
-    def _apply(self, appended: Appended, payload: bytes) -> None:
+    def _apply(self, appended: Appended, group: list[PendingWrite]) -> None:
         # The WAL is the truth: a failed apply leaves the store behind, and the driver
         # replays it from the WAL (catch_up_store) instead of failing the committed write.
         if self.store_error:
             return
-        batch = decode_batch(payload)
+        if len(group) == 1:
+            ops, keys, values = group[0].ops, group[0].keys, group[0].values
+        else:
+            ops, keys, values = [], [], []
+            for w in group:
+                ops.extend(w.ops)
+                keys.extend(w.keys)
+                values.extend(w.values)
         try:
             self.store.apply(
-                appended.first_lsn,
-                appended.last_lsn,
-                self.wal.history_id,
-                batch.ops,
-                batch.keys,
-                batch.values,
+                appended.first_lsn, appended.last_lsn, self.wal.history_id, ops, keys, values
             )
         except KevoError as exc:
             self.store_error = str(exc)

@@ -8,6 +8,7 @@ replicas have applied (``wait_replicas``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -22,7 +23,7 @@ from kevo_repl.node.group_commit import CommittedWrite, GroupCommitter, PendingW
 from kevo_repl.node.parked_reads import ParkedReads
 from kevo_repl.node.status_view import replica_info
 from kevo_repl.wire import pb
-from kevo_repl.wire.batch import WireError, encode_client_batch, validate_client_batch
+from kevo_repl.wire.batch import WireError, WireLimits, encode_single, parse_client_batch
 from kevo_repl.wire.envelope import decode_request, error_response
 
 if TYPE_CHECKING:
@@ -41,6 +42,17 @@ class _WaitToken:
     request_id: int
     first_lsn: int
     last_lsn: int
+
+
+def _check_entry(key: bytes, value: bytes, limits: WireLimits) -> None:
+    if not key:
+        raise WireError("empty key")
+    if len(key) > limits.max_key_bytes:
+        msg = f"key of {len(key)} bytes, over the limit of {limits.max_key_bytes}"
+        raise WireError(msg, pb.ERROR_TOO_LARGE)
+    if len(value) > limits.max_value_bytes:
+        msg = f"value of {len(value)} bytes, over the limit of {limits.max_value_bytes}"
+        raise WireError(msg, pb.ERROR_TOO_LARGE)
 
 
 class PrimaryRequests:
@@ -98,28 +110,37 @@ class PrimaryRequests:
 
     def _queue_write(self, peer: bytes, req: pb.Request, kind: str | None) -> bool:
         limits = self.node.config.limits
-        if kind == "put":
-            body: pb.PutRequest | pb.DeleteRequest | pb.BatchRequest = req.put
-            payload = encode_client_batch([OP_PUT], [req.put.key], [req.put.value])
-        elif kind == "delete":
-            body = req.delete
-            payload = encode_client_batch([OP_DELETE], [req.delete.key], [b""])
-        else:
+        body: pb.PutRequest | pb.DeleteRequest | pb.BatchRequest
+        if kind == "batch":
             body = req.batch
-            payload = req.batch.batch
-        count = validate_client_batch(
-            payload,
-            max_key_bytes=limits.max_key_bytes,
-            max_value_bytes=limits.max_value_bytes,
-            max_entries=limits.max_entries,
-        )
+            payload = body.batch
+            batch = parse_client_batch(
+                payload,
+                max_key_bytes=limits.max_key_bytes,
+                max_value_bytes=limits.max_value_bytes,
+                max_entries=limits.max_entries,
+            )
+            ops: Sequence[int] = batch.ops
+            keys: Sequence[bytes] = batch.keys
+            values: Sequence[bytes] = batch.values
+        else:  # one put or delete: checked and encoded directly, the common hot path
+            body = req.put if kind == "put" else req.delete
+            op = OP_PUT if kind == "put" else OP_DELETE
+            key = body.key
+            value = req.put.value if kind == "put" else b""
+            _check_entry(key, value, limits)
+            payload = encode_single(op, key, value)
+            ops, keys, values = (op,), (key,), (value,)
         write = PendingWrite(
             peer,
             req.request_id,
             payload,
-            count,
+            len(keys),
             min(body.wait_replicas, 1000),
             min(body.timeout_ms or 1000, MAX_WAIT_MS),
+            ops,
+            keys,
+            values,
         )
         return self.node.committer.add(write)
 

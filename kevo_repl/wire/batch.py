@@ -33,6 +33,8 @@ __all__ = [
     "WireLimits",
     "decode_batch",
     "encode_client_batch",
+    "encode_single",
+    "parse_client_batch",
     "parse_message",
     "seal_batch",
     "validate_client_batch",
@@ -100,10 +102,25 @@ def encode_client_batch(
 def validate_client_batch(
     payload: BytesLike, *, max_key_bytes: int, max_value_bytes: int, max_entries: int
 ) -> int:
+    """The entry count of a valid client batch; see :func:`parse_client_batch`."""
+    return len(
+        parse_client_batch(
+            payload,
+            max_key_bytes=max_key_bytes,
+            max_value_bytes=max_value_bytes,
+            max_entries=max_entries,
+        ).keys
+    )
+
+
+def parse_client_batch(
+    payload: BytesLike, *, max_key_bytes: int, max_value_bytes: int, max_entries: int
+) -> pb.WalBatch:
     """Check a client's ``BatchRequest.batch`` before it is sealed into the WAL.
 
-    Returns the entry count. Raises ``WireError`` (a ``ProtocolError``; ``code`` is
-    ``ERROR_TOO_LARGE`` for size limits, else ``ERROR_BAD_REQUEST``). Whole columns are checked
+    Returns the parsed batch, whose columns the primary applies without parsing again.
+    Raises ``WireError`` (a ``ProtocolError``; ``code`` is ``ERROR_TOO_LARGE`` for size
+    limits, else ``ERROR_BAD_REQUEST``). Whole columns are checked
     with builtins (min/max/set); only a failure walks entries to name the first bad one.
     """
     batch = parse_message(pb.WalBatch(), payload, "batch")
@@ -147,7 +164,33 @@ def validate_client_batch(
         bad = next((i for i, (op, n) in enumerate(sizes) if op == pb.OP_DELETE and n), None)
         if bad is not None:
             raise WireError(f"batch: entry {bad}: a delete must have an empty value")
-    return count
+    return batch
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def encode_single(op: int, key: bytes, value: bytes) -> bytes:
+    """``encode_client_batch([op], [key], [value])`` byte for byte, without building a
+    message: one Put or Delete is the common write, and this is its hot path."""
+    return b"".join(
+        (
+            b"\x0a\x01",
+            _varint(op),
+            b"\x12",
+            _varint(len(key)),
+            key,
+            b"\x1a",
+            _varint(len(value)),
+            value,
+        )
+    )
 
 
 def seal_batch(client_payloads: Sequence[bytes], history_id: bytes, commit_time_us: int) -> bytes:
