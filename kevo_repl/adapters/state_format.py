@@ -8,6 +8,7 @@ file becomes the live store by a single ``os.rename``. Internal to ``kevo_repl.a
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import threading
@@ -37,6 +38,7 @@ __all__ = [
     "grow_map",
     "open_env",
     "read_meta",
+    "release_mapped_pages",
     "storage_error",
     "unlink_quietly",
     "write_meta",
@@ -228,3 +230,32 @@ def discard_bootstrap(live_path: Path) -> None:
     target = bootstrap_path(live_path)
     unlink_quietly(target)
     unlink_quietly(target.with_name(target.name + LOCK_SUFFIX))
+
+
+_MADV_DONTNEED: Final = 4
+
+
+def release_mapped_pages(path: Path) -> int:
+    """Unmap this process's resident pages of the LMDB file at ``path``; returns bytes.
+
+    A bootstrap scans the whole store through LMDB's shared mapping, and every page it touches
+    stays in the process's RSS. ``MADV_DONTNEED`` on a ``MAP_SHARED`` file mapping only drops
+    page-table entries: the data (dirty pages included) stays in the page cache and faults
+    back in on the next access, so it is safe while writers go on. Linux only; elsewhere a
+    no-op.
+    """
+    try:
+        maps = Path("/proc/self/maps").read_text()
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return 0
+    target = str(Path(path).resolve())
+    released = 0
+    for line in maps.splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) < 6 or fields[5] != target or "s" not in fields[1]:
+            continue  # only the shared mapping of this very file
+        start, end = (int(x, 16) for x in fields[0].split("-"))
+        if libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_DONTNEED) == 0:
+            released += end - start
+    return released

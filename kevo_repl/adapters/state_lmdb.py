@@ -38,6 +38,7 @@ from kevo_repl.adapters.state_format import (
     grow_map,
     open_env,
     read_meta,
+    release_mapped_pages,
     storage_error,
     unlink_quietly,
     write_meta,
@@ -129,6 +130,10 @@ class StateStore:
     def durable_lsn(self) -> int:
         """Applied LSN as of the last checkpoint (or the last commit with ``sync_commits``)."""
         return self._durable_lsn
+
+    def release_pages(self) -> int:
+        """Drop the store's pages from this process's RSS (they stay in the page cache)."""
+        return release_mapped_pages(self._path)
 
     @property
     def key_count(self) -> int:

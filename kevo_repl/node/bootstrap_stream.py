@@ -21,6 +21,7 @@ __all__ = ["BootstrapSession", "BootstrapSessions", "SessionsFullError"]
 MAX_CREDIT = 64
 MAX_SESSIONS = 16
 EVICT_IDLE_MS = 1000
+RELEASE_EVERY_CHUNKS = 64
 
 
 class SessionsFullError(KevoError):
@@ -53,6 +54,7 @@ class BootstrapSessions:
     idle_timeout_ms: int = 30_000
     _sessions: dict[int, BootstrapSession] = field(default_factory=dict)
     _next_id: int = 1
+    _chunks_since_release: int = 0
 
     def start(
         self, peer: bytes, request_id: int, credit: int, chunk_bytes: int, now_ms: int
@@ -115,10 +117,15 @@ class BootstrapSessions:
                 session.unsent = b""
                 session.credit -= 1
                 session.seq += 1
+                self._chunks_since_release += 1
                 session.last_active_ms = now_ms
                 sent += 1
             if session.done and not session.unsent and session.session_id in self._sessions:
                 self._close(session)
+        if self._chunks_since_release >= RELEASE_EVERY_CHUNKS:
+            # A snapshot scan touches every page of the store: keep them out of our RSS.
+            self._chunks_since_release = 0
+            self.store.release_pages()
         return sent
 
     def expire(self, now_ms: int) -> list[BootstrapSession]:
