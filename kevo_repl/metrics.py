@@ -54,7 +54,7 @@ class PrimaryCollector(Collector):
         node = self.node
         wal, c = node.wal, node.counters
         yield _info(node.config.node_id, "primary", wal.history_id)
-        yield _gauge("kevo_lsn", "Last committed LSN.", wal.last_lsn)
+        yield _gauge("kevo_lsn", "Last committed (durable, published) LSN.", node.committed_lsn)
         yield _gauge("kevo_durable_lsn", "Last LSN on disk (fsynced).", wal.durable_lsn)
         yield _gauge("kevo_applied_lsn", "Last LSN applied to the store.", node.store.applied_lsn)
         yield _gauge(

@@ -9,6 +9,8 @@ slow or dead replica never stalls writes or the other replicas.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import threading
 from dataclasses import dataclass
@@ -35,6 +37,13 @@ from kevo_repl.wire.batch import DEFAULT_LIMITS, WireLimits
 from kevo_repl.wire.envelope import encode_beacon, encode_wal_frame
 
 __all__ = ["PrimaryConfig", "PrimaryNode"]
+
+
+def _drain_pipe(fd: int) -> None:
+    with contextlib.suppress(BlockingIOError):
+        while os.read(fd, 4096):
+            pass
+
 
 MIB = 1024 * 1024
 
@@ -93,6 +102,9 @@ class PrimaryNode:
         self.log: Any = get_logger(node=config.node_id, role="primary")
         self._stop = threading.Event()
         self._reload = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
         self._closed = False
         self.counters = Counters()
         self._timers = _Timers()
@@ -120,6 +132,7 @@ class PrimaryNode:
             self.wal, self.store, wall_us, sync_each_commit=config.fsync == "always"
         )
         replayed = self.committer.catch_up_store()
+        self.committer.committed_lsn = self.wal.last_lsn
         if replayed:
             self.log.info("recovered", replayed_entries=replayed, lsn=self.wal.last_lsn)
         self.checkpointer = Checkpointer(self.store, config.checkpoint_interval_ms, self.log)
@@ -147,6 +160,8 @@ class PrimaryNode:
             self.store.close()
             self.wal.close()
             self._ctx.term()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
             raise
         self.requests = PrimaryRequests(self)
         warning = slow_backend_warning()
@@ -175,28 +190,48 @@ class PrimaryNode:
     def run(self) -> None:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGHUP, lambda *_: self.reload_keys())
+        poller = self._poller()
         try:
             while not self._stop.is_set():
                 if self._reload.is_set():
                     self._reload.clear()
                     self.serving.reload_keys()
+                    poller = self._poller()  # the ROUTER may have been rebound
                 timeout = 0 if self.sessions.has_credit() else 20
-                if self.serving.router.poll(timeout, zmq.POLLIN):
+                ready = dict(poller.poll(timeout))
+                if self.serving.router in ready:
                     self._drain()
-                self._commit()
+                if self._wake_r in ready:
+                    _drain_pipe(self._wake_r)
+                self._start_group()
+                self._finish_groups()
                 now = monotonic_ms()
                 self.sessions.pump(self._send, self.config.bootstrap_chunks_per_turn, now)
                 self._timers_due(now)
         finally:
             self.close()
 
+    def _poller(self) -> zmq.Poller:
+        poller = zmq.Poller()
+        poller.register(self.serving.router, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)  # a group became durable
+        return poller
+
+    @property
+    def committed_lsn(self) -> int:
+        """The last LSN that is durable, applied and published: what the world may see."""
+        return self.committer.committed_lsn
+
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         try:
-            self._commit()
+            self._start_group()
+            self._finish_groups(wait=True)
         finally:
+            os.close(self._wake_r)
+            os.close(self._wake_w)
             self.sessions.close_all()
             self.checkpointer.close()
             self.committer.close()
@@ -215,35 +250,48 @@ class PrimaryNode:
             if got is None:
                 return
             if self.requests.handle(*got):
-                self._commit()
+                self._start_group()
 
-    def _commit(self) -> None:
+    def _start_group(self) -> None:
         try:
-            result = self.committer.commit()
+            self.committer.start(self._wake)
         except StorageError as exc:
             self.log.error("wal_write_failed", error=str(exc))
             self.requests.fail_pending(self.committer, str(exc))
+
+    def _finish_groups(self, wait: bool = False) -> None:
+        try:
+            done = self.committer.finish_ready(wait)
+        except StorageError as exc:
+            self.log.error("wal_sync_failed", error=str(exc))
+            for flight in self.committer.drop_in_flight():
+                self.requests.fail_writes(flight.group, str(exc))
+            self.requests.fail_pending(self.committer, str(exc))
             return
-        if result is None:
-            return
-        appended, committed = result
-        now = monotonic_ms()
-        frame = encode_wal_frame(appended.record)
-        self.serving.pub.send(frame, zmq.DONTWAIT, copy=len(frame) < 65536)
-        self._timers.last_publish_ms = now
-        c = self.counters
-        c.batches_published += 1
-        c.entries_published += appended.last_lsn - appended.first_lsn + 1
-        c.bytes_published += len(frame)
-        self.registry.note_commit(appended.last_lsn, now)
-        self.requests.reply_committed(committed, now)
+        for flight in done:
+            appended = flight.appended
+            now = monotonic_ms()
+            frame = encode_wal_frame(appended.record)
+            self.serving.pub.send(frame, zmq.DONTWAIT, copy=len(frame) < 65536)
+            self._timers.last_publish_ms = now
+            c = self.counters
+            c.batches_published += 1
+            c.entries_published += appended.last_lsn - appended.first_lsn + 1
+            c.bytes_published += len(frame)
+            self.registry.note_commit(appended.last_lsn, now)
+            self.requests.reply_committed(flight.committed(), now)
+
+    def _wake(self) -> None:
+        """Called on the sync thread when a group is durable: wake the loop's poll."""
+        with contextlib.suppress(BlockingIOError):  # full: wake-ups are pending anyway
+            os.write(self._wake_w, b"\0")
 
     def _timers_due(self, now: int) -> None:
         t = self._timers
         if now - t.last_publish_ms >= self.config.beacon_interval_ms:
             t.last_publish_ms = now
             beacon = encode_beacon(
-                self.wal.history_id, self.wal.last_lsn, wall_us(), self.wal.retained_from_lsn
+                self.wal.history_id, self.committed_lsn, wall_us(), self.wal.retained_from_lsn
             )
             self.serving.pub.send(beacon, zmq.DONTWAIT)
         if now - t.last_tick_ms >= 50:

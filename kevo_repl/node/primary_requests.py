@@ -17,6 +17,7 @@ from kevo_repl.adapters.zmq_io import send_nowait
 from kevo_repl.core.errors import StorageError, TooOldError
 from kevo_repl.core.follower_types import Status
 from kevo_repl.core.ops import OP_DELETE, OP_PUT
+from kevo_repl.core.record import peek_lsns
 from kevo_repl.core.registry import DuplicateReplicaError, WaitResult
 from kevo_repl.node.bootstrap_stream import SessionsFullError
 from kevo_repl.node.group_commit import CommittedWrite, GroupCommitter, PendingWrite
@@ -162,7 +163,10 @@ class PrimaryRequests:
     def fail_pending(self, committer: GroupCommitter, message: str) -> None:
         """The WAL refused a group: nothing committed; tell every writer."""
         failed, committer.pending, committer.pending_entries = committer.pending, [], 0
-        for w in failed:
+        self.fail_writes(failed, message)
+
+    def fail_writes(self, writes: list[PendingWrite], message: str) -> None:
+        for w in writes:
             self._send(w.peer, error_response(w.request_id, pb.ERROR_UNAVAILABLE, message))
 
     def _answer_wait(self, done: WaitResult) -> None:
@@ -198,7 +202,9 @@ class PrimaryRequests:
         wal = node.wal
         foreign = bool(reg.history_id) and reg.history_id != wal.history_id
         required = (
-            foreign or reg.applied_lsn > wal.last_lsn or reg.applied_lsn + 1 < wal.retained_from_lsn
+            foreign
+            or reg.applied_lsn > node.committed_lsn
+            or reg.applied_lsn + 1 < wal.retained_from_lsn
         )
         node.log.info(
             "replica_registered",
@@ -208,7 +214,7 @@ class PrimaryRequests:
             bootstrap_required=required,
         )
         resp = pb.RegisterResponse(
-            primary_lsn=wal.last_lsn,
+            primary_lsn=node.committed_lsn,
             retained_from_lsn=wal.retained_from_lsn,
             history_id=wal.history_id,
             bootstrap_required=required,
@@ -233,7 +239,7 @@ class PrimaryRequests:
             self._answer_wait(d)
         reg = self.node.registry
         resp = pb.HeartbeatResponse(
-            primary_lsn=self.node.wal.last_lsn,
+            primary_lsn=self.node.committed_lsn,
             lag_entries=reg.lag_entries(r),
             lag_ms=reg.lag_ms(r, now),
         )
@@ -248,11 +254,16 @@ class PrimaryRequests:
 
     def _wal_sync(self, peer: bytes, rid: int, req: pb.WalSyncRequest, now: int) -> None:
         wal = self.node.wal
-        if req.from_lsn < 1 or req.from_lsn > wal.last_lsn + 1:
-            raise WireError(f"wal_sync: from_lsn {req.from_lsn} outside 1..{wal.last_lsn + 1}")
+        committed = self.node.committed_lsn  # records still syncing are not served yet
+        if req.from_lsn < 1 or req.from_lsn > committed + 1:
+            raise WireError(f"wal_sync: from_lsn {req.from_lsn} outside 1..{committed + 1}")
         max_bytes = max(MIN_SYNC_BYTES, min(req.max_bytes or MAX_SYNC_BYTES, MAX_SYNC_BYTES))
+        records: list[bytes] = []
         try:
-            records = list(wal.read_from(req.from_lsn, max_bytes))
+            for record in wal.read_from(req.from_lsn, max_bytes):
+                if peek_lsns(record)[1] > committed:
+                    break
+                records.append(record)
         except TooOldError:
             self.node.log.info("wal_sync_too_old", from_lsn=req.from_lsn)
             msg = f"LSN {req.from_lsn} was retained away; WAL starts at {wal.retained_from_lsn}"
@@ -266,7 +277,7 @@ class PrimaryRequests:
             self.node.counters.catchups_served += 1
         resp = pb.WalSyncResponse(
             records=records,
-            primary_lsn=wal.last_lsn,
+            primary_lsn=committed,
             retained_from_lsn=wal.retained_from_lsn,
             history_id=wal.history_id,
         )
@@ -303,7 +314,7 @@ class PrimaryRequests:
         return pb.StatusResponse(
             role=pb.ROLE_PRIMARY,
             history_id=node.wal.history_id,
-            lsn=node.wal.last_lsn,
+            lsn=node.committed_lsn,
             durable_lsn=node.wal.durable_lsn,
             retained_from_lsn=node.wal.retained_from_lsn,
             replicas=[replica_info(r, reg, now) for r in reg.replicas()],
