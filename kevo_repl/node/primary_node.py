@@ -203,8 +203,8 @@ class PrimaryNode:
                     self._drain()
                 if self._wake_r in ready:
                     _drain_pipe(self._wake_r)
+                self._finish_groups()  # frees the slot the next group needs
                 self._start_group()
-                self._finish_groups()
                 now = monotonic_ms()
                 self.sessions.pump(self._send, self.config.bootstrap_chunks_per_turn, now)
                 self._timers_due(now)
@@ -227,6 +227,7 @@ class PrimaryNode:
             return
         self._closed = True
         try:
+            self._finish_groups(wait=True)
             self._start_group()
             self._finish_groups(wait=True)
         finally:
