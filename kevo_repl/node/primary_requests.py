@@ -18,11 +18,10 @@ from kevo_repl.core.errors import StorageError, TooOldError
 from kevo_repl.core.follower_types import Status
 from kevo_repl.core.ops import OP_DELETE, OP_PUT
 from kevo_repl.core.record import peek_lsns
-from kevo_repl.core.registry import DuplicateReplicaError, WaitResult
+from kevo_repl.core.registry import DuplicateReplicaError, Registry, ReplicaState, WaitResult
 from kevo_repl.node.bootstrap_stream import SessionsFullError
 from kevo_repl.node.group_commit import CommittedWrite, GroupCommitter, PendingWrite
 from kevo_repl.node.parked_reads import ParkedReads
-from kevo_repl.node.status_view import replica_info
 from kevo_repl.wire import pb
 from kevo_repl.wire.batch import WireError, WireLimits, encode_single, parse_client_batch
 from kevo_repl.wire.envelope import decode_request, error_response
@@ -43,6 +42,25 @@ class _WaitToken:
     request_id: int
     first_lsn: int
     last_lsn: int
+
+
+def replica_info(r: ReplicaState, registry: Registry, now_ms: int) -> pb.ReplicaInfo:
+    """A registry entry as the wire's ``ReplicaInfo`` (Status)."""
+    return pb.ReplicaInfo(
+        replica_id=r.replica_id,
+        address=r.address,
+        role=r.role,  # type: ignore[arg-type]
+        status=r.status.value,  # type: ignore[arg-type]
+        last_seen_ms=max(0, now_ms - r.last_seen_ms),
+        applied_lsn=r.applied_lsn,
+        durable_lsn=r.durable_lsn,
+        lag_entries=registry.lag_entries(r),
+        lag_ms=registry.lag_ms(r, now_ms),
+        error_message=r.error_message,
+        bootstraps=r.bootstraps,
+        catchups=r.catchups,
+        bootstrap_progress=r.bootstrap_progress,
+    )
 
 
 def _check_entry(key: bytes, value: bytes, limits: WireLimits) -> None:
