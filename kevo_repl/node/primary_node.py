@@ -1,10 +1,11 @@
 """The primary's driver loop: PUB on P, ROUTER on P+1, one thread, poll + non-blocking drain.
 
-Each turn: drain the ROUTER (bounded), answer reads at once and queue writes, commit the
-queued writes as one group (WAL write, fdatasync overlapped with the LMDB apply, publish,
-reply), pump bootstrap chunks against credit, then run timers (beacons, staleness,
-waiters, checkpoint, retention). Nothing here blocks on a peer: every send is DONTWAIT, so a
-slow or dead replica never stalls writes or the other replicas.
+Each turn: drain the ROUTER (bounded), answer reads at once and queue writes; finish the
+group whose fdatasync completed (apply to LMDB, publish, reply) and start the next one (seal,
+WAL write, fdatasync on a helper thread that wakes the loop when done); pump bootstrap chunks
+against credit; run timers (beacons, staleness, waiters, retention). Nothing here blocks on
+a peer: every send is DONTWAIT, so a slow or dead replica never stalls writes or the other
+replicas.
 """
 
 from __future__ import annotations
@@ -102,9 +103,6 @@ class PrimaryNode:
         self.log: Any = get_logger(node=config.node_id, role="primary")
         self._stop = threading.Event()
         self._reload = threading.Event()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
         self._closed = False
         self.counters = Counters()
         self._timers = _Timers()
@@ -114,18 +112,14 @@ class PrimaryNode:
             data / "wal", fsync=FsyncPolicy(config.fsync), segment_bytes=config.segment_size
         )
         self._log_recovery()
-        self.store = StateStore.open(data / "state.mdb")
-        if self.store.history_id not in (None, self.wal.history_id):
-            raise HistoryMismatchError(
-                f"{data}: store history {self.store.history_id!r} differs from WAL history "
-                f"{self.wal.history_id.hex()}; the data directory is inconsistent"
-            )
-        if self.store.applied_lsn > self.wal.last_lsn:
-            raise StorageError(
-                f"{data}: store applied LSN {self.store.applied_lsn} is ahead of the WAL's "
-                f"last LSN {self.wal.last_lsn} (WAL lost its tail); restore the WAL or "
-                "start this node as a replica of a healthy primary"
-            )
+        try:
+            self.store = StateStore.open(data / "state.mdb")
+            self._check_store_against_wal(data)
+        except Exception:
+            self.wal.close()
+            if hasattr(self, "store"):
+                self.store.close()
+            raise
         self.registry = Registry(stale_after_ms=config.stale_after_ms)
         self.registry.note_commit(self.wal.last_lsn, monotonic_ms())
         self.committer = GroupCommitter(
@@ -138,9 +132,12 @@ class PrimaryNode:
         self.checkpointer = Checkpointer(self.store, config.checkpoint_interval_ms, self.log)
         self.sessions = BootstrapSessions(self.store, self.wal.history_id)
         self.address = config.advertise or f"{config.bind}:{config.port}"
+        self._wake_r, self._wake_w = os.pipe()  # the sync thread's "a group is durable"
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        security = None
         try:
-            security = None
             if config.keys_dir is not None:
                 security = ServerSecurity(self._ctx, config.keys_dir, config.key_name)
             self.serving = ServingSockets(
@@ -332,6 +329,19 @@ class PrimaryNode:
 
     def _send(self, peer: bytes, frame: bytes) -> bool:
         return send_nowait(self.serving.router, [peer, frame])
+
+    def _check_store_against_wal(self, data: Path) -> None:
+        if self.store.history_id not in (None, self.wal.history_id):
+            raise HistoryMismatchError(
+                f"{data}: store history {self.store.history_id!r} differs from WAL history "
+                f"{self.wal.history_id.hex()}; the data directory is inconsistent"
+            )
+        if self.store.applied_lsn > self.wal.last_lsn:
+            raise StorageError(
+                f"{data}: store applied LSN {self.store.applied_lsn} is ahead of the WAL's "
+                f"last LSN {self.wal.last_lsn} (WAL lost its tail); restore the WAL or "
+                "start this node as a replica of a healthy primary"
+            )
 
     def _log_recovery(self) -> None:
         report = self.wal.recovery
