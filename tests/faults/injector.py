@@ -112,6 +112,12 @@ class FaultRun:
 
     def _stop_replica_past_timeout(self, node: Node, record: dict[str, Any]) -> None:
         """Frozen until the primary marks it disconnected (stale after 1.5 s)."""
+
+        def listed() -> bool:  # after a primary restart it may not have registered again yet
+            v = replica_view(self.primary, node.name)
+            return v is not None and v["status"] != pb.STATUS_DISCONNECTED
+
+        wait_for(f"{node.name} registered", listed, 20)
         node.signal(signal.SIGSTOP)
         try:
 
