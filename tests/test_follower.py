@@ -358,3 +358,14 @@ def test_empty_replica_of_a_wiped_primary_catches_up_instead_of_bootstrapping() 
 def test_every_transition_has_a_reason() -> None:
     assert all(why for why in TRANSITIONS.values())
     assert (Status.DISCONNECTED, Status.READY) not in TRANSITIONS
+
+
+def test_bootstrap_receiver_grants_when_half_the_credit_is_used() -> None:
+    from kevo_repl.core.bootstrap_receiver import BootstrapReceiver, ChunkVerdict
+
+    b = BootstrapReceiver(credit=4)
+    assert b.accept(9, 0, 0.1, False) is ChunkVerdict.ACCEPT and b.grant() == 0
+    assert b.accept(9, 1, 0.2, False) is ChunkVerdict.ACCEPT and b.grant() == 2
+    assert b.accept(8, 2, 0.3, False) is ChunkVerdict.BROKEN  # another session
+    assert b.accept(9, 3, 0.3, False) is ChunkVerdict.BROKEN  # a chunk lost in between
+    assert b.accept(9, 2, 1.0, True) is ChunkVerdict.LAST and b.progress == 1.0

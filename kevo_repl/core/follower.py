@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from kevo_repl.core.bootstrap_receiver import BootstrapReceiver, ChunkVerdict
 from kevo_repl.core.follower_types import (
     TRANSITIONS,
     Action,
@@ -34,14 +35,6 @@ from kevo_repl.core.follower_types import (
 )
 
 __all__ = ["Follower"]
-
-
-@dataclass(slots=True)
-class _Bootstrap:
-    session_id: int = 0
-    next_seq: int = 0
-    credit_left: int = 0
-    progress: float = 0.0
 
 
 @dataclass(slots=True)
@@ -81,7 +74,7 @@ class Follower:
     _pending: str = ""  # the one request in flight: "register" | "wal_sync" | "bootstrap" | ""
     _pending_deadline_ms: int = 0
     _ack_due: bool = False
-    _boot: _Bootstrap = field(default_factory=_Bootstrap)
+    _boot: BootstrapReceiver = field(default_factory=lambda: BootstrapReceiver(credit=0))
     _started: bool = False
 
     @property
@@ -222,18 +215,13 @@ class Follower:
         if self.status != Status.BOOTSTRAPPING or self._pending != "bootstrap":
             return []
         self._heard(self.primary_lsn)
-        b = self._boot
-        if b.session_id == 0 and seq == 0:
-            b.session_id = session_id
-        if session_id != b.session_id or seq != b.next_seq:
-            self._note("bootstrap_broken", expected_seq=b.next_seq, got_seq=seq)
+        verdict = self._boot.accept(session_id, seq, progress, is_last)
+        if verdict is ChunkVerdict.BROKEN:
+            self._note("bootstrap_broken", expected_seq=self._boot.next_seq, got_seq=seq)
             return [Reconnect("bootstrap stream out of order"), *self._begin_bootstrap("restart")]
-        b.next_seq += 1
-        b.credit_left -= 1
-        b.progress = progress
         self._pending_deadline_ms = self._now_ms + self.config.request_timeout_ms
         out: list[Action] = [WriteChunk(keys, values)]
-        if is_last:
+        if verdict is ChunkVerdict.LAST:
             self._pending = ""
             self.history_id = history_id
             self.primary_history = history_id
@@ -244,10 +232,10 @@ class Follower:
             out.append(InstallBootstrap(snapshot_lsn, history_id))
             self._move(Status.SYNCING)
             return out + self._wal_sync()
-        if b.credit_left <= self.config.bootstrap_credit // 2:
-            grant = self.config.bootstrap_credit - b.credit_left
-            b.credit_left += grant
-            out.append(SendBootstrap(b.session_id, grant, self.config.bootstrap_chunk_bytes))
+        grant = self._boot.grant()
+        if grant:
+            session = self._boot.session_id
+            out.append(SendBootstrap(session, grant, self.config.bootstrap_chunk_bytes))
         return out
 
     def on_request_refused(self, code: str, message: str) -> list[Action]:
@@ -386,7 +374,7 @@ class Follower:
         if self.status != Status.BOOTSTRAPPING:
             self._move(Status.BOOTSTRAPPING)
         credit = self.config.bootstrap_credit
-        self._boot = _Bootstrap(credit_left=credit)
+        self._boot = BootstrapReceiver(credit)
         self._request("bootstrap")
         return [BeginBootstrap(), SendBootstrap(0, credit, self.config.bootstrap_chunk_bytes)]
 
