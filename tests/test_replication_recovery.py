@@ -59,6 +59,9 @@ def test_late_replica_bootstraps_once_with_rising_progress_while_writes_go_on(
     rising = [p for p in progress if p > 0]
     assert len(set(rising)) >= 2 and rising == sorted(rising), progress
     assert written, "writes went on during the bootstrap"
+    log = replica.log_path.read_text()
+    for event in ("bootstrap_start", "bootstrap_progress", "bootstrap_done", "caught_up"):
+        assert f'"{event}"' in log, event
 
 
 def test_primary_sigkill_under_load_loses_no_acknowledged_write(cluster: Cluster) -> None:

@@ -55,6 +55,7 @@ class ActionRunner:
         self._decoded: dict[int, _Batch] = {}
         self._to_apply: list[_Batch] = []
         self._writer: BootstrapWriter | None = None
+        self._progress_logged = 0  # tenths of the current bootstrap already logged
 
     # ---- input -------------------------------------------------------------------------------
 
@@ -214,10 +215,12 @@ class ActionRunner:
                 if self._writer is not None:
                     self._writer.abort()
                 self._writer = StateStore.begin_bootstrap(node.store_path)
+                self._progress_logged = 0
             elif isinstance(action, WriteChunk):
                 if self._writer is None:
                     raise StorageError("bootstrap chunk without a bootstrap in progress")
                 self._writer.add(action.keys, action.values)
+                self._log_progress()
             elif isinstance(action, InstallBootstrap):
                 if self._writer is None:
                     raise StorageError("bootstrap install without a bootstrap in progress")
@@ -226,6 +229,14 @@ class ActionRunner:
                 node.store = install_bootstrap(node.store)
         except (KevoError, ValueError) as exc:
             self._storage_failed(str(exc))
+
+    def _log_progress(self) -> None:
+        """One line per tenth of a bootstrap, not one per chunk."""
+        tenth = int(self.node.follower.bootstrap_progress * 10)
+        if tenth > self._progress_logged:
+            self._progress_logged = tenth
+            keys = self._writer.keys_added if self._writer else 0
+            self.node.log.info("bootstrap_progress", progress=tenth / 10, keys=keys)
 
     def flush(self) -> None:
         """Apply queued records in one transaction, re-publish them, then ack (coalesced)."""
