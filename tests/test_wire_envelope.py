@@ -18,6 +18,7 @@ from kevo_repl.wire import (
     encode_request,
     encode_response,
     encode_wal_frame,
+    encode_write_reply,
     error_response,
     pb,
     split_stream_frame,
@@ -135,3 +136,17 @@ def test_stream_frame_refusals() -> None:
         split_stream_frame(b"Xpayload")
     with pytest.raises(WireError, match="beacon: not a valid protobuf"):
         decode_beacon(b"\x0a\x10")
+
+
+@given(
+    request_id=st.integers(0, 2**64 - 1),
+    first_lsn=st.integers(0, 2**63 - 1),
+    lsn=st.integers(0, 2**63 - 1),
+)
+def test_hand_encoded_write_reply_is_byte_identical(
+    request_id: int, first_lsn: int, lsn: int
+) -> None:
+    expected = pb.Response(
+        request_id=request_id, write=pb.WriteResponse(lsn=lsn, first_lsn=first_lsn)
+    ).SerializeToString()
+    assert encode_write_reply(request_id, first_lsn, lsn) == expected

@@ -24,7 +24,7 @@ from kevo_repl.node.group_commit import CommittedWrite, GroupCommitter, PendingW
 from kevo_repl.node.parked_reads import ParkedReads
 from kevo_repl.wire import pb
 from kevo_repl.wire.batch import WireError, WireLimits, encode_single, parse_client_batch
-from kevo_repl.wire.envelope import decode_request, error_response
+from kevo_repl.wire.envelope import decode_request, encode_write_reply, error_response
 
 if TYPE_CHECKING:
     from kevo_repl.node.primary_node import PrimaryNode
@@ -174,8 +174,8 @@ class PrimaryRequests:
                     continue
                 self._answer_wait(done)
             else:
-                write = pb.WriteResponse(lsn=c.last_lsn, first_lsn=c.first_lsn)
-                self._reply(w.peer, w.request_id, write=write)
+                reply = encode_write_reply(w.request_id, c.first_lsn, c.last_lsn)
+                self._send(w.peer, reply)
         self.reads.release(now)
 
     def fail_pending(self, committer: GroupCommitter, message: str) -> None:

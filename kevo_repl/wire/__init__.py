@@ -34,6 +34,7 @@ from kevo_repl.wire.envelope import (
     encode_request,
     encode_response,
     encode_wal_frame,
+    encode_write_reply,
     error_response,
     split_stream_frame,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "encode_response",
     "encode_single",
     "encode_wal_frame",
+    "encode_write_reply",
     "error_response",
     "parse_client_batch",
     "parse_message",

@@ -38,6 +38,7 @@ __all__ = [
     "parse_message",
     "seal_batch",
     "validate_client_batch",
+    "varint",
 ]
 
 BytesLike = bytes | bytearray | memoryview
@@ -167,7 +168,8 @@ def parse_client_batch(
     return batch
 
 
-def _varint(n: int) -> bytes:
+def varint(n: int) -> bytes:
+    """Protobuf's base-128 varint of a non-negative int."""
     out = bytearray()
     while n > 0x7F:
         out.append((n & 0x7F) | 0x80)
@@ -182,12 +184,12 @@ def encode_single(op: int, key: bytes, value: bytes) -> bytes:
     return b"".join(
         (
             b"\x0a\x01",
-            _varint(op),
+            varint(op),
             b"\x12",
-            _varint(len(key)),
+            varint(len(key)),
             key,
             b"\x1a",
-            _varint(len(value)),
+            varint(len(value)),
             value,
         )
     )

@@ -16,7 +16,14 @@ from __future__ import annotations
 from typing import Final
 
 from kevo_repl.wire import pb
-from kevo_repl.wire.batch import DEFAULT_LIMITS, BytesLike, WireError, WireLimits, parse_message
+from kevo_repl.wire.batch import (
+    DEFAULT_LIMITS,
+    BytesLike,
+    WireError,
+    WireLimits,
+    parse_message,
+    varint,
+)
 
 __all__ = [
     "STREAM_TOPICS",
@@ -29,6 +36,7 @@ __all__ = [
     "encode_request",
     "encode_response",
     "encode_wal_frame",
+    "encode_write_reply",
     "error_response",
     "split_stream_frame",
 ]
@@ -98,6 +106,16 @@ def error_response(
         code=code, message=message, primary=primary, retained_from_lsn=retained_from_lsn
     )
     return pb.Response(request_id=request_id, error=error).SerializeToString()
+
+
+def encode_write_reply(request_id: int, first_lsn: int, lsn: int) -> bytes:
+    """``Response{request_id, write{lsn, first_lsn}}`` byte for byte, without building
+    messages: every acknowledged write is answered with one, so this is a hot path."""
+    body = (b"\x08" + varint(lsn) if lsn else b"") + (
+        b"\x10" + varint(first_lsn) if first_lsn else b""
+    )
+    head = b"\x08" + varint(request_id) if request_id else b""
+    return head + b"\xa2\x01" + varint(len(body)) + body
 
 
 def encode_wal_frame(record: bytes) -> bytes:
