@@ -71,6 +71,8 @@ def test_fuzz_primary_router(cluster: Cluster) -> None:
     print(f"sent {sent}, answered {len(answers)}, valid writes among them: {expected} entries")
     assert final.status.lsn >= before.lsn
     primary.assert_alive()
+    # A group that was still syncing when Status answered becomes visible once durable.
+    wait_for("accepted writes durable", lambda: primary.digest().lsn >= before.lsn + expected)
     after = primary.digest()
     # Only what a mutation turned into a valid write was stored (answered now, or later if
     # it asked to wait for replicas), and it took exactly its own LSNs.
