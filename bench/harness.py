@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,41 +15,18 @@ from pathlib import Path
 
 from bench.procinfo import machine, rss_kib
 from kevo_repl.client import Client, NodeUnreachableError
+from kevo_repl.testing.ports import free_port_pair
 from kevo_repl.wire import pb
 
 __all__ = [
     "BenchCluster",
     "bench_cluster",
     "end_process",
-    "free_port",
-    "free_port_pair",
     "machine",
     "replica_caught_up",
     "rss_kib",
     "wait_until",
 ]
-
-
-def free_port_pair() -> int:
-    """A loopback port P with P+1 also free (a node binds PUB on P and ROUTER on P+1)."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        try:
-            with socket.socket() as a, socket.socket() as b:
-                a.bind(("127.0.0.1", port))
-                b.bind(("127.0.0.1", port + 1))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free port pair")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until(what: str, check: Callable[[], bool], timeout: float, every: float = 0.005) -> float:

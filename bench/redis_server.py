@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.harness import end_process, free_port, wait_until
+from bench.harness import end_process, wait_until
+from kevo_repl.testing.ports import free_port
 
 __all__ = [
     "INSTALL_HINT",

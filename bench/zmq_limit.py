@@ -15,7 +15,7 @@ from typing import Any
 
 import zmq
 
-from bench.harness import free_port
+from kevo_repl.testing.ports import free_port
 
 __all__ = ["run_zmq_limit"]
 

@@ -57,7 +57,6 @@ class ClusterProcesses:
     node_args: Sequence[str] = ()  # extra flags for every node (--log-level ...)
     out: IO[str] = field(default_factory=lambda: sys.stdout)
     children: list[_Child] = field(default_factory=list)
-    crashes: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -124,7 +123,6 @@ class ClusterProcesses:
         if code == 0:
             self.say(f"[cluster] {child.name} stopped (exit code 0)")
             return
-        self.crashes += 1
         how = f"signal {-code}" if code < 0 else f"exit code {code}"
         self.say(f"[cluster] {child.name} crashed ({how}); log: {self.log_dir / child.name}.log")
         if self.restart:

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.nodes import free_port_pair
+from kevo_repl.testing.ports import free_port_pair
 
 KEVO = [sys.executable, "-m", "kevo_repl"]
 
@@ -150,12 +150,6 @@ def kill_pid(pid: int) -> None:
     """SIGKILL one process we started (directly or through ``kevo-repl cluster``)."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def free_cluster_base(replicas: int) -> int:

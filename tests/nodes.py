@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from kevo_repl.client import Client, Digest, NodeUnreachableError
+from kevo_repl.testing.ports import free_port_pair
 
 T = TypeVar("T")
 
@@ -34,24 +34,6 @@ def wait_for(what: str, check: Callable[[], T | None], timeout_s: float = 30.0) 
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what} ({last_exc})")
         time.sleep(delay)
         delay = min(delay * 2, 0.1)
-
-
-def free_port_pair() -> int:
-    """A port P such that P and P+1 are both free on 127.0.0.1 right now."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port >= 65000:
-            continue
-        try:
-            with socket.socket() as a, socket.socket() as b:
-                a.bind(("127.0.0.1", port))
-                b.bind(("127.0.0.1", port + 1))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free port pair")
 
 
 @dataclass

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli_support import Spawned, free_port, kevo
+from kevo_repl.testing.ports import free_port
+from tests.cli_support import Spawned, kevo
 from tests.nodes import Cluster, Node, converged, wait_for
 
 

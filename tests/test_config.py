@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.cli_support import free_port, kevo
-from tests.nodes import Cluster, Node, free_port_pair
+from kevo_repl.testing.ports import free_port, free_port_pair
+from tests.cli_support import kevo
+from tests.nodes import Cluster, Node
 
 
 def settings(*argv: str) -> dict[str, object]:

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 
 import pytest
 
+from kevo_repl.testing.ports import free_port_pair
 from kevo_repl.wire import pb
 from tests.faults.checkers import LsnMonitor, count_events, verify_acked, wait_converged
 from tests.faults.load import Writer
 from tests.faults.system import NetNs, skip_reason
-from tests.nodes import Cluster, Node, free_port_pair, replica_view, wait_for
+from tests.nodes import Cluster, Node, replica_view, wait_for
 
 
 @dataclass

@@ -6,8 +6,9 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.cli_support import free_port, kevo
-from tests.nodes import Cluster, free_port_pair, wait_for
+from kevo_repl.testing.ports import free_port, free_port_pair
+from tests.cli_support import kevo
+from tests.nodes import Cluster, wait_for
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

@@ -13,8 +13,9 @@ import zmq
 
 from kevo_repl.adapters.security import ClientCurve, write_keypair
 from kevo_repl.client import Client, NodeUnreachableError, RemoteError
+from kevo_repl.testing.ports import free_port_pair
 from kevo_repl.wire import pb
-from tests.nodes import Cluster, Node, free_port_pair, wait_for
+from tests.nodes import Cluster, Node, wait_for
 
 
 def _key(keys: Path, name: str) -> str:

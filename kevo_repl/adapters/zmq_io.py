@@ -66,16 +66,7 @@ def bind_socket(
     prepare: Prepare | None = None,
 ) -> zmq.Socket[bytes]:
     """A bound socket; ``prepare`` (e.g. CURVE server keys) runs before bind."""
-    sock = ctx.socket(kind)
-    _configure(sock, kind, opts)
-    if prepare is not None:
-        prepare(sock)
-    try:
-        sock.bind(endpoint(host, port))
-    except zmq.ZMQError as exc:
-        sock.close(0)
-        raise TransportError(f"cannot bind {endpoint(host, port)}: {exc}") from exc
-    return sock
+    return _open(ctx, kind, opts, prepare, "bind", endpoint(host, port))
 
 
 def connect_socket(
@@ -87,17 +78,29 @@ def connect_socket(
     prepare: Prepare | None = None,
 ) -> zmq.Socket[bytes]:
     """A connecting socket; ``prepare`` (e.g. CURVE client keys) runs before connect."""
+    return _open(ctx, kind, opts, prepare, "connect", endpoint(host, port))
+
+
+def _open(
+    ctx: zmq.Context[zmq.Socket[bytes]],
+    kind: int,
+    opts: SocketOptions,
+    prepare: Prepare | None,
+    verb: str,
+    where: str,
+) -> zmq.Socket[bytes]:
     sock = ctx.socket(kind)
     _configure(sock, kind, opts)
     if prepare is not None:
         prepare(sock)
-    sock.setsockopt(zmq.RECONNECT_IVL, 100)
-    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+    if verb == "connect":
+        sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
     try:
-        sock.connect(endpoint(host, port))
+        sock.bind(where) if verb == "bind" else sock.connect(where)
     except zmq.ZMQError as exc:
         sock.close(0)
-        raise TransportError(f"cannot connect {endpoint(host, port)}: {exc}") from exc
+        raise TransportError(f"cannot {verb} {where}: {exc}") from exc
     return sock
 
 

@@ -33,7 +33,6 @@ class ReplicaState:
     status: Status = Status.CONNECTING
     applied_lsn: int = 0
     durable_lsn: int = 0
-    registered_ms: int = 0
     last_seen_ms: int = 0
     error_message: str = ""
     bootstrap_progress: float = 0.0
@@ -120,7 +119,6 @@ class Registry:
             address=address,
             role=role,
             applied_lsn=applied_lsn,
-            registered_ms=now_ms,
             last_seen_ms=now_ms,
         )
         if old is not None:

@@ -14,9 +14,9 @@ from kevo_repl.wire import pb
 from kevo_repl.wire.batch import WireError
 from kevo_repl.wire.envelope import error_response
 
-__all__ = ["ParkedReads"]
+__all__ = ["MAX_WAIT_MS", "ParkedReads"]
 
-MAX_WAIT_MS = 60_000
+MAX_WAIT_MS = 60_000  # the longest a read or a write may wait for an LSN or replicas
 MAX_PARKED = 10_000  # a peer cannot grow this list without bound
 
 

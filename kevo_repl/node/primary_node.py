@@ -354,7 +354,3 @@ class PrimaryNode:
                 reason=d.reason,
             )
         self.log.info("wal_recovered", segments=report.segments, lsn=report.last_lsn)
-
-    @property
-    def stopping(self) -> bool:
-        return self._stop.is_set()

@@ -21,7 +21,7 @@ from kevo_repl.core.record import peek_lsns
 from kevo_repl.core.registry import DuplicateReplicaError, Registry, ReplicaState, WaitResult
 from kevo_repl.node.bootstrap_stream import SessionsFullError
 from kevo_repl.node.group_commit import CommittedWrite, GroupCommitter, PendingWrite
-from kevo_repl.node.parked_reads import ParkedReads
+from kevo_repl.node.parked_reads import MAX_WAIT_MS, ParkedReads
 from kevo_repl.wire import pb
 from kevo_repl.wire.batch import WireError, WireLimits, encode_single, parse_client_batch
 from kevo_repl.wire.envelope import decode_request, encode_write_reply, error_response
@@ -33,7 +33,6 @@ __all__ = ["PrimaryRequests"]
 
 MIN_SYNC_BYTES = 64 * 1024
 MAX_SYNC_BYTES = 16 * 1024 * 1024
-MAX_WAIT_MS = 60_000
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,10 +28,10 @@ from kevo_repl.adapters.state_lmdb import StateStore
 from kevo_repl.client import Digest
 from kevo_repl.core.ops import OP_PUT
 from kevo_repl.core.record import encode_record
+from kevo_repl.testing.ports import free_port_pair
 from kevo_repl.wire import pb
 from kevo_repl.wire.batch import encode_client_batch, seal_batch
 from kevo_repl.wire.envelope import encode_beacon
-from tests.nodes import free_port_pair
 
 __all__ = ["HostilePrimary", "Responder", "make_record"]
 
