@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 import zmq
 
-from kevo_repl.adapters.security import ClientCurve, write_keypair
+from kevo_repl.adapters.security import (
+    ClientCurve,
+    KeyRing,
+    SecurityError,
+    parse_authorized_keys,
+    write_keypair,
+)
 from kevo_repl.client import Client, NodeUnreachableError, RemoteError
 from kevo_repl.testing.ports import free_port_pair
 from kevo_repl.wire import pb
@@ -207,6 +213,67 @@ def test_a_replica_key_registers_only_under_its_own_name(cluster: Cluster, keys:
     wait_for("refusal logged", lambda: "UNAUTHORIZED" in impostor.log_path.read_text())
     with _client(primary, keys, "ops") as ops:
         assert [r.replica_id for r in ops.status().replicas] == []
+
+
+NAMELESS = "a replica key needs the replica id it may register as"
+
+
+def _add_nameless_replica_line(keys: Path) -> None:
+    """Line 7 of authorized_keys: r2's key as ``replica`` with no id (it could register as any)."""
+    write_keypair(keys, "r2")
+    with (keys / "authorized_keys").open("a") as f:
+        f.write(f"{_key(keys, 'r2')}  replica\n")
+
+
+def test_a_replica_line_without_an_id_is_malformed(keys: Path) -> None:
+    path = keys / "authorized_keys"
+    ring = KeyRing(path)
+    assert ring.name(_key(keys, "r1")) == "r1"
+    assert ring.name(_key(keys, "app")) == ""  # a name is optional for the other roles
+    _add_nameless_replica_line(keys)
+    with pytest.raises(SecurityError) as err:
+        parse_authorized_keys(path)
+    assert f"{path}:7: " in str(err.value) and NAMELESS in str(err.value)
+    with pytest.raises(SecurityError):  # a reload that fails keeps the old list in force
+        ring.reload()
+    assert len(ring) == 5 and ring.role(_key(keys, "r1")) == "replica"
+    assert ring.role(_key(keys, "r2")) is None
+
+
+def test_a_node_refuses_to_start_with_a_nameless_replica_key(tmp_path: Path, keys: Path) -> None:
+    _add_nameless_replica_line(keys)
+    argv = [sys.executable, "-m", "kevo_repl", "primary", "--data", str(tmp_path / "p")]
+    argv += ["--port", str(free_port_pair()), "--keys", str(keys)]
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        _, err = proc.communicate(timeout=20)  # before the fix it serves: a timeout here
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+            proc.wait(10)
+    text = err.decode(errors="replace")
+    assert proc.returncode == 1, text
+    assert f"{keys / 'authorized_keys'}:7: " in text and NAMELESS in text
+
+
+def test_sighup_with_a_nameless_replica_key_keeps_the_old_list(
+    cluster: Cluster, keys: Path
+) -> None:
+    primary = _start_secure(cluster, keys, "primary", "primary")
+    _add_nameless_replica_line(keys)
+    primary.signal(signal.SIGHUP)
+
+    def reload_failed() -> bool:
+        log = primary.log_path.read_text()
+        return "keys_reload_failed" in log and NAMELESS in log
+
+    wait_for("the reload failure logged", reload_failed)
+    with _client(primary, keys, "app") as app:  # the old list is in force
+        assert app.put(b"still", b"in").lsn > 0
+    with _client(primary, keys, "r2", timeout_ms=500) as r2, pytest.raises(NodeUnreachableError):
+        r2.wal_sync(1)  # r2 was never admitted
 
 
 def test_keygen_writes_a_private_secret(tmp_path: Path) -> None:

@@ -3,13 +3,14 @@
 A node with ``--keys DIR`` is a CURVE server on its PUB and ROUTER: traffic is encrypted and
 a ZAP handler admits only public keys listed in ``DIR/authorized_keys``, one per line::
 
-    <z85 public key>  <role>  [name]
+    <z85 public key>  <role>  [name]     (the name is required for role replica)
 
 Roles: ``replica`` (register, heartbeat, ack, WAL sync, bootstrap), ``client-ro`` (get,
 digest, WAL sync for tail), ``client-rw`` (client-ro + writes), ``admin`` (client-ro +
 status). The peer's identity is its CURVE key, which libzmq hands to us as the message's
-``User-Id`` after the handshake, never a name the peer declares; a replica key with a name
-may register only under that name. SIGHUP reloads the list (``KeyRing.reload``).
+``User-Id`` after the handshake, never a name the peer declares; a replica key may register
+only under its name, so a ``replica`` line without one is malformed. SIGHUP reloads the list
+(``KeyRing.reload``); a malformed file keeps the old list in force.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ __all__ = [
     "apply_client_keys",
     "load_keypair",
     "load_public_key",
+    "parse_authorized_keys",
     "write_keypair",
 ]
 
@@ -125,7 +127,7 @@ class KeyRing:
 
     def reload(self) -> set[str]:
         """Re-read the file; returns the keys that were listed before and are gone now."""
-        entries = _parse_authorized(self.path)
+        entries = parse_authorized_keys(self.path)
         with self._lock:
             revoked = set(self._entries) - set(entries)
             revoked |= {
@@ -150,7 +152,12 @@ class KeyRing:
         return len(self._entries)
 
 
-def _parse_authorized(path: Path) -> dict[str, _Entry]:
+def parse_authorized_keys(path: Path) -> dict[str, _Entry]:
+    """The listed keys; ``SecurityError`` naming the file and line of the first bad line.
+
+    A ``replica`` line must name the replica id its key may register as: without one the
+    key could register under any id and take over another replica's registry entry.
+    """
     try:
         text = path.read_text()
     except OSError as exc:
@@ -165,6 +172,11 @@ def _parse_authorized(path: Path) -> dict[str, _Entry]:
             raise SecurityError(
                 f"{path}:{number}: expected '<40-char z85 public key> <role> [name]' with role "
                 f"one of {', '.join(sorted(ROLE_REQUESTS))}"
+            )
+        if parts[1] == "replica" and len(parts) == 2:  # unnamed, it could register as anyone
+            raise SecurityError(
+                f"{path}:{number}: a replica key needs the replica id it may register as: "
+                "'<40-char z85 public key> replica <replica id>'"
             )
         entries[parts[0]] = _Entry(parts[1], parts[2] if len(parts) == 3 else "")
     return entries
