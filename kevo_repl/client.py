@@ -34,6 +34,7 @@ __all__ = [
     "Client",
     "Digest",
     "NodeUnreachableError",
+    "PipelineTimeoutError",
     "RemoteError",
     "WriteResult",
     "batch_request",
@@ -43,6 +44,18 @@ __all__ = [
 
 class NodeUnreachableError(KevoError):
     """No answer from the node before the deadline."""
+
+
+class PipelineTimeoutError(NodeUnreachableError):
+    """``call_many`` timed out; says what did arrive, so the caller can tell what happened.
+
+    ``responses[i]`` answers ``requests[i]`` for each request that was sent (``None``: sent,
+    no answer, so its outcome is unknown); requests from ``len(responses)`` on were not sent.
+    """
+
+    def __init__(self, message: str, responses: list[pb.Response | None]) -> None:
+        super().__init__(message)
+        self.responses = responses
 
 
 class RemoteError(KevoError):
@@ -222,10 +235,12 @@ class Client:
         """Pipeline requests with up to ``window`` in flight; responses in request order.
 
         Error responses are returned, not raised, so one refused write does not hide the
-        outcome of the others. Raises ``NodeUnreachableError`` if the node falls silent.
+        outcome of the others. If the node falls silent, raises ``PipelineTimeoutError``
+        holding the responses that did arrive and telling sent from unsent requests.
         """
         first_id = next(self._ids)
         ids = itertools.count(first_id)
+        self._ids = itertools.count(first_id + len(requests))  # never reused, even on error
         out: dict[int, pb.Response] = {}
         sent = 0
         while len(out) < len(requests):
@@ -236,8 +251,9 @@ class Client:
                 sent += 1
             if not self._sock.poll(self.timeout_ms, zmq.POLLIN):
                 self._reset()
-                raise NodeUnreachableError(
-                    f"no answer from {self.node} within {self.timeout_ms} ms"
+                raise PipelineTimeoutError(
+                    f"no answer from {self.node} within {self.timeout_ms} ms",
+                    [out.get(first_id + i) for i in range(sent)],
                 )
             try:
                 resp = decode_response(self._sock.recv())
@@ -245,7 +261,6 @@ class Client:
                 raise RemoteError(pb.ERROR_BAD_REQUEST, f"unreadable response: {exc}") from exc
             if first_id <= resp.request_id < first_id + len(requests):
                 out[resp.request_id] = resp
-        self._ids = itertools.count(first_id + len(requests))
         return [out[first_id + i] for i in range(len(requests))]
 
     def _write(self, req: pb.Request, timeout_ms: int) -> WriteResult:

@@ -11,6 +11,11 @@ is sent: every batch before it is committed, nothing from the first line of its 
 sent, and the error says both line numbers and the last committed LSN, so the operator can
 fix the line and resume from the right place. Nothing is half-sent silently. A batch the
 primary refuses is reported the same way. Writes sent to a replica go to its primary.
+
+If the primary falls silent mid-window (``--request-timeout-ms``), the load stops with
+``LoadUnreachableError`` (exit 3): every batch whose answer arrived counts as committed, the
+batches sent without an answer are named as having an unknown outcome (they may or may not
+have been committed), and nothing after the last of them was sent.
 """
 
 from __future__ import annotations
@@ -21,12 +26,25 @@ from dataclasses import dataclass
 from typing import BinaryIO, TextIO
 
 from kevo_repl.adapters.security import ClientCurve
-from kevo_repl.client import Client, RemoteError, batch_request
+from kevo_repl.client import (
+    Client,
+    NodeUnreachableError,
+    PipelineTimeoutError,
+    RemoteError,
+    batch_request,
+)
 from kevo_repl.core.errors import KevoError
 from kevo_repl.wire import pb
 from kevo_repl.wire.batch import DEFAULT_LIMITS
 
-__all__ = ["LoadError", "LoadResult", "Progress", "load_lines", "parse_line"]
+__all__ = [
+    "LoadError",
+    "LoadResult",
+    "LoadUnreachableError",
+    "Progress",
+    "load_lines",
+    "parse_line",
+]
 
 WINDOW = 16  # batches in flight
 _MAX_BATCH_BYTES = 4 * 1024 * 1024  # well under the 16 MiB request limit
@@ -34,6 +52,10 @@ _MAX_BATCH_BYTES = 4 * 1024 * 1024  # well under the 16 MiB request limit
 
 class LoadError(KevoError):
     """A line or a batch could not be loaded; says what was committed before it."""
+
+
+class LoadUnreachableError(LoadError, NodeUnreachableError):
+    """The primary fell silent mid-load; says what was committed and what is unknown."""
 
 
 @dataclass(slots=True)
@@ -163,23 +185,68 @@ def load_lines(
 
 
 def _send(c: Client, pending: list[_Batch], result: LoadResult, progress: Progress | None) -> None:
+    """Send one window; count what committed in order, raise ``LoadError`` on anything else."""
     if not pending:
         return
-    responses = c.call_many([batch_request(b.entries) for b in pending], window=WINDOW)
-    for b, resp in zip(pending, responses, strict=True):
-        if resp.WhichOneof("body") != "write":
-            err = resp.error if resp.WhichOneof("body") == "error" else pb.Error()
+    timeout: PipelineTimeoutError | None = None
+    answers: list[pb.Response | None]
+    try:
+        answers = list(c.call_many([batch_request(b.entries) for b in pending], window=WINDOW))
+    except PipelineTimeoutError as exc:
+        answers, timeout = exc.responses, exc
+    refused: list[str] = []
+    unknown: list[int] = []  # indexes into pending: sent, no answer
+    late: list[int] = []  # committed, after a batch that was not
+    late_lsn = 0
+    for i, (b, resp) in enumerate(zip(pending, answers, strict=False)):
+        body = resp.WhichOneof("body") if resp is not None else None
+        if resp is not None and body == "write":
+            if refused or unknown:
+                late.append(i)
+                late_lsn = max(late_lsn, resp.write.lsn)
+                continue
+            result.entries += len(b.entries)
+            result.batches += 1
+            result.last_lsn = max(result.last_lsn, resp.write.lsn)
+            result.committed_through_line = b.last_line
+            if progress is not None:
+                progress.update(result.entries, b.read_bytes)
+        elif resp is None:
+            unknown.append(i)
+        else:
+            err = resp.error if body == "error" else pb.Error()
             name = RemoteError(err.code, err.message).code_name
-            raise LoadError(
-                f"lines {b.first_line}-{b.last_line} were refused ({name}: {err.message}); "
-                + _committed(result)
+            refused.append(
+                f"lines {b.first_line}-{b.last_line} were refused ({name}: {err.message})"
             )
-        result.entries += len(b.entries)
-        result.batches += 1
-        result.last_lsn = max(result.last_lsn, resp.write.lsn)
-        result.committed_through_line = b.last_line
-        if progress is not None:
-            progress.update(result.entries, b.read_bytes)
+    if not (refused or unknown):
+        return
+    parts = [*refused, _committed(result)]
+    if late:
+        n = sum(len(pending[i].entries) for i in late)
+        parts.append(
+            f"{_lines(pending, late)} were committed too ({n} entries, up to LSN {late_lsn})"
+        )
+    if unknown:
+        parts.append(
+            f"{_lines(pending, unknown)} have an unknown outcome "
+            "(sent, no answer: they may or may not have been committed)"
+        )
+    parts.append(f"nothing after line {pending[len(answers) - 1].last_line} was sent")
+    if timeout is not None:
+        raise LoadUnreachableError(f"{timeout}; " + "; ".join(parts))
+    raise LoadError("; ".join(parts))
+
+
+def _lines(pending: list[_Batch], indexes: list[int]) -> str:
+    """``lines 5-9, 20-24``: the batches at ``indexes``, neighbours in ``pending`` merged."""
+    spans: list[list[int]] = []  # [first index, last index]
+    for i in indexes:
+        if spans and spans[-1][1] == i - 1:
+            spans[-1][1] = i
+        else:
+            spans.append([i, i])
+    return "lines " + ", ".join(f"{pending[a].first_line}-{pending[b].last_line}" for a, b in spans)
 
 
 def _committed(result: LoadResult) -> str:
