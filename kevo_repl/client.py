@@ -27,7 +27,7 @@ from kevo_repl.adapters.zmq_io import SocketOptions, connect_socket
 from kevo_repl.core.errors import KevoError
 from kevo_repl.core.ops import OP_DELETE, OP_PUT
 from kevo_repl.wire import pb
-from kevo_repl.wire.batch import WireError, encode_client_batch
+from kevo_repl.wire.batch import DEFAULT_LIMITS, WireError, encode_client_batch
 from kevo_repl.wire.envelope import decode_response
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "NodeUnreachableError",
     "PipelineTimeoutError",
     "RemoteError",
+    "RequestTooLargeError",
     "WriteResult",
     "batch_request",
     "parse_node",
@@ -71,6 +72,11 @@ class RemoteError(KevoError):
         self.message = message
         self.primary = primary  # with ERROR_NOT_PRIMARY: where writes go
         self.retained_from_lsn = retained_from_lsn  # with ERROR_TOO_OLD: the WAL's first LSN
+
+
+class RequestTooLargeError(KevoError):
+    """The request is over the node's frame limit: refused here, before sending (a node's
+    socket would drop such a frame, and the connection with it, without an answer)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +135,7 @@ class Client:
         self.curve = curve
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._ids = itertools.count(1)
+        self._read_token = 0
         self._sock = self._connect(node)
 
     # ---- context manager ---------------------------------------------------------------------
@@ -212,7 +219,7 @@ class Client:
     def call(self, req: pb.Request, *, extra_ms: int = 0) -> pb.Response:
         """Send one request and wait for its response; raises on Error or timeout."""
         req.request_id = next(self._ids)
-        self._sock.send(req.SerializeToString())
+        self._send(req)
         deadline_ms = self.timeout_ms + extra_ms
         while True:
             if not self._sock.poll(deadline_ms, zmq.POLLIN):
@@ -220,10 +227,7 @@ class Client:
                 raise NodeUnreachableError(
                     f"no answer from {self.node} within {deadline_ms} ms (is it running?)"
                 )
-            try:
-                resp = decode_response(self._sock.recv())
-            except WireError as exc:
-                raise RemoteError(pb.ERROR_BAD_REQUEST, f"unreadable response: {exc}") from exc
+            resp = self._recv()
             if resp.request_id != req.request_id:
                 continue  # a late answer to an earlier, timed-out request
             if resp.WhichOneof("body") == "error":
@@ -247,7 +251,7 @@ class Client:
             while sent < len(requests) and sent - len(out) < window:
                 req = requests[sent]
                 req.request_id = next(ids)
-                self._sock.send(req.SerializeToString())
+                self._send(req)
                 sent += 1
             if not self._sock.poll(self.timeout_ms, zmq.POLLIN):
                 self._reset()
@@ -255,10 +259,7 @@ class Client:
                     f"no answer from {self.node} within {self.timeout_ms} ms",
                     [out.get(first_id + i) for i in range(sent)],
                 )
-            try:
-                resp = decode_response(self._sock.recv())
-            except WireError as exc:
-                raise RemoteError(pb.ERROR_BAD_REQUEST, f"unreadable response: {exc}") from exc
+            resp = self._recv()
             if first_id <= resp.request_id < first_id + len(requests):
                 out[resp.request_id] = resp
         return [out[first_id + i] for i in range(len(requests))]
@@ -281,6 +282,28 @@ class Client:
         prepare = self.curve.apply if self.curve else None
         return connect_socket(self._ctx, zmq.DEALER, host, port + 1, SocketOptions(), prepare)
 
+    def _send(self, req: pb.Request) -> None:
+        req.read_token = self._read_token  # proof we read the last large reply (see protocol)
+        frame = req.SerializeToString()
+        if len(frame) > DEFAULT_LIMITS.max_request_bytes:
+            raise RequestTooLargeError(
+                f"request of {len(frame)} bytes, over the node's limit of "
+                f"{DEFAULT_LIMITS.max_request_bytes} bytes per request (values may be up to "
+                f"{DEFAULT_LIMITS.max_value_bytes} bytes, keys up to "
+                f"{DEFAULT_LIMITS.max_key_bytes}); split it into smaller batches"
+            )
+        self._sock.send(frame)
+
+    def _recv(self) -> pb.Response:
+        try:
+            resp = decode_response(self._sock.recv())
+        except WireError as exc:
+            raise RemoteError(pb.ERROR_BAD_REQUEST, f"unreadable response: {exc}") from exc
+        if resp.read_token:
+            self._read_token = resp.read_token
+        return resp
+
     def _reset(self) -> None:
+        self._read_token = 0
         self._sock.close(0)
         self._sock = self._connect(self.node)

@@ -24,6 +24,9 @@ _NOT_SETTINGS = frozenset({"command", "config", "print_config", "func"})
 
 
 class _Node(Protocol):
+    log: Any
+    failure: str
+
     def run(self) -> None: ...
     def stop(self) -> None: ...
     def close(self) -> None: ...
@@ -58,9 +61,14 @@ def _run_node(node: _Node, host: str, metrics_port: int, collector: Any) -> int:
     signal.signal(signal.SIGTERM, lambda *_: node.stop())
     try:
         node.run()
+    except Exception as exc:  # a bug: say so in the log and on stderr, exit non-zero
+        node.log.critical("node_crashed", error=repr(exc), exc_info=True)
+        raise KevoError(f"the node stopped on an unexpected error: {exc!r} (see its log)") from None
     finally:
         if server is not None:
             server.close()
+    if node.failure:
+        raise KevoError(f"the node stopped: {node.failure}")
     return 0
 
 

@@ -11,7 +11,7 @@ ROLE_REPLICA = 2
 
 
 def reg() -> Registry:
-    return Registry(stale_after_ms=1500)
+    return Registry(stale_after_ms=1500, primary_lsn=1000)  # positions up to 1000 are real
 
 
 def join(

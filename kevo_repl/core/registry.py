@@ -8,20 +8,44 @@ not applied, so replica clocks never matter.
 Identity: a replica id is held by one peer (ROUTER routing id) at a time. A Register for an id
 already held by another live peer is refused as a duplicate unless it comes from the same
 address (the same replica reconnecting with a new socket after a restart or a reconnect).
+
+What a peer claims is checked, not believed: an applied LSN above what the primary committed,
+or a durable LSN above the applied one, is refused (``ImpossiblePositionError``), so a forged
+Ack can neither release a write that waits for replicas nor show a replica as caught up.
+Writes waiting for replicas are kept per requested count in LSN order (commits come in
+order), so an ack releases them in O(released), and their number is capped
+(``max_waiters``). The number of known replicas is capped too (``max_replicas``).
 """
 
 from __future__ import annotations
 
 import bisect
+import heapq
+from collections import deque
 from dataclasses import dataclass, field
 
 from kevo_repl.core.follower_types import Status
 
-__all__ = ["DuplicateReplicaError", "Registry", "ReplicaState", "WaitResult"]
+__all__ = [
+    "DuplicateReplicaError",
+    "ImpossiblePositionError",
+    "Registry",
+    "RegistryFullError",
+    "ReplicaState",
+    "WaitResult",
+]
 
 
 class DuplicateReplicaError(Exception):
     """Another live peer holds this replica id."""
+
+
+class RegistryFullError(Exception):
+    """``max_replicas`` replicas are known already."""
+
+
+class ImpossiblePositionError(Exception):
+    """A replica claimed a position the primary never gave it (a forged or broken peer)."""
 
 
 @dataclass(slots=True)
@@ -54,6 +78,10 @@ class _Waiter:
     lsn: int
     replicas: int
     deadline_ms: int
+    done: bool = False
+
+
+_COUNTED = (Status.SYNCING, Status.READY)
 
 
 @dataclass(slots=True)
@@ -63,12 +91,17 @@ class Registry:
     stale_after_ms: int = 1500
     forget_after_ms: int = 3_600_000
     commit_history_max: int = 200_000
+    max_replicas: int = 1024
+    max_waiters: int = 100_000
     primary_lsn: int = 0
     _by_peer: dict[bytes, ReplicaState] = field(default_factory=dict)
     _by_id: dict[str, ReplicaState] = field(default_factory=dict)
     _commit_lsns: list[int] = field(default_factory=list)
     _commit_ms: list[int] = field(default_factory=list)
-    _waiters: list[_Waiter] = field(default_factory=list)
+    _waiting: dict[int, deque[_Waiter]] = field(default_factory=dict)  # by replica count
+    _deadlines: list[tuple[int, int, _Waiter]] = field(default_factory=list)  # a heap
+    _waiter_seq: int = 0
+    waiters: int = 0  # writes parked until enough replicas apply them
 
     # ---- commits and lag -------------------------------------------------------------------
 
@@ -103,6 +136,8 @@ class Registry:
         now_ms: int,
     ) -> ReplicaState:
         old = self._by_id.get(replica_id)
+        if old is None and peer not in self._by_peer and len(self._by_id) >= self.max_replicas:
+            raise RegistryFullError(f"{self.max_replicas} replicas are registered already")
         if old is not None and old.peer != peer:
             live = now_ms - old.last_seen_ms <= self.stale_after_ms
             if live and old.address != address:
@@ -140,10 +175,17 @@ class Registry:
         error_message: str,
         now_ms: int,
     ) -> tuple[ReplicaState | None, list[WaitResult]]:
-        """Record a heartbeat; None when the peer never registered (it must register)."""
+        """Record a heartbeat; None when the peer never registered (it must register).
+
+        Raises ``ImpossiblePositionError`` (changing nothing) when a following replica
+        (SYNCING or READY) claims more than the primary committed; a joining one reports its
+        old store's position, which may be of another history, so only its status counts.
+        """
         r = self._by_peer.get(peer)
         if r is None:
             return None, []
+        if status in _COUNTED:
+            self._check_position(applied_lsn, durable_lsn)
         r.status = status
         r.bootstrap_progress = bootstrap_progress
         r.error_message = error_message
@@ -157,6 +199,7 @@ class Registry:
         r = self._by_peer.get(peer)
         if r is None:
             return None, []
+        self._check_position(applied_lsn, durable_lsn)
         if r.status in (Status.DISCONNECTED, Status.CONNECTING):
             r.status = Status.SYNCING if applied_lsn < self.primary_lsn else Status.READY
         return r, self._advance(r, applied_lsn, durable_lsn, now_ms)
@@ -188,20 +231,30 @@ class Registry:
         A CONNECTING or BOOTSTRAPPING replica reports its old store's LSN, which may belong
         to another history until its snapshot is installed, so it does not count.
         """
-        return sum(
-            1
-            for r in self._by_id.values()
-            if r.applied_lsn >= lsn and r.status in (Status.SYNCING, Status.READY)
-        )
+        return sum(1 for r in self._by_id.values() if r.applied_lsn >= lsn and r.status in _COUNTED)
 
     def wait_for(
         self, token: object, lsn: int, replicas: int, deadline_ms: int
     ) -> WaitResult | None:
-        """Park a write until ``replicas`` have applied ``lsn``; None means it is parked."""
+        """Park a write until ``replicas`` have applied ``lsn``; None means it is parked.
+
+        Writes are parked in commit order, so each count's queue stays sorted by LSN. The
+        caller checks ``waiters`` against ``max_waiters`` before it commits the write.
+        """
         count = self.replicas_applied(lsn)
         if count >= replicas:
             return WaitResult(token, count, timed_out=False)
-        self._waiters.append(_Waiter(token, lsn, replicas, deadline_ms))
+        waiter = _Waiter(token, lsn, replicas, deadline_ms)
+        queue = self._waiting.setdefault(replicas, deque())
+        if queue and queue[-1].lsn > lsn:  # not in commit order: keep the queue sorted
+            items = sorted([*queue, waiter], key=lambda w: w.lsn)
+            queue.clear()
+            queue.extend(items)
+        else:
+            queue.append(waiter)
+        self._waiter_seq += 1
+        heapq.heappush(self._deadlines, (deadline_ms, self._waiter_seq, waiter))
+        self.waiters += 1
         return None
 
     # ---- timers ------------------------------------------------------------------------------
@@ -220,10 +273,19 @@ class Registry:
             elif silent > self.stale_after_ms and r.status != Status.DISCONNECTED:
                 r.status = Status.DISCONNECTED
                 stale.append(r)
-        expired = [w for w in self._waiters if now_ms >= w.deadline_ms]
-        if expired:
-            self._waiters = [w for w in self._waiters if now_ms < w.deadline_ms]
-        done = [WaitResult(w.token, self.replicas_applied(w.lsn), timed_out=True) for w in expired]
+        done: list[WaitResult] = []
+        heap = self._deadlines
+        while heap and heap[0][0] <= now_ms:
+            waiter = heapq.heappop(heap)[2]
+            if not waiter.done:
+                waiter.done = True
+                self.waiters -= 1
+                done.append(WaitResult(waiter.token, self.replicas_applied(waiter.lsn), True))
+        if len(heap) > 2 * self.waiters + 1024:  # finished waiters linger: drop them
+            self._deadlines = [e for e in heap if not e[2].done]
+            heapq.heapify(self._deadlines)
+            for wanted, queue in self._waiting.items():
+                self._waiting[wanted] = deque(w for w in queue if not w.done)
         return stale, done
 
     def retention_floor(self) -> int | None:
@@ -252,17 +314,36 @@ class Registry:
         r.applied_lsn = applied_lsn
         r.durable_lsn = durable_lsn
         self._prune_commits()
-        if not self._waiters:
-            return []
+        return self._release() if self.waiters else []
+
+    def _check_position(self, applied_lsn: int, durable_lsn: int) -> None:
+        if applied_lsn > self.primary_lsn:
+            raise ImpossiblePositionError(
+                f"applied LSN {applied_lsn} is past the primary's last LSN {self.primary_lsn}"
+            )
+        if durable_lsn > applied_lsn:
+            raise ImpossiblePositionError(
+                f"durable LSN {durable_lsn} is past the applied LSN {applied_lsn}"
+            )
+
+    def _release(self) -> list[WaitResult]:
+        """Waiters whose LSN enough replicas have applied: the front of each count's queue."""
+        applied = sorted(r.applied_lsn for r in self._by_id.values() if r.status in _COUNTED)
         done: list[WaitResult] = []
-        keep: list[_Waiter] = []
-        for w in self._waiters:
-            count = self.replicas_applied(w.lsn)
-            if count >= w.replicas:
-                done.append(WaitResult(w.token, count, timed_out=False))
-            else:
-                keep.append(w)
-        self._waiters = keep
+        for wanted, queue in self._waiting.items():
+            if wanted > len(applied):
+                continue
+            reached = applied[-wanted]  # the wanted-th highest applied LSN
+            while queue and (queue[0].done or queue[0].lsn <= reached):
+                waiter = queue.popleft()
+                if waiter.done:
+                    continue
+                waiter.done = True
+                self.waiters -= 1
+                count = len(applied) - bisect.bisect_left(applied, waiter.lsn)
+                done.append(WaitResult(waiter.token, count, timed_out=False))
+        for wanted in [k for k, q in self._waiting.items() if not q]:
+            del self._waiting[wanted]
         return done
 
     def _prune_commits(self) -> None:

@@ -3,7 +3,9 @@
 A session holds one LMDB read transaction (the snapshot, at a known LSN) while writes go on.
 Chunks leave only while the replica has granted credit, a few per loop turn, so a bootstrap
 never starves the write path or other replicas; a session whose replica stops granting
-credit is dropped after ``idle_timeout_ms`` and its read transaction released.
+credit is dropped after ``idle_timeout_ms`` and its read transaction released. Credit is a
+claim, not proof: each chunk also goes through the serving side's budget of unread bytes,
+so a replica that grants credit without reading holds at most that budget of chunks.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from dataclasses import dataclass, field
 from kevo_repl.adapters.state_lmdb import StateStore, StoreSnapshot
 from kevo_repl.core.errors import KevoError, StorageError
 from kevo_repl.wire import pb
-from kevo_repl.wire.envelope import error_response
 
 __all__ = ["BootstrapSession", "BootstrapSessions", "SessionsFullError"]
 
@@ -43,7 +44,7 @@ class BootstrapSession:
     last_active_ms: int
     seq: int = 0
     keys_sent: int = 0
-    unsent: bytes = b""  # a chunk the peer's queue could not take yet
+    unsent: pb.Response | None = None  # a chunk the peer could not take yet
     done: bool = False
 
 
@@ -97,30 +98,41 @@ class BootstrapSessions:
             session.last_active_ms = now_ms
         return True
 
-    def pump(self, send: Callable[[bytes, bytes], bool], budget: int, now_ms: int) -> int:
-        """Send up to ``budget`` chunks across sessions with credit; returns chunks sent."""
+    def pump(
+        self, reply: Callable[[bytes, pb.Response], bool | None], budget: int, now_ms: int
+    ) -> int:
+        """Send up to ``budget`` chunks across sessions with credit; returns chunks sent.
+
+        ``reply`` is the serving side's: False when the peer's queue is full, None when the
+        peer has not read enough of what it was sent; the chunk then waits for a later turn.
+        """
         sent = 0
         for session in list(self._sessions.values()):
-            while session.credit > 0 and sent < budget and (session.unsent or not session.done):
+            while (
+                session.credit > 0
+                and sent < budget
+                and (session.unsent is not None or not session.done)
+            ):
                 try:
-                    frame = session.unsent or self._next_frame(session)
+                    resp = (
+                        session.unsent if session.unsent is not None else self._next_frame(session)
+                    )
                 except StorageError as exc:  # SnapshotLostError: the map grew under it
                     msg = f"bootstrap snapshot lost ({exc}); register again to restart"
-                    send(
-                        session.peer, error_response(session.request_id, pb.ERROR_UNAVAILABLE, msg)
-                    )
+                    error = pb.Error(code=pb.ERROR_UNAVAILABLE, message=msg)
+                    reply(session.peer, pb.Response(request_id=session.request_id, error=error))
                     self._close(session)
                     break
-                if not send(session.peer, frame):
-                    session.unsent = frame
+                if not reply(session.peer, resp):
+                    session.unsent = resp
                     break
-                session.unsent = b""
+                session.unsent = None
                 session.credit -= 1
                 session.seq += 1
                 self._chunks_since_release += 1
                 session.last_active_ms = now_ms
                 sent += 1
-            if session.done and not session.unsent and session.session_id in self._sessions:
+            if session.done and session.unsent is None and session.session_id in self._sessions:
                 self._close(session)
         if self._chunks_since_release >= RELEASE_EVERY_CHUNKS:
             # A snapshot scan touches every page of the store: keep them out of our RSS.
@@ -141,13 +153,15 @@ class BootstrapSessions:
 
     def has_credit(self) -> bool:
         """True when some session could send now (the loop then polls without waiting)."""
-        return any(s.credit > 0 and not s.done and not s.unsent for s in self._sessions.values())
+        return any(
+            s.credit > 0 and not s.done and s.unsent is None for s in self._sessions.values()
+        )
 
     def close_all(self) -> None:
         for s in list(self._sessions.values()):
             self._close(s)
 
-    def _next_frame(self, session: BootstrapSession) -> bytes:
+    def _next_frame(self, session: BootstrapSession) -> pb.Response:
         snap = session.snapshot
         keys, values = next(session.chunks, ([], []))
         session.keys_sent += len(keys)
@@ -166,7 +180,7 @@ class BootstrapSessions:
             history_id=self.history_id,
             total_keys=snap.key_count,
         )
-        return pb.Response(request_id=session.request_id, bootstrap=chunk).SerializeToString()
+        return pb.Response(request_id=session.request_id, bootstrap=chunk)
 
     def _close(self, session: BootstrapSession) -> None:
         self._sessions.pop(session.session_id, None)

@@ -1,13 +1,19 @@
-"""The primary's write path: many client writes, one WAL record, one fdatasync, one publish.
+"""The primary's write path: many client writes, a few WAL records, one fdatasync, one publish.
 
-Writes drained from the ROUTER in one loop turn are sealed into one WAL payload by
-concatenating the clients' columnar batches (no entry is re-encoded). ``start`` writes the
-record and hands its fdatasync to a helper thread; the loop goes on draining and writing the
-next groups meanwhile (a pipeline: the WAL's group commit folds queued syncs together).
-``finish_ready`` then takes the groups whose sync completed, in LSN order, applies them to
-LMDB and returns them to be published and answered. So a group is visible (store, stream,
-replies, WalSync) only once durable: a replica never holds a batch the primary could lose,
-and no read sees a write that a crash could still take back.
+Writes drained from the ROUTER are sealed into WAL payloads by concatenating the clients'
+columnar batches (no entry is re-encoded). ``start`` takes a group of pending writes of at
+most ``max_group_bytes``, cuts it into records of at most ``record_target_bytes`` (a single
+larger write gets a record of its own), writes them and hands their fdatasync to a helper
+thread; the loop goes on draining meanwhile. ``finish_ready`` then takes the groups whose
+sync completed, in LSN order, applies them to LMDB and returns them to be published and
+answered. So a group is visible (store, stream, WalSync) only once durable, in every fsync
+mode: a replica never holds a batch the primary could lose, and no read sees a write that a
+crash could still take back. With ``ack_before_sync`` (``--fsync interval``) the writers are
+answered as soon as their record is written instead; reads of the keys they wrote wait until
+the group is applied (``unapplied``), so clients still read their writes.
+
+The byte caps keep every record receivable by every follower (the stream carries records up
+to ``record_target_bytes``; WalSync replies carry any record), and bound what is pending.
 """
 
 from __future__ import annotations
@@ -17,15 +23,26 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from kevo_repl.adapters.state_lmdb import StateStore
+from kevo_repl.adapters.state_lmdb import Batch, StateStore
 from kevo_repl.adapters.wal_files import Appended, WriteAheadLog
 from kevo_repl.core.errors import KevoError
-from kevo_repl.core.record import decode_record
+from kevo_repl.core.record import RECORD_HEADER_BYTES, decode_record
 from kevo_repl.wire.batch import decode_batch, seal_batch
 
-__all__ = ["CommittedWrite", "GroupCommitter", "InFlightGroup", "PendingWrite"]
+__all__ = [
+    "RECORD_OVERHEAD_BYTES",
+    "CommittedWrite",
+    "GroupCommitter",
+    "InFlightGroup",
+    "PendingWrite",
+    "SealedRecord",
+]
 
 MAX_IN_FLIGHT = 1  # groups written but not yet durable; beyond it new writes wait
+# A record is its client payloads plus this at most: the record header and the sealing suffix
+# (history id and commit time).
+RECORD_OVERHEAD_BYTES = RECORD_HEADER_BYTES + 64
+_MIB = 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -51,63 +68,131 @@ class CommittedWrite:
 
 
 @dataclass(slots=True)
-class InFlightGroup:
+class SealedRecord:
+    """One WAL record of a group: the stored bytes and the writes it carries."""
+
     appended: Appended
-    group: list[PendingWrite]
-    sync: Future[int] | None  # None: no per-commit sync (fsync interval/none)
+    writes: list[PendingWrite]
 
     def committed(self) -> list[CommittedWrite]:
         out: list[CommittedWrite] = []
         lsn = self.appended.first_lsn
-        for w in self.group:
+        for w in self.writes:
             out.append(CommittedWrite(w, lsn, lsn + w.count - 1))
             lsn += w.count
         return out
 
 
 @dataclass(slots=True)
+class InFlightGroup:
+    records: list[SealedRecord]
+    sync: Future[int]
+
+    @property
+    def last_lsn(self) -> int:
+        return self.records[-1].appended.last_lsn
+
+    def committed(self) -> list[CommittedWrite]:
+        return [c for r in self.records for c in r.committed()]
+
+    def writes(self) -> list[PendingWrite]:
+        return [w for r in self.records for w in r.writes]
+
+
+@dataclass(slots=True)
 class GroupCommitter:
-    """Collects writes and commits them as one batch; the driver supplies clock and publish."""
+    """Collects writes and commits them in groups; the driver supplies clock and publish."""
 
     wal: WriteAheadLog
     store: StateStore
     wall_us: Callable[[], int]
-    sync_each_commit: bool  # fsync=always: the client's answer waits for fdatasync
+    ack_before_sync: bool = False  # fsync=interval: answer at write, publish once durable
     max_group_entries: int = 65536
-    pending: list[PendingWrite] = field(default_factory=list)
+    max_group_bytes: int = 16 * _MIB  # one fdatasync covers at most this much (or one write)
+    record_target_bytes: int = 256 * 1024  # records are cut here: the stream's frame limit
+    max_pending_bytes: int = 64 * _MIB  # beyond it the driver stops draining (backpressure)
+    pending: deque[PendingWrite] = field(default_factory=deque)
     pending_entries: int = 0
+    pending_bytes: int = 0
     store_error: str = ""
     committed_lsn: int = 0  # last LSN durable, applied and handed out for publishing
     in_flight: deque[InFlightGroup] = field(default_factory=deque)
+    unapplied: dict[bytes, int] = field(default_factory=dict)  # ack_before_sync: key -> LSN
     _syncer: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="wal-sync")
     )
 
+    @property
+    def backlogged(self) -> bool:
+        """True while pending writes are at their byte cap: stop taking new ones."""
+        return self.pending_bytes >= self.max_pending_bytes
+
+    @property
+    def waiting_writes(self) -> int:
+        """Writes queued or in flight (not yet answered as committed)."""
+        return len(self.pending) + sum(len(g.writes()) for g in self.in_flight)
+
     def add(self, write: PendingWrite) -> bool:
-        """Queue a write; True when the group is full and should be committed now."""
+        """Queue a write; True when a full group is pending and should be committed now."""
         self.pending.append(write)
         self.pending_entries += write.count
-        return self.pending_entries >= self.max_group_entries
+        self.pending_bytes += len(write.payload)
+        return (
+            self.pending_entries >= self.max_group_entries
+            or self.pending_bytes >= self.max_group_bytes
+        )
 
     def start(self, on_durable: Callable[[], None]) -> InFlightGroup | None:
-        """Seal and write the pending writes as one record; its sync runs on a helper thread
-        and calls ``on_durable`` (from that thread) when done.
+        """Seal and write a group of pending writes as records; its sync runs on a helper
+        thread and calls ``on_durable`` (from that thread) when done.
 
-        Raises ``StorageError`` when the WAL refuses the write: nothing of this group was
-        written then, and the caller answers its writers with an error.
+        Raises ``StorageError`` when the WAL refuses a write. The WAL then refuses all later
+        work; records of this group written before the failure may survive a restart, so
+        the caller must report the outcome of the group's writes as unknown.
         """
         if not self.pending or len(self.in_flight) >= MAX_IN_FLIGHT:
             return None  # the writes wait for a finished group to make room
-        group, self.pending, self.pending_entries = self.pending, [], 0
-        payload = seal_batch([w.payload for w in group], self.wal.history_id, self.wall_us())
-        appended = self.wal.write(payload, sum(w.count for w in group))
-        sync: Future[int] | None = None
-        if self.sync_each_commit:
-            sync = self._syncer.submit(self.wal.sync)
-            sync.add_done_callback(lambda _: on_durable())
-        flight = InFlightGroup(appended, group, sync)
+        records: list[SealedRecord] = []
+        for writes in self._take_group():
+            payload = seal_batch([w.payload for w in writes], self.wal.history_id, self.wall_us())
+            appended = self.wal.write(payload, sum(w.count for w in writes))
+            records.append(SealedRecord(appended, writes))
+        sync = self._syncer.submit(self.wal.sync)
+        sync.add_done_callback(lambda _: on_durable())
+        flight = InFlightGroup(records, sync)
         self.in_flight.append(flight)
+        if self.ack_before_sync:
+            for record in records:
+                for write in record.writes:
+                    for key in write.keys:
+                        self.unapplied[key] = record.appended.last_lsn
         return flight
+
+    def _take_group(self) -> list[list[PendingWrite]]:
+        """The next group's writes, cut into records at ``record_target_bytes``."""
+        records: list[list[PendingWrite]] = []
+        current: list[PendingWrite] = []
+        current_bytes = total = entries = 0
+        while self.pending:
+            w = self.pending[0]
+            size = len(w.payload)
+            if records or current:  # a group always takes at least one write
+                if total + size > self.max_group_bytes:
+                    break
+                if entries + w.count > self.max_group_entries:
+                    break
+            self.pending.popleft()
+            self.pending_entries -= w.count
+            self.pending_bytes -= size
+            if current and current_bytes + size > self.record_target_bytes:
+                records.append(current)
+                current, current_bytes = [], 0
+            current.append(w)
+            current_bytes += size
+            total += size
+            entries += w.count
+        records.append(current)
+        return records
 
     def finish_ready(self, wait: bool = False) -> list[InFlightGroup]:
         """Durable groups, oldest first, now applied to the store (``wait``: all of them).
@@ -118,13 +203,14 @@ class GroupCommitter:
         done: list[InFlightGroup] = []
         while self.in_flight:
             head = self.in_flight[0]
-            if head.sync is not None:
-                if not (wait or head.sync.done()):
-                    break
-                head.sync.result()  # re-raises the sync's StorageError
+            if not (wait or head.sync.done()):
+                break
+            head.sync.result()  # re-raises the sync's StorageError
             self.in_flight.popleft()
-            self._apply(head.appended, head.group)
-            self.committed_lsn = head.appended.last_lsn
+            self._apply(head)
+            self.committed_lsn = head.last_lsn
+            if self.unapplied:
+                self._forget_applied(head)
             done.append(head)
         return done
 
@@ -132,17 +218,30 @@ class GroupCommitter:
         """After a failed sync: every group not yet finished, for the caller to refuse."""
         failed = list(self.in_flight)
         self.in_flight.clear()
+        self.unapplied.clear()
         return failed
 
-    def catch_up_store(self) -> int:
-        """Replay WAL records the store has not applied (recovery, or after a failed apply)."""
+    def take_pending(self) -> list[PendingWrite]:
+        """Every queued write (for the caller to refuse after the WAL failed)."""
+        failed = list(self.pending)
+        self.pending.clear()
+        self.pending_entries = self.pending_bytes = 0
+        return failed
+
+    def catch_up_store(self, upto_lsn: int | None = None) -> int:
+        """Replay WAL records the store has not applied (recovery, or after a failed apply),
+        never past ``upto_lsn`` (default ``committed_lsn``: a group still syncing is not
+        durable yet and must not reach the store)."""
+        limit = self.committed_lsn if upto_lsn is None else upto_lsn
         replayed = 0
         start = self.store.applied_lsn + 1
-        if start > self.wal.last_lsn:
+        if start > min(limit, self.wal.last_lsn):
             self.store_error = ""
             return 0
         for record in self.wal.read_from(start):
             decoded = decode_record(record)
+            if decoded.last_lsn > limit:
+                break
             if decoded.last_lsn <= self.store.applied_lsn:
                 continue
             batch = decode_batch(decoded.payload)
@@ -161,22 +260,33 @@ class GroupCommitter:
     def close(self) -> None:
         self._syncer.shutdown(wait=True)
 
-    def _apply(self, appended: Appended, group: list[PendingWrite]) -> None:
+    def _apply(self, flight: InFlightGroup) -> None:
         # The WAL is the truth: a failed apply leaves the store behind, and the driver
         # replays it from the WAL (catch_up_store) instead of failing the committed write.
         if self.store_error:
             return
-        if len(group) == 1:
-            ops, keys, values = group[0].ops, group[0].keys, group[0].values
-        else:
-            ops, keys, values = [], [], []
-            for w in group:
-                ops.extend(w.ops)
-                keys.extend(w.keys)
-                values.extend(w.values)
+        batches: list[Batch] = []
+        for record in flight.records:
+            writes = record.writes
+            if len(writes) == 1:
+                ops, keys, values = writes[0].ops, writes[0].keys, writes[0].values
+            else:
+                ops, keys, values = [], [], []
+                for w in writes:
+                    ops.extend(w.ops)
+                    keys.extend(w.keys)
+                    values.extend(w.values)
+            a = record.appended
+            batches.append((a.first_lsn, a.last_lsn, ops, keys, values))
         try:
-            self.store.apply(
-                appended.first_lsn, appended.last_lsn, self.wal.history_id, ops, keys, values
-            )
+            self.store.apply_many(batches, self.wal.history_id)
         except KevoError as exc:
             self.store_error = str(exc)
+
+    def _forget_applied(self, flight: InFlightGroup) -> None:
+        last = flight.last_lsn
+        unapplied = self.unapplied
+        for w in flight.writes():
+            for key in w.keys:
+                if unapplied.get(key, last + 1) <= last:
+                    del unapplied[key]

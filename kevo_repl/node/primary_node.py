@@ -24,18 +24,18 @@ from kevo_repl.adapters.clock import monotonic_ms, wall_us
 from kevo_repl.adapters.security import ServerSecurity
 from kevo_repl.adapters.state_lmdb import StateStore
 from kevo_repl.adapters.wal_files import FsyncPolicy, WriteAheadLog
-from kevo_repl.adapters.zmq_io import send_nowait
 from kevo_repl.core.errors import HistoryMismatchError, StorageError
 from kevo_repl.core.registry import Registry
 from kevo_repl.logs import get_logger
 from kevo_repl.node.bootstrap_stream import BootstrapSessions
 from kevo_repl.node.checkpointer import Checkpointer
-from kevo_repl.node.group_commit import GroupCommitter
+from kevo_repl.node.group_commit import RECORD_OVERHEAD_BYTES, GroupCommitter
 from kevo_repl.node.primary_requests import PrimaryRequests
 from kevo_repl.node.serving import ServingSockets
+from kevo_repl.wire import pb
 from kevo_repl.wire.backend import slow_backend_warning
 from kevo_repl.wire.batch import DEFAULT_LIMITS, WireLimits
-from kevo_repl.wire.envelope import encode_beacon, encode_wal_frame
+from kevo_repl.wire.envelope import encode_beacon
 
 __all__ = ["PrimaryConfig", "PrimaryNode"]
 
@@ -64,7 +64,7 @@ class PrimaryConfig:
     beacon_interval_ms: int = 200
     stale_after_ms: int = 1500
     checkpoint_interval_ms: int = 1000
-    pub_hwm: int = 10_000
+    pub_hwm: int = 256  # per subscriber: 256 x 256 KiB stream records = 64 MiB at most
     limits: WireLimits = DEFAULT_LIMITS
     keys_dir: Path | None = None  # CURVE: DIR/<key_name>.key_secret + DIR/authorized_keys
     key_name: str = "primary"
@@ -93,6 +93,7 @@ class Counters:
     bytes_published: int = 0
     catchups_served: int = 0
     bootstraps_served: int = 0
+    records_by_walsync_only: int = 0  # over the stream's frame limit: not published
 
 
 class PrimaryNode:
@@ -104,12 +105,16 @@ class PrimaryNode:
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._closed = False
+        self.failure = ""  # why the node stopped itself, if it did
+        self.retention_held_by = ""  # the replica whose position keeps the oldest segment
         self.counters = Counters()
         self._timers = _Timers()
         data = Path(config.data_dir)
         data.mkdir(parents=True, exist_ok=True)
+        # The group committer syncs every group itself, in every mode (FsyncPolicy.NONE
+        # keeps the WAL's own timer thread out of it).
         self.wal = WriteAheadLog.open(
-            data / "wal", fsync=FsyncPolicy(config.fsync), segment_bytes=config.segment_size
+            data / "wal", fsync=FsyncPolicy.NONE, segment_bytes=config.segment_size
         )
         self._log_recovery()
         try:
@@ -122,11 +127,16 @@ class PrimaryNode:
             raise
         self.registry = Registry(stale_after_ms=config.stale_after_ms)
         self.registry.note_commit(self.wal.last_lsn, monotonic_ms())
+        limits = config.limits
         self.committer = GroupCommitter(
-            self.wal, self.store, wall_us, sync_each_commit=config.fsync == "always"
+            self.wal,
+            self.store,
+            wall_us,
+            ack_before_sync=config.fsync != "always",
+            record_target_bytes=limits.max_stream_record_bytes - RECORD_OVERHEAD_BYTES,
         )
-        replayed = self.committer.catch_up_store()
         self.committer.committed_lsn = self.wal.last_lsn
+        replayed = self.committer.catch_up_store()
         if replayed:
             self.log.info("recovered", replayed_entries=replayed, lsn=self.wal.last_lsn)
         self.checkpointer = Checkpointer(self.store, config.checkpoint_interval_ms, self.log)
@@ -146,6 +156,7 @@ class PrimaryNode:
                 config.port,
                 pub_hwm=config.pub_hwm,
                 max_request_bytes=config.limits.max_request_bytes,
+                max_stream_record_bytes=config.limits.max_stream_record_bytes,
                 security=security,
                 log=self.log,
             )
@@ -185,17 +196,21 @@ class PrimaryNode:
         self._reload.set()
 
     def run(self) -> None:
+        """The loop, until ``stop()`` or a fatal error (``failure`` then says why)."""
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGHUP, lambda *_: self.reload_keys())
-        poller = self._poller()
+        poller, wake_only = self._pollers()
         try:
             while not self._stop.is_set():
                 if self._reload.is_set():
                     self._reload.clear()
                     self.serving.reload_keys()
-                    poller = self._poller()  # the ROUTER may have been rebound
+                    poller, wake_only = self._pollers()  # the ROUTER may have been rebound
                 timeout = 0 if self.sessions.has_credit() else 20
-                ready = dict(poller.poll(timeout))
+                # Backpressure: while the pending writes are at their byte cap, leave requests
+                # in the sockets (TCP pushes back on the writers) until a group is durable.
+                backlogged = self.committer.backlogged
+                ready = dict((wake_only if backlogged else poller).poll(timeout))
                 if self.serving.router in ready:
                     self._drain()
                 if self._wake_r in ready:
@@ -203,34 +218,46 @@ class PrimaryNode:
                 self._finish_groups()  # frees the slot the next group needs
                 self._start_group()
                 now = monotonic_ms()
-                self.sessions.pump(self._send, self.config.bootstrap_chunks_per_turn, now)
+                self.sessions.pump(self.serving.reply, self.config.bootstrap_chunks_per_turn, now)
+                self.requests.send_digests()
                 self._timers_due(now)
         finally:
             self.close()
 
-    def _poller(self) -> zmq.Poller:
-        poller = zmq.Poller()
+    def _pollers(self) -> tuple[zmq.Poller, zmq.Poller]:
+        poller, wake_only = zmq.Poller(), zmq.Poller()
         poller.register(self.serving.router, zmq.POLLIN)
-        poller.register(self._wake_r, zmq.POLLIN)  # a group became durable
-        return poller
+        for p in (poller, wake_only):
+            p.register(self._wake_r, zmq.POLLIN)  # a group became durable
+        return poller, wake_only
 
     @property
     def committed_lsn(self) -> int:
         """The last LSN that is durable, applied and published: what the world may see."""
         return self.committer.committed_lsn
 
+    def fail(self, reason: str) -> None:
+        """Stop the node because it cannot go on safely; ``run`` returns, ``failure`` says why."""
+        if not self.failure:
+            self.failure = reason
+            self.log.critical("node_failed", error=reason)
+        self._stop.set()
+
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         try:
-            self._finish_groups(wait=True)
-            self._start_group()
-            self._finish_groups(wait=True)
+            if not self.failure:
+                self._finish_groups(wait=True)
+                while self.committer.pending and not self.failure:
+                    self._start_group()
+                    self._finish_groups(wait=True)
         finally:
             os.close(self._wake_r)
             os.close(self._wake_w)
             self.sessions.close_all()
+            self.requests.digests.close()
             self.checkpointer.close()
             self.committer.close()
             self.serving.close()
@@ -249,49 +276,76 @@ class PrimaryNode:
                 return
             if self.requests.handle(*got):
                 self._start_group()
+            if self.committer.backlogged:
+                return
 
     def _start_group(self) -> None:
         try:
-            self.committer.start(self._wake)
+            flight = self.committer.start(self._wake)
         except StorageError as exc:
-            self.log.error("wal_write_failed", error=str(exc))
-            self.requests.fail_pending(self.committer, str(exc))
+            self._wal_failed("wal_write_failed", exc)
+            return
+        if flight is not None and self.committer.ack_before_sync:
+            self.requests.reply_written(flight.committed())
 
     def _finish_groups(self, wait: bool = False) -> None:
         try:
             done = self.committer.finish_ready(wait)
         except StorageError as exc:
-            self.log.error("wal_sync_failed", error=str(exc))
-            for flight in self.committer.drop_in_flight():
-                self.requests.fail_writes(flight.group, str(exc))
-            self.requests.fail_pending(self.committer, str(exc))
+            self._wal_failed("wal_sync_failed", exc)
             return
         for flight in done:
-            appended = flight.appended
             now = monotonic_ms()
-            frame = encode_wal_frame(appended.record)
-            self.serving.pub.send(frame, zmq.DONTWAIT, copy=len(frame) < 65536)
-            self._timers.last_publish_ms = now
             c = self.counters
-            c.batches_published += 1
-            c.entries_published += appended.last_lsn - appended.first_lsn + 1
-            c.bytes_published += len(frame)
-            self.registry.note_commit(appended.last_lsn, now)
-            self.requests.reply_committed(flight.committed(), now)
+            unpublished = 0
+            for record in flight.records:
+                appended = record.appended
+                if self.serving.publish_record(appended.record):
+                    c.batches_published += 1
+                    c.entries_published += appended.last_lsn - appended.first_lsn + 1
+                    c.bytes_published += len(appended.record) + 1
+                else:  # too big for the stream: followers fetch it by WalSync
+                    unpublished += 1
+            self.registry.note_commit(flight.last_lsn, now)
+            if unpublished:  # a beacon tells followers at once that there is more to fetch
+                c.records_by_walsync_only += unpublished
+                self._beacon(now)
+            else:
+                self._timers.last_publish_ms = now
+            self.requests.reply_committed(
+                flight.committed(), now, acked=self.committer.ack_before_sync
+            )
+
+    def _wal_failed(self, event: str, exc: StorageError) -> None:
+        """The WAL refused a write or a sync: the records written may or may not survive a
+        restart, so every writer waiting is told the outcome is unknown, and the node stops
+        (the WAL refuses all further work; a restart recovers it, as PostgreSQL does)."""
+        msg = (
+            f"the WAL failed ({exc}); this write may or may not have been committed: read it "
+            "back once the primary is restarted"
+        )
+        writes = [w for f in self.committer.drop_in_flight() for w in f.writes()]
+        writes += self.committer.take_pending()
+        self.requests.fail_writes(writes, pb.ERROR_OUTCOME_UNKNOWN, msg)
+        self.log.error(event, error=str(exc), writes_with_unknown_outcome=len(writes))
+        self.fail(f"{event}: {exc}")
 
     def _wake(self) -> None:
         """Called on the sync thread when a group is durable: wake the loop's poll."""
         with contextlib.suppress(BlockingIOError):  # full: wake-ups are pending anyway
             os.write(self._wake_w, b"\0")
 
+    def _beacon(self, now: int) -> None:
+        self._timers.last_publish_ms = now
+        beacon = encode_beacon(
+            self.wal.history_id, self.committed_lsn, wall_us(), self.wal.retained_from_lsn
+        )
+        self.serving.pub.send(beacon, zmq.DONTWAIT)
+
     def _timers_due(self, now: int) -> None:
         t = self._timers
         if now - t.last_publish_ms >= self.config.beacon_interval_ms:
-            t.last_publish_ms = now
-            beacon = encode_beacon(
-                self.wal.history_id, self.committed_lsn, wall_us(), self.wal.retained_from_lsn
-            )
-            self.serving.pub.send(beacon, zmq.DONTWAIT)
+            self._beacon(now)
         if now - t.last_tick_ms >= 50:
             t.last_tick_ms = now
             self.requests.tick(now)
@@ -326,9 +380,6 @@ class PrimaryNode:
         if floor is not None and floor < after:
             behind = [r.replica_id for r in self.registry.replicas() if r.applied_lsn + 1 < after]
             self.log.warning("wal_cap_passed_replicas", retained_from_lsn=after, replicas=behind)
-
-    def _send(self, peer: bytes, frame: bytes) -> bool:
-        return send_nowait(self.serving.router, [peer, frame])
 
     def _check_store_against_wal(self, data: Path) -> None:
         if self.store.history_id not in (None, self.wal.history_id):

@@ -33,7 +33,6 @@ from kevo_repl.wire.envelope import (
     TOPIC_WAL,
     decode_beacon,
     decode_response,
-    encode_wal_frame,
     split_stream_frame,
 )
 
@@ -52,6 +51,7 @@ class ActionRunner:
         self.node = node
         self._ids = itertools.count(1)
         self._pending_id = 0  # request id of the follower's one pending request
+        self._read_token = 0  # of the upstream's last large reply: echoed as proof we read it
         self._decoded: dict[int, _Batch] = {}
         self._to_apply: list[_Batch] = []
         self._writer: BootstrapWriter | None = None
@@ -72,6 +72,8 @@ class ActionRunner:
     def on_reply(self, frame: bytes, now: int) -> None:
         follower = self.node.follower
         resp = decode_response(frame)
+        if resp.read_token:
+            self._read_token = resp.read_token
         kind = resp.WhichOneof("body")
         mine = resp.request_id == self._pending_id
         if kind == "heartbeat":
@@ -201,6 +203,7 @@ class ActionRunner:
             elif isinstance(action, Reconnect):
                 self.flush()
                 node.reconnect(action.reason)
+                self._read_token = 0  # a new connection owes nothing
             else:
                 self.flush()
                 self._storage_step(action)
@@ -256,7 +259,7 @@ class ActionRunner:
         finally:
             self._decoded.clear()
         for _, _, _, record in batch:
-            node.publish(encode_wal_frame(record))
+            node.publish(record)
         self.run(node.follower.take_ack())
 
     def close(self) -> None:
@@ -278,6 +281,7 @@ class ActionRunner:
 
     def _send(self, req: pb.Request, *, pending: bool) -> None:
         req.request_id = next(self._ids)
+        req.read_token = self._read_token
         if pending:
             self._pending_id = req.request_id
         self.node.send_request(req.SerializeToString())

@@ -31,6 +31,7 @@ from kevo_repl.core.follower import Follower
 from kevo_repl.core.follower_types import FollowerConfig
 from kevo_repl.logs import get_logger
 from kevo_repl.node.checkpointer import Checkpointer
+from kevo_repl.node.refusals import RefusalLog
 from kevo_repl.node.replica_actions import ActionRunner
 from kevo_repl.node.replica_requests import ReplicaRequests
 from kevo_repl.node.serving import ServingSockets
@@ -38,7 +39,10 @@ from kevo_repl.wire.backend import slow_backend_warning
 from kevo_repl.wire.batch import DEFAULT_LIMITS, WireLimits
 from kevo_repl.wire.envelope import TOPIC_BEACON, TOPIC_WAL, encode_beacon
 
-__all__ = ["ReplicaConfig", "ReplicaNode"]
+__all__ = ["DEALER_RCVHWM", "SUB_RCVHWM", "ReplicaConfig", "ReplicaNode"]
+
+SUB_RCVHWM = 1024  # stream frames buffered from the upstream (256 MiB at most)
+DEALER_RCVHWM = 64  # replies buffered from the upstream (it sends few at a time)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +63,7 @@ class ReplicaConfig:
     checkpoint_interval_ms: int = 200
     beacon_interval_ms: int = 200
     limits: WireLimits = DEFAULT_LIMITS
+    pub_hwm: int = 256  # per subscriber: 256 x 256 KiB stream records = 64 MiB at most
     keys_dir: Path | None = None  # CURVE: DIR/<replica_id>.key_secret, DIR/authorized_keys
     primary_key: Path | None = None  # the primary's public key (default DIR/primary.key)
     drain_max: int = 4096
@@ -75,9 +80,8 @@ class ReplicaNode:
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._closed = False
-        self._bad_counts: dict[str, int] = {}
-        self._bad_last: dict[str, str] = {}
-        self._bad_logged_ms = -(10**9)
+        self.failure = ""  # why the node stopped itself, if it did
+        self.refusals = RefusalLog(self.log)
         data = Path(config.data_dir)
         data.mkdir(parents=True, exist_ok=True)
         self.store_path = data / "state.mdb"
@@ -99,7 +103,13 @@ class ReplicaNode:
             history_id=self.store.history_id or b"",
         )
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        self._opts = SocketOptions(max_msg_bytes=64 * 1024 * 1024)
+        limits = config.limits
+        # What the upstream can make us hold: SUB_RCVHWM stream frames of at most the stream
+        # limit, DEALER_RCVHWM replies of at most max_reply_bytes (docs/security.md).
+        self._sub_opts = SocketOptions(
+            rcvhwm=SUB_RCVHWM, max_msg_bytes=limits.max_stream_frame_bytes
+        )
+        self._opts = SocketOptions(rcvhwm=DEALER_RCVHWM, max_msg_bytes=limits.max_reply_bytes)
         self._client_keys: Prepare | None = None
         security = None
         try:
@@ -113,7 +123,7 @@ class ReplicaNode:
                 zmq.SUB,
                 config.primary_host,
                 config.primary_port,
-                self._opts,
+                self._sub_opts,
                 self._client_keys,
             )
             self.sub.setsockopt(zmq.SUBSCRIBE, TOPIC_WAL)
@@ -123,8 +133,9 @@ class ReplicaNode:
                 self._ctx,
                 config.bind,
                 config.port,
-                pub_hwm=10_000,
+                pub_hwm=config.pub_hwm,
                 max_request_bytes=config.limits.max_request_bytes,
+                max_stream_record_bytes=config.limits.max_stream_record_bytes,
                 security=security,
                 log=self.log,
             )
@@ -190,6 +201,7 @@ class ReplicaNode:
             return
         self._closed = True
         self.checkpointer.close()
+        self.requests.digests.close()
         self.actions.close()
         self.sub.close(0)
         self.dealer.close(0)
@@ -236,19 +248,7 @@ class ReplicaNode:
                 self._bad_input("bad_reply", exc)
 
     def _bad_input(self, event: str, exc: ProtocolError) -> None:
-        self._bad_counts[event] = self._bad_counts.get(event, 0) + 1
-        self._bad_last[event] = str(exc)
-        self._log_bad_inputs(monotonic_ms())
-
-    def _log_bad_inputs(self, now: int) -> None:
-        """At most one line a second per kind of refused input, naming the latest error and
-        how many were refused, so a flood of garbage cannot flood the log."""
-        if not self._bad_counts or now - self._bad_logged_ms < 1000:
-            return
-        for event, count in self._bad_counts.items():
-            self.log.warning(event, error=self._bad_last[event], refused=count)
-        self._bad_counts.clear()
-        self._bad_logged_ms = now
+        self.refusals.refused(event, monotonic_ms(), error=str(exc))
 
     def _drain_clients(self) -> None:
         for _ in range(self.config.drain_max):
@@ -266,7 +266,8 @@ class ReplicaNode:
             beacon = encode_beacon(self.follower.history_id, self.follower.applied_lsn, wall_us())
             self.serving.pub.send(beacon, zmq.DONTWAIT)
         self.requests.reads.release(now)
-        self._log_bad_inputs(now)
+        self.requests.send_digests()
+        self.refusals.flush(now)
 
     def _new_dealer(self) -> zmq.Socket[bytes]:
         return connect_socket(
@@ -281,5 +282,8 @@ class ReplicaNode:
     def send_request(self, frame: bytes) -> bool:
         return send_nowait(self.dealer, [frame])
 
-    def publish(self, frame: bytes) -> None:
-        self.serving.pub.send(frame, zmq.DONTWAIT, copy=len(frame) < 65536)
+    def publish(self, record: bytes) -> None:
+        """Re-publish an applied record; one over the stream's limit is announced by a
+        beacon instead, and followers fetch it by WalSync."""
+        if not self.serving.publish_record(record):
+            self._last_beacon_ms = -(10**12)  # at the next timer turn

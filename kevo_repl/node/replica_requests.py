@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from kevo_repl.adapters.clock import monotonic_ms
-from kevo_repl.adapters.zmq_io import send_nowait
 from kevo_repl.core.errors import StorageError
+from kevo_repl.node.digests import DigestQueue
 from kevo_repl.node.parked_reads import ParkedReads
 from kevo_repl.wire import pb
 from kevo_repl.wire.batch import WireError
@@ -28,7 +28,14 @@ _REPLICATION = frozenset({"register", "heartbeat", "ack", "wal_sync", "bootstrap
 class ReplicaRequests:
     def __init__(self, node: ReplicaNode) -> None:
         self.node = node
-        self.reads = ParkedReads(lambda: node.store, self._send)
+        serving = node.serving
+        self.reads = ParkedReads(
+            lambda: node.store,
+            serving.reply_or_refuse,
+            serving.send,
+            node.config.limits.max_key_bytes,
+        )
+        self.digests = DigestQueue(lambda: node.store)
 
     def handle(self, peer: bytes, frame: bytes, user: str = "") -> None:
         node = self.node
@@ -37,6 +44,8 @@ class ReplicaRequests:
         except WireError as exc:
             self._send(peer, error_response(0, exc.code, str(exc)))
             return
+        if req.read_token:
+            node.serving.confirm(peer, req.read_token)
         kind = req.WhichOneof("body")
         rid = req.request_id
         if kind is None or not node.serving.allowed(user, kind):
@@ -47,11 +56,9 @@ class ReplicaRequests:
             if kind == "get":
                 self.reads.get(peer, rid, req.get, monotonic_ms())
             elif kind == "status":
-                self._reply(peer, rid, status=self._status())
+                self._reply(peer, pb.Response(request_id=rid, status=self._status()))
             elif kind == "digest":
-                d = node.store.digest()
-                resp = pb.DigestResponse(lsn=d.lsn, keys=d.keys, digest=bytes.fromhex(d.sha256))
-                self._reply(peer, rid, digest=resp)
+                self.digests.submit(peer, rid)
             elif kind in _WRITES:
                 msg = f"this node is a replica; send writes to the primary at {node.config.primary}"
                 frame = error_response(rid, pb.ERROR_NOT_PRIMARY, msg, primary=node.config.primary)
@@ -79,9 +86,12 @@ class ReplicaRequests:
             error_message=f.error_message,
         )
 
-    def _reply(self, peer: bytes, rid: int, **body: object) -> None:
-        resp = pb.Response(request_id=rid, **body)  # type: ignore[arg-type]
-        self._send(peer, resp.SerializeToString())
+    def send_digests(self) -> None:
+        for peer, resp in self.digests.ready():
+            self._reply(peer, resp)
+
+    def _reply(self, peer: bytes, resp: pb.Response) -> None:
+        self.node.serving.reply_or_refuse(peer, resp)
 
     def _send(self, peer: bytes, frame: bytes) -> None:
-        send_nowait(self.node.serving.router, [peer, frame])
+        self.node.serving.send(peer, frame)

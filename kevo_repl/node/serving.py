@@ -4,6 +4,12 @@ Shared by primary and replica. With security, every request arrives with the pee
 (ZAP User-Id) and is checked against that key's role; a key reload that revokes keys rebinds
 both sockets, which cuts every session at once; listed peers reconnect through ZAP, revoked
 ones no longer pass it.
+
+What a peer can make the node hold is bounded here (docs/security.md): the PUB queues at most
+``pub_hwm`` frames per subscriber and publishes only records up to the stream's frame limit
+(``publish_record``); the ROUTER queues at most ``ROUTER_SNDHWM`` replies per peer, of which
+the large ones stay within the peer's ``ReplyBudget`` (``reply``), and takes at most
+``ROUTER_RCVHWM`` requests per peer before TCP pushes back.
 """
 
 from __future__ import annotations
@@ -19,10 +25,17 @@ from kevo_repl.adapters.zmq_io import (
     bind_socket,
     recv_frames_nowait,
     recv_frames_with_user_nowait,
+    send_nowait,
 )
 from kevo_repl.core.errors import TransportError
+from kevo_repl.node.reply_budget import ReplyBudget
+from kevo_repl.wire import pb
+from kevo_repl.wire.envelope import TOPIC_WAL, error_response
 
-__all__ = ["ServingSockets"]
+__all__ = ["ROUTER_RCVHWM", "ROUTER_SNDHWM", "ServingSockets"]
+
+ROUTER_SNDHWM = 1000  # replies queued per peer (small ones; large ones are in the budget)
+ROUTER_RCVHWM = 1000  # requests queued per peer before libzmq stops reading its connection
 
 
 class ServingSockets:
@@ -34,6 +47,7 @@ class ServingSockets:
         *,
         pub_hwm: int,
         max_request_bytes: int,
+        max_stream_record_bytes: int,
         security: ServerSecurity | None,
         log: Any,
     ) -> None:
@@ -41,8 +55,12 @@ class ServingSockets:
         self._bind = bind
         self._port = port
         self._pub_opts = SocketOptions(sndhwm=pub_hwm, max_msg_bytes=max_request_bytes)
-        self._router_opts = SocketOptions(max_msg_bytes=max_request_bytes)
+        self._router_opts = SocketOptions(
+            sndhwm=ROUTER_SNDHWM, rcvhwm=ROUTER_RCVHWM, max_msg_bytes=max_request_bytes
+        )
+        self.max_stream_record_bytes = max_stream_record_bytes
         self.security = security
+        self.budget = ReplyBudget()
         self._log = log
         self.pub, self.router = self._bind_both()
 
@@ -73,6 +91,55 @@ class ServingSockets:
                 frames, user = got
             if len(frames) == 2:  # ROUTER adds the peer frame; anything else is not ours
                 return frames[0], frames[1], user
+
+    # ---- sending ------------------------------------------------------------------------------
+
+    def send(self, peer: bytes, frame: bytes) -> bool:
+        """A small reply (an error, a write's answer); False if the peer cannot take it."""
+        return send_nowait(self.router, [peer, frame])
+
+    def reply(self, peer: bytes, resp: pb.Response) -> bool | None:
+        """Send a reply within the peer's budget of unread bytes.
+
+        Returns True when queued, False when the peer is gone or its queue is full, and None
+        when the reply is large and the peer has not read enough of the earlier ones: the
+        caller keeps it for later (a bootstrap chunk) or refuses the request.
+        """
+        size = resp.ByteSize()
+        budget = self.budget
+        if not budget.allows(peer, size):
+            return None
+        token = budget.stamp(peer, size)
+        if token:
+            resp.read_token = token
+        if self.send(peer, resp.SerializeToString()):
+            return True
+        if token:
+            budget.unsent(peer, token)
+        return False
+
+    def reply_or_refuse(self, peer: bytes, resp: pb.Response) -> None:
+        """``reply``, answering ``ERROR_UNREAD_REPLIES`` when the budget is spent."""
+        if self.reply(peer, resp) is None:
+            unread = self.budget.unread_bytes(peer)
+            msg = (
+                f"{unread} bytes of earlier replies to this connection are unread; read them "
+                "and send the read_token of the last one"
+            )
+            self.send(peer, error_response(resp.request_id, pb.ERROR_UNREAD_REPLIES, msg))
+
+    def confirm(self, peer: bytes, read_token: int) -> None:
+        if read_token:
+            self.budget.confirm(peer, read_token)
+
+    def publish_record(self, record: bytes) -> bool:
+        """Publish a WAL record on the stream; False (not sent) when it is over the stream's
+        frame limit, so followers fetch it by WalSync: the caller beacons at once."""
+        if len(record) > self.max_stream_record_bytes:
+            return False
+        frame = TOPIC_WAL + record
+        self.pub.send(frame, zmq.DONTWAIT, copy=len(frame) < 65536)
+        return True
 
     def allowed(self, user: str, kind: str) -> bool:
         return self.security is None or self.security.allowed(user, kind)

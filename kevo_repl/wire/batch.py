@@ -22,6 +22,7 @@ from google.protobuf.message import DecodeError, Message
 from google.protobuf.unknown_fields import UnknownFieldSet
 
 from kevo_repl.core.errors import ProtocolError
+from kevo_repl.core.record import MAX_PAYLOAD_BYTES
 from kevo_repl.wire import pb
 
 __all__ = [
@@ -52,12 +53,33 @@ _MIB: Final = 1024 * _KIB
 
 @dataclass(frozen=True, slots=True)
 class WireLimits:
-    """Size limits enforced on what peers send; one value shared by node and client."""
+    """Size limits enforced on what peers send; one value shared by node and client.
+
+    How they fit together: a client write is one request frame (``max_request_bytes``), so
+    its payload fits one WAL record (``max_write_bytes``, below the record codec's limit).
+    The primary cuts groups into records of at most ``max_stream_record_bytes``; only those
+    go on the PUB stream (its frame limit), a larger single write is sent to followers by
+    WalSync alone. Every reply a follower asks for stays under ``max_reply_bytes``, the
+    MAXMSGSIZE of its DEALER: a WalSync reply carries at most 16 MiB of records, or one
+    record of up to ``max_write_bytes``.
+    """
 
     max_key_bytes: int = 511  # LMDB's compiled-in key limit (StateStore.max_key_bytes)
     max_value_bytes: int = 4 * _MIB
     max_entries: int = 65536  # per client batch
     max_request_bytes: int = 16 * _MIB  # one DEALER -> ROUTER frame
+    max_stream_record_bytes: int = 256 * _KIB  # larger records reach followers by WalSync only
+    max_reply_bytes: int = 64 * _MIB  # what a follower's DEALER accepts
+
+    @property
+    def max_write_bytes(self) -> int:
+        """The largest client payload one record can hold (with the primary's suffix)."""
+        return min(self.max_request_bytes, MAX_PAYLOAD_BYTES - _KIB)
+
+    @property
+    def max_stream_frame_bytes(self) -> int:
+        """The largest PUB frame: topic byte + record header + payload."""
+        return self.max_stream_record_bytes + 1
 
 
 DEFAULT_LIMITS: Final = WireLimits()

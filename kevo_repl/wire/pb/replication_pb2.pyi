@@ -119,6 +119,10 @@ class _ErrorCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorCode.V
     ERROR_CREDIT: _ErrorCode.ValueType  # 11
     """flow-control abuse (credit out of range, unknown session)"""
     ERROR_INTERNAL: _ErrorCode.ValueType  # 12
+    ERROR_OUTCOME_UNKNOWN: _ErrorCode.ValueType  # 13
+    """the WAL failed mid-write: the write may or may not survive"""
+    ERROR_UNREAD_REPLIES: _ErrorCode.ValueType  # 14
+    """too many reply bytes unread: echo read_token (see Request)"""
 
 class ErrorCode(_ErrorCode, metaclass=_ErrorCodeEnumTypeWrapper): ...
 
@@ -146,6 +150,10 @@ ERROR_DUPLICATE_REPLICA: ErrorCode.ValueType  # 10
 ERROR_CREDIT: ErrorCode.ValueType  # 11
 """flow-control abuse (credit out of range, unknown session)"""
 ERROR_INTERNAL: ErrorCode.ValueType  # 12
+ERROR_OUTCOME_UNKNOWN: ErrorCode.ValueType  # 13
+"""the WAL failed mid-write: the write may or may not survive"""
+ERROR_UNREAD_REPLIES: ErrorCode.ValueType  # 14
+"""too many reply bytes unread: echo read_token (see Request)"""
 Global___ErrorCode: _TypeAlias = ErrorCode  # noqa: Y015
 
 @_typing.final
@@ -638,6 +646,8 @@ class StatusResponse(_message.Message):
     DURABLE_LSN_FIELD_NUMBER: _builtins.int
     BOOTSTRAP_PROGRESS_FIELD_NUMBER: _builtins.int
     ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
+    RETENTION_HELD_BY_FIELD_NUMBER: _builtins.int
+    WAL_BYTES_FIELD_NUMBER: _builtins.int
     role: Global___Role.ValueType
     history_id: _builtins.bytes
     lsn: _builtins.int
@@ -652,6 +662,10 @@ class StatusResponse(_message.Message):
     bootstrap_progress: _builtins.float
     error_message: _builtins.str
     """replica in STATUS_ERROR: why"""
+    retention_held_by: _builtins.str
+    """the follower whose position keeps the oldest WAL segment"""
+    wal_bytes: _builtins.int
+    """the WAL's size on disk"""
     @_builtins.property
     def replicas(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReplicaInfo]: ...
     def __init__(
@@ -668,10 +682,12 @@ class StatusResponse(_message.Message):
         durable_lsn: _builtins.int = ...,
         bootstrap_progress: _builtins.float = ...,
         error_message: _builtins.str = ...,
+        retention_held_by: _builtins.str = ...,
+        wal_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bootstrap_progress", b"bootstrap_progress", "durable_lsn", b"durable_lsn", "error_message", b"error_message", "history_id", b"history_id", "lsn", b"lsn", "node_id", b"node_id", "primary", b"primary", "replicas", b"replicas", "retained_from_lsn", b"retained_from_lsn", "role", b"role", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bootstrap_progress", b"bootstrap_progress", "durable_lsn", b"durable_lsn", "error_message", b"error_message", "history_id", b"history_id", "lsn", b"lsn", "node_id", b"node_id", "primary", b"primary", "replicas", b"replicas", "retained_from_lsn", b"retained_from_lsn", "retention_held_by", b"retention_held_by", "role", b"role", "status", b"status", "wal_bytes", b"wal_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -915,6 +931,7 @@ class Request(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    READ_TOKEN_FIELD_NUMBER: _builtins.int
     REGISTER_FIELD_NUMBER: _builtins.int
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     ACK_FIELD_NUMBER: _builtins.int
@@ -927,6 +944,10 @@ class Request(_message.Message):
     GET_FIELD_NUMBER: _builtins.int
     DIGEST_FIELD_NUMBER: _builtins.int
     request_id: _builtins.int
+    read_token: _builtins.int
+    """The read_token of the last reply that carried one: proof that its bytes were read, which
+    frees the node's budget of unread reply bytes for this peer (docs/security.md).
+    """
     @_builtins.property
     def register(self) -> Global___RegisterRequest: ...
     @_builtins.property
@@ -953,6 +974,7 @@ class Request(_message.Message):
         self,
         *,
         request_id: _builtins.int = ...,
+        read_token: _builtins.int = ...,
         register: Global___RegisterRequest | None = ...,
         heartbeat: Global___HeartbeatRequest | None = ...,
         ack: Global___AckRequest | None = ...,
@@ -967,7 +989,7 @@ class Request(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "batch", b"batch", "body", b"body", "bootstrap", b"bootstrap", "delete", b"delete", "digest", b"digest", "get", b"get", "heartbeat", b"heartbeat", "put", b"put", "register", b"register", "status", b"status", "wal_sync", b"wal_sync"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "batch", b"batch", "body", b"body", "bootstrap", b"bootstrap", "delete", b"delete", "digest", b"digest", "get", b"get", "heartbeat", b"heartbeat", "put", b"put", "register", b"register", "request_id", b"request_id", "status", b"status", "wal_sync", b"wal_sync"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "batch", b"batch", "body", b"body", "bootstrap", b"bootstrap", "delete", b"delete", "digest", b"digest", "get", b"get", "heartbeat", b"heartbeat", "put", b"put", "read_token", b"read_token", "register", b"register", "request_id", b"request_id", "status", b"status", "wal_sync", b"wal_sync"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["register", "heartbeat", "ack", "wal_sync", "bootstrap", "status", "put", "delete", "batch", "get", "digest"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
@@ -980,6 +1002,7 @@ class Response(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    READ_TOKEN_FIELD_NUMBER: _builtins.int
     REGISTER_FIELD_NUMBER: _builtins.int
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     WAL_SYNC_FIELD_NUMBER: _builtins.int
@@ -990,6 +1013,8 @@ class Response(_message.Message):
     DIGEST_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     request_id: _builtins.int
+    read_token: _builtins.int
+    """set on large replies (WalSync, bootstrap chunks, big values)"""
     @_builtins.property
     def register(self) -> Global___RegisterResponse: ...
     @_builtins.property
@@ -1012,6 +1037,7 @@ class Response(_message.Message):
         self,
         *,
         request_id: _builtins.int = ...,
+        read_token: _builtins.int = ...,
         register: Global___RegisterResponse | None = ...,
         heartbeat: Global___HeartbeatResponse | None = ...,
         wal_sync: Global___WalSyncResponse | None = ...,
@@ -1024,7 +1050,7 @@ class Response(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "bootstrap", b"bootstrap", "digest", b"digest", "error", b"error", "get", b"get", "heartbeat", b"heartbeat", "register", b"register", "status", b"status", "wal_sync", b"wal_sync", "write", b"write"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "bootstrap", b"bootstrap", "digest", b"digest", "error", b"error", "get", b"get", "heartbeat", b"heartbeat", "register", b"register", "request_id", b"request_id", "status", b"status", "wal_sync", b"wal_sync", "write", b"write"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "bootstrap", b"bootstrap", "digest", b"digest", "error", b"error", "get", b"get", "heartbeat", b"heartbeat", "read_token", b"read_token", "register", b"register", "request_id", b"request_id", "status", b"status", "wal_sync", b"wal_sync", "write", b"write"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["register", "heartbeat", "wal_sync", "bootstrap", "status", "write", "get", "digest", "error"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
