@@ -142,7 +142,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     pr.add_argument("--key-name", default="primary", help="CURVE: use KEYS/NAME.key_secret")
     pr.add_argument("--retention-bytes", type=_count(1), default=1024 * 1024 * 1024)
     pr.add_argument("--segment-bytes", type=_count(0), default=0, help="0: derived")
-    pr.add_argument("--pub-hwm", type=_count(1), default=10_000)
+    pr.add_argument(
+        "--pub-hwm", type=_count(1), default=256, help="stream frames queued per subscriber"
+    )
     _config_flags(pr)
 
     rp = add("replica", "run a replica in the foreground")
