@@ -145,6 +145,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     pr.add_argument(
         "--pub-hwm", type=_count(1), default=256, help="stream frames queued per subscriber"
     )
+    pr.add_argument(
+        "--max-waiting-writes",
+        type=_count(1),
+        default=100_000,
+        help="writes that may wait for replicas at once; more are refused",
+    )
     _config_flags(pr)
 
     rp = add("replica", "run a replica in the foreground")

@@ -86,6 +86,7 @@ def run_primary(args: argparse.Namespace) -> int:
         retention_bytes=args.retention_bytes,
         segment_bytes=args.segment_bytes,
         pub_hwm=args.pub_hwm,
+        max_waiting_writes=args.max_waiting_writes,
         advertise=args.advertise,
         node_id=args.id,
         keys_dir=args.keys,

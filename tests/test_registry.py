@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from kevo_repl.core.follower_types import Status
-from kevo_repl.core.registry import DuplicateReplicaError, Registry, WaitResult
+from kevo_repl.core.registry import (
+    DuplicateReplicaError,
+    ImpossiblePositionError,
+    Registry,
+    RegistryFullError,
+    WaitResult,
+)
 
 ROLE_REPLICA = 2
 
@@ -205,3 +211,72 @@ def test_bootstrapping_replica_does_not_count_its_old_lsn() -> None:
     assert r.wait_for("w", 5, 1, 100) is None
     _, done = r.heartbeat(b"pa", Status.SYNCING, 5, 5, 0.0, "", 50)
     assert done == [WaitResult("w", 1, timed_out=False)]
+
+
+def test_waiters_of_different_counts_are_released_in_lsn_order() -> None:
+    r = reg()
+    for rid in ("a", "b", "c"):
+        join(r, rid, rid.encode())
+        beat(r, rid.encode(), Status.SYNCING, 0, 0, 0)
+    for lsn in range(1, 101):
+        assert r.wait_for(("one", lsn), lsn, 1, 1000) is None
+        assert r.wait_for(("three", lsn), lsn, 3, 1000) is None
+    assert r.wait_for(("one", 7), 7, 1, 1000) is None  # out of commit order: still found
+    assert r.waiters == 201
+    _, done = r.ack(b"a", 50, 0, 1)
+    assert sorted(d.token for d in done) == sorted(
+        [("one", i) for i in range(1, 51)] + [("one", 7)]
+    )
+    assert all(d.replicas_applied == 1 and not d.timed_out for d in done)
+    _, done = r.ack(b"b", 60, 0, 2)
+    assert [d.token for d in done] == [("one", i) for i in range(51, 61)]
+    _, done = r.ack(b"c", 40, 0, 3)
+    assert [d.token for d in done] == [("three", i) for i in range(1, 41)]
+    assert all(d.replicas_applied == 3 for d in done)
+    assert r.waiters == 201 - 51 - 10 - 40
+    expired = r.tick(1000)[1]
+    assert len(expired) == r.waiters + len(expired) and r.waiters == 0
+    counts = {d.token: d.replicas_applied for d in expired}
+    assert counts[("three", 45)] == 2 and counts[("three", 70)] == 0 and counts[("one", 99)] == 0
+
+
+def test_finished_waiters_do_not_accumulate() -> None:
+    r = Registry(primary_lsn=20_000)
+    join(r, "a", b"pa")
+    beat(r, b"pa", Status.SYNCING, 0, 0, 0)
+    for lsn in range(1, 20_001):
+        r.wait_for(lsn, lsn, 1, 60_000)
+        if lsn % 100 == 0:
+            r.ack(b"pa", lsn, 0, lsn)
+            r.tick(lsn)
+    assert r.waiters == 0
+    assert len(r._deadlines) < 2000  # released waiters are compacted away, not kept 60 s
+
+
+def test_impossible_positions_are_refused_and_change_nothing() -> None:
+    r = Registry(primary_lsn=100)
+    join(r, "a", b"pa", applied=50)
+    beat(r, b"pa", Status.SYNCING, 50, 40, 0)
+    assert r.wait_for("w", 60, 1, 1000) is None
+    for applied, durable in ((10**15, 10**15), (101, 0), (60, 61)):
+        with pytest.raises(ImpossiblePositionError):
+            r.ack(b"pa", applied, durable, 5)
+        with pytest.raises(ImpossiblePositionError):
+            r.heartbeat(b"pa", Status.READY, applied, durable, 0.0, "", 5)
+    a = r.get(b"pa")
+    assert a is not None and (a.applied_lsn, a.durable_lsn, a.status) == (50, 40, Status.SYNCING)
+    assert r.waiters == 1
+    # A joining replica reports its old store's position: not a claim, not refused.
+    r.heartbeat(b"pa", Status.BOOTSTRAPPING, 10**9, 10**9, 0.5, "", 6)
+    assert r.replicas_applied(60) == 0
+
+
+def test_the_number_of_replicas_is_capped() -> None:
+    r = Registry(max_replicas=3)
+    for i in range(3):
+        join(r, f"r{i}", b"p%d" % i)
+    with pytest.raises(RegistryFullError):
+        join(r, "r3", b"p3")
+    join(r, "r0", b"p0")  # re-registering a known one is fine
+    join(r, "r9", b"p1")  # so is a known peer taking another id (it drops its old one)
+    assert sorted(x.replica_id for x in r.replicas()) == ["r0", "r2", "r9"]

@@ -65,6 +65,7 @@ class PrimaryConfig:
     stale_after_ms: int = 1500
     checkpoint_interval_ms: int = 1000
     pub_hwm: int = 256  # per subscriber: 256 x 256 KiB stream records = 64 MiB at most
+    max_waiting_writes: int = 100_000  # writes parked until enough replicas apply them
     limits: WireLimits = DEFAULT_LIMITS
     keys_dir: Path | None = None  # CURVE: DIR/<key_name>.key_secret + DIR/authorized_keys
     key_name: str = "primary"
@@ -125,7 +126,9 @@ class PrimaryNode:
             if hasattr(self, "store"):
                 self.store.close()
             raise
-        self.registry = Registry(stale_after_ms=config.stale_after_ms)
+        self.registry = Registry(
+            stale_after_ms=config.stale_after_ms, max_waiters=config.max_waiting_writes
+        )
         self.registry.note_commit(self.wal.last_lsn, monotonic_ms())
         limits = config.limits
         self.committer = GroupCommitter(
