@@ -71,11 +71,16 @@ class ClusterProcesses:
         return eps
 
     def check_ports(self) -> None:
-        """Refuse to start over ports in use: another node there would answer for ours."""
+        """Refuse to start over ports in use: another node there would answer for ours.
+
+        The probe binds with SO_REUSEADDR, as libzmq's listeners do, so a port that only has
+        connections in TIME_WAIT from a previous run counts as free (a node can bind it).
+        """
         for name, ep in self.endpoints():
             port = int(ep.rsplit(":", 1)[1])
             for p in (port, port + 1):
                 with socket.socket() as s:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                     try:
                         s.bind(("127.0.0.1", p))
                     except OSError as exc:

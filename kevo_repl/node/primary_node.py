@@ -22,14 +22,14 @@ import zmq
 
 from kevo_repl.adapters.clock import monotonic_ms, wall_us
 from kevo_repl.adapters.security import ServerSecurity
-from kevo_repl.adapters.state_lmdb import StateStore
-from kevo_repl.adapters.wal_files import FsyncPolicy, WriteAheadLog
-from kevo_repl.core.errors import HistoryMismatchError, StorageError
+from kevo_repl.adapters.wal_files import WriteAheadLog
+from kevo_repl.core.errors import StorageError
 from kevo_repl.core.registry import Registry
 from kevo_repl.logs import get_logger
 from kevo_repl.node.bootstrap_stream import BootstrapSessions
 from kevo_repl.node.checkpointer import Checkpointer
 from kevo_repl.node.group_commit import RECORD_OVERHEAD_BYTES, GroupCommitter
+from kevo_repl.node.local_state import open_primary_state
 from kevo_repl.node.primary_requests import PrimaryRequests
 from kevo_repl.node.serving import ServingSockets
 from kevo_repl.wire import pb
@@ -110,22 +110,10 @@ class PrimaryNode:
         self.retention_held_by = ""  # the replica whose position keeps the oldest segment
         self.counters = Counters()
         self._timers = _Timers()
-        data = Path(config.data_dir)
-        data.mkdir(parents=True, exist_ok=True)
-        # The group committer syncs every group itself, in every mode (FsyncPolicy.NONE
-        # keeps the WAL's own timer thread out of it).
-        self.wal = WriteAheadLog.open(
-            data / "wal", fsync=FsyncPolicy.NONE, segment_bytes=config.segment_size
-        )
-        self._log_recovery()
-        try:
-            self.store = StateStore.open(data / "state.mdb")
-            self._check_store_against_wal(data)
-        except Exception:
-            self.wal.close()
-            if hasattr(self, "store"):
-                self.store.close()
-            raise
+        self.state = open_primary_state(Path(config.data_dir), config.segment_size, self.log)
+        assert self.state.wal is not None  # a primary's state always has its WAL
+        self.wal: WriteAheadLog = self.state.wal
+        self.store = self.state.store
         self.registry = Registry(
             stale_after_ms=config.stale_after_ms, max_waiters=config.max_waiting_writes
         )
@@ -139,9 +127,19 @@ class PrimaryNode:
             record_target_bytes=limits.max_stream_record_bytes - RECORD_OVERHEAD_BYTES,
         )
         self.committer.committed_lsn = self.wal.last_lsn
-        replayed = self.committer.catch_up_store()
+        try:
+            replayed = self.committer.catch_up_store()
+        except BaseException:
+            self.committer.close()
+            self.state.close(clean=False)
+            raise
         if replayed:
-            self.log.info("recovered", replayed_entries=replayed, lsn=self.wal.last_lsn)
+            self.log.info(
+                "recovered",
+                replayed_entries=replayed,
+                lsn=self.wal.last_lsn,
+                rebuilt_store=self.state.rebuilt,
+            )
         self.checkpointer = Checkpointer(self.store, config.checkpoint_interval_ms, self.log)
         self.sessions = BootstrapSessions(self.store, self.wal.history_id)
         self.address = config.advertise or f"{config.bind}:{config.port}"
@@ -168,8 +166,7 @@ class PrimaryNode:
                 security.close()
             self.checkpointer.close()
             self.committer.close()
-            self.store.close()
-            self.wal.close()
+            self.state.close(clean=True)
             self._ctx.term()
             os.close(self._wake_r)
             os.close(self._wake_w)
@@ -265,9 +262,7 @@ class PrimaryNode:
             self.committer.close()
             self.serving.close()
             self._ctx.term()
-            self.store.checkpoint()
-            self.store.close()
-            self.wal.close()
+            self.state.close(clean=not self.failure)
             self.log.info("stopped", lsn=self.wal.last_lsn)
 
     # ---- the loop's parts --------------------------------------------------------------------
@@ -383,28 +378,3 @@ class PrimaryNode:
         if floor is not None and floor < after:
             behind = [r.replica_id for r in self.registry.replicas() if r.applied_lsn + 1 < after]
             self.log.warning("wal_cap_passed_replicas", retained_from_lsn=after, replicas=behind)
-
-    def _check_store_against_wal(self, data: Path) -> None:
-        if self.store.history_id not in (None, self.wal.history_id):
-            raise HistoryMismatchError(
-                f"{data}: store history {self.store.history_id!r} differs from WAL history "
-                f"{self.wal.history_id.hex()}; the data directory is inconsistent"
-            )
-        if self.store.applied_lsn > self.wal.last_lsn:
-            raise StorageError(
-                f"{data}: store applied LSN {self.store.applied_lsn} is ahead of the WAL's "
-                f"last LSN {self.wal.last_lsn} (WAL lost its tail); restore the WAL or "
-                "start this node as a replica of a healthy primary"
-            )
-
-    def _log_recovery(self) -> None:
-        report = self.wal.recovery
-        for d in report.dropped:
-            self.log.warning(
-                "wal_truncated",
-                path=d.path,
-                offset=d.offset,
-                bytes=d.bytes_dropped,
-                reason=d.reason,
-            )
-        self.log.info("wal_recovered", segments=report.segments, lsn=report.last_lsn)

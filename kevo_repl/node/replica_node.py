@@ -18,7 +18,6 @@ import zmq
 
 from kevo_repl.adapters.clock import monotonic_ms, wall_us
 from kevo_repl.adapters.security import ServerSecurity, apply_client_keys, load_public_key
-from kevo_repl.adapters.state_lmdb import StateStore
 from kevo_repl.adapters.zmq_io import (
     Prepare,
     SocketOptions,
@@ -31,6 +30,7 @@ from kevo_repl.core.follower import Follower
 from kevo_repl.core.follower_types import FollowerConfig
 from kevo_repl.logs import get_logger
 from kevo_repl.node.checkpointer import Checkpointer
+from kevo_repl.node.local_state import open_replica_state
 from kevo_repl.node.refusals import RefusalLog
 from kevo_repl.node.replica_actions import ActionRunner
 from kevo_repl.node.replica_requests import ReplicaRequests
@@ -82,10 +82,9 @@ class ReplicaNode:
         self._closed = False
         self.failure = ""  # why the node stopped itself, if it did
         self.refusals = RefusalLog(self.log)
-        data = Path(config.data_dir)
-        data.mkdir(parents=True, exist_ok=True)
-        self.store_path = data / "state.mdb"
-        self.store = StateStore.open(self.store_path)
+        self.state = open_replica_state(Path(config.data_dir), self.log)
+        self.store = self.state.store
+        self.store_path = self.store.path
         self.address = config.advertise or f"{config.bind}:{config.port}"
         self.follower = Follower(
             FollowerConfig(
@@ -142,7 +141,7 @@ class ReplicaNode:
         except Exception:
             if security is not None:
                 security.close()
-            self.store.close()
+            self.state.close(clean=True)
             self._ctx.destroy(0)
             raise
         self._poller = zmq.Poller()
@@ -207,10 +206,7 @@ class ReplicaNode:
         self.dealer.close(0)
         self.serving.close()
         self._ctx.term()
-        try:
-            self.store.checkpoint()
-        finally:
-            self.store.close()
+        self.state.close(clean=not self.failure)
         self.log.info("stopped", applied_lsn=self.follower.applied_lsn)
 
     def reconnect(self, reason: str) -> None:
