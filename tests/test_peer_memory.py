@@ -121,7 +121,7 @@ def test_gets_with_huge_keys_are_refused_and_nothing_is_held(primary: Node) -> N
 
 def test_a_subscriber_that_never_reads_holds_at_most_the_pub_budget(primary: Node) -> None:
     host, _, port = primary.address.rpartition(":")
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.RCVHWM, 1)

@@ -224,9 +224,8 @@ def test_waiters_of_different_counts_are_released_in_lsn_order() -> None:
     assert r.wait_for(("one", 7), 7, 1, 1000) is None  # out of commit order: still found
     assert r.waiters == 201
     _, done = r.ack(b"a", 50, 0, 1)
-    assert sorted(d.token for d in done) == sorted(
-        [("one", i) for i in range(1, 51)] + [("one", 7)]
-    )
+    tokens = [d.token for d in done]
+    assert sorted(tokens) == sorted([("one", i) for i in range(1, 51)] + [("one", 7)])  # type: ignore[type-var]
     assert all(d.replicas_applied == 1 and not d.timed_out for d in done)
     _, done = r.ack(b"b", 60, 0, 2)
     assert [d.token for d in done] == [("one", i) for i in range(51, 61)]
