@@ -158,6 +158,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     rp.add_argument("--primary", type=_node_arg, help="HOST:PORT of the primary (required)")
     rp.add_argument("--id", default="", help="replica id (default replica-PORT)")
     rp.add_argument("--no-bootstrap", action="store_true", help="refuse instead of bootstrapping")
+    rp.add_argument(
+        "--reinit",
+        "--allow-unrelated-history",
+        action="store_true",
+        help="replace this replica's data if its primary's history is unrelated (or behind it)",
+    )
     rp.add_argument("--heartbeat-ms", type=_count(1), default=300)
     rp.add_argument("--bootstrap-chunk-bytes", type=_count(1), default=256 * 1024)
     rp.add_argument(

@@ -112,6 +112,7 @@ def run_replica(args: argparse.Namespace) -> int:
         port=args.port,
         advertise=args.advertise,
         allow_bootstrap=not args.no_bootstrap,
+        allow_unrelated_history=args.reinit,
         heartbeat_interval_ms=args.heartbeat_ms,
         bootstrap_chunk_bytes=args.bootstrap_chunk_bytes,
         keys_dir=args.keys,

@@ -121,21 +121,52 @@ def test_too_old_reply_to_wal_sync_means_bootstrap() -> None:
     assert status(f) == Status.BOOTSTRAPPING and f.counters.bootstraps == 1
 
 
-def test_history_mismatch_means_bootstrap() -> None:
-    f = make(applied_lsn=40, history_id=OTHER)
+def test_history_mismatch_means_bootstrap_with_reinit() -> None:
+    f = make(applied_lsn=40, history_id=OTHER, allow_unrelated_history=True)
     f.start(0)
     assert f.on_register_reply(10, 1, H, True) == [BeginBootstrap(), SendBootstrap(0, 4, 64)]
     assert status(f) == Status.BOOTSTRAPPING
 
 
-def test_history_mismatch_without_bootstrap_allowed_is_an_error_that_stays() -> None:
-    f = make(applied_lsn=40, history_id=OTHER, allow_bootstrap=False)
+def test_a_replica_holding_data_refuses_an_unrelated_primary() -> None:
+    """Regression: a primary restarted on an empty data dir wiped every replica silently."""
+    f = make(applied_lsn=40, history_id=OTHER)
     f.start(0)
     assert f.on_register_reply(10, 1, H, True) == []
-    assert status(f) == Status.ERROR and "bootstrap is not allowed" in f.error_message
+    assert status(f) == Status.ERROR and f.history_id == OTHER and f.applied_lsn == 40
+    assert "unrelated to ours" in f.error_message and "--reinit" in f.error_message
+    assert f.on_beacon(H, 12) == []  # the same wrong primary: nothing changes
+    assert [type(a) for a in f.tick(5000)] == [SendHeartbeat]  # reports why, never bootstraps
+    assert f.on_beacon(OTHER, 40) == [SendRegister(40, OTHER)]  # our primary is back: look
+    assert status(f) == Status.CONNECTING
+
+
+def test_an_empty_replica_follows_any_primary() -> None:
+    f = make()
+    f.start(0)
+    assert f.on_register_reply(10, 5, H, True) == [BeginBootstrap(), SendBootstrap(0, 4, 64)]
+
+
+def test_history_mismatch_without_bootstrap_allowed_is_an_error_that_stays() -> None:
+    f = make(applied_lsn=40, history_id=OTHER, allow_bootstrap=False, allow_unrelated_history=True)
+    f.start(0)
+    assert f.on_register_reply(10, 1, H, True) == []
+    assert status(f) == Status.ERROR and "--no-bootstrap forbids it" in f.error_message
     out = f.tick(5000)
     assert [type(a) for a in out] == [SendHeartbeat]  # reports its error, never retries alone
     assert status(f) == Status.ERROR and f.history_id == OTHER
+
+
+def test_no_bootstrap_is_honoured_when_the_wal_is_too_old() -> None:
+    f = make(applied_lsn=5, history_id=H, allow_bootstrap=False)
+    f.start(0)
+    assert f.on_register_reply(100, 50, H, True) == []
+    assert status(f) == Status.ERROR and "WAL too old" in f.error_message
+    g = make(applied_lsn=5, history_id=H, allow_bootstrap=False)
+    g.start(0)
+    assert g.on_register_reply(100, 1, H, False) == [SendWalSync(6, MAX)]
+    assert g.on_too_old(50) == []  # retained away while syncing: refused, data kept
+    assert status(g) == Status.ERROR and g.applied_lsn == 5 and g.counters.bootstraps == 0
 
 
 def test_stale_register_reply_is_ignored() -> None:
@@ -337,10 +368,15 @@ def test_durable_never_passes_applied() -> None:
     assert f.take_ack() == [SendAck(5, 5)]
 
 
-def test_diverged_replica_ahead_of_the_primary_bootstraps() -> None:
+def test_a_replica_ahead_of_its_primary_refuses_it_unless_reinit() -> None:
+    """On its own history, ahead: the primary lost data it had published; keep ours."""
     f = make(applied_lsn=20, history_id=H)
     f.start(0)
-    assert f.on_register_reply(10, 1, H, True) == [BeginBootstrap(), SendBootstrap(0, 4, 64)]
+    assert f.on_register_reply(10, 1, H, True) == []
+    assert status(f) == Status.ERROR and "behind us on our own history" in f.error_message
+    g = make(applied_lsn=20, history_id=H, allow_unrelated_history=True)
+    g.start(0)
+    assert g.on_register_reply(10, 1, H, True) == [BeginBootstrap(), SendBootstrap(0, 4, 64)]
 
 
 def test_empty_replica_of_a_wiped_primary_catches_up_instead_of_bootstrapping() -> None:

@@ -6,6 +6,7 @@ import threading
 
 from kevo_repl.client import Client, NodeUnreachableError, RemoteError
 from kevo_repl.wire import pb
+from tests.faults.checkers import count_events
 from tests.nodes import Cluster, converged, replica_view, wait_for
 from tests.test_replication_e2e import write_batches
 
@@ -104,7 +105,9 @@ def test_primary_sigkill_under_load_loses_no_acknowledged_write(cluster: Cluster
         assert view is not None and view["bootstraps"] == 0
 
 
-def test_replica_of_another_history_refuses_or_bootstraps(cluster: Cluster) -> None:
+def test_replica_of_another_history_refuses_until_reinit(cluster: Cluster) -> None:
+    """Regression: a primary restarted on an empty --data made every replica bootstrap from
+    it at info level, dropping 160k keys to 0: the only good copies were wiped."""
     a = cluster.primary("primary-a")
     write_batches(a, batches=2, size=100, prefix="a")
     r = cluster.replica("r0", a)
@@ -114,27 +117,32 @@ def test_replica_of_another_history_refuses_or_bootstraps(cluster: Cluster) -> N
     write_batches(b, batches=3, size=100, prefix="b")
     a_digest = a.digest()
 
-    # Configured not to bootstrap: ERROR with a clear message, its data untouched.
-    r.argv[r.argv.index("--primary") + 1] = b.address
-    r.argv.append("--no-bootstrap")
-    cluster.restart(r)
-
     def refused() -> str | None:
         with r.client() as c:
             s = c.status()
         return s.error_message if s.status == pb.STATUS_ERROR else None
 
-    message = wait_for("r0 refuses b", refused)
-    assert "differs from ours" in message and "bootstrap is not allowed" in message
-    assert "bootstrap is not allowed" in r.log_path.read_text()
-    assert r.digest() == a_digest
-    r.stop()
+    # Default (and with --no-bootstrap): ERROR saying what to do, its data untouched, served.
+    r.argv[r.argv.index("--primary") + 1] = b.address
+    for extra in ([], ["--no-bootstrap"]):
+        r.argv += extra
+        cluster.restart(r)
+        message = wait_for("r0 refuses b", refused)
+        assert "unrelated to ours" in message and "--reinit" in message, message
+        assert r.digest() == a_digest
+        with r.client() as c:
+            assert c.get(b"a00000-0000") is not None  # it keeps serving its data
+        assert count_events(r.log_path, "bootstrap_start") == 0
+        r.stop()
+        for flag in extra:
+            r.argv.remove(flag)
 
-    # Default: bootstrap from b, never a batch of b applied on top of a's data.
-    r.argv.remove("--no-bootstrap")
+    # --reinit: one bootstrap from b, saying what it discards, never b applied on a's data.
+    r.argv.append("--reinit")
     cluster.restart(r)
     wait_for("r0 follows b", lambda: converged(b, r), 60)
     view = replica_view(b, "r0")
     assert view is not None and view["bootstraps"] == 1
+    assert count_events(r.log_path, "bootstrap_replaces_data") == 1
     with r.client() as c:
         assert c.get(b"a00000-0000") is None  # nothing of history a survives

@@ -76,6 +76,7 @@ class Follower:
     _ack_due: bool = False
     _boot: BootstrapReceiver = field(default_factory=lambda: BootstrapReceiver(credit=0))
     _started: bool = False
+    _refused_history: bytes = b""  # the primary history we refused to follow (ERROR)
 
     @property
     def bootstrap_progress(self) -> float:
@@ -151,13 +152,8 @@ class Follower:
         ahead = self.applied_lsn > primary_lsn
         uncovered = self.applied_lsn + 1 < retained_from_lsn
         self._note("registered", primary_lsn=primary_lsn, applied_lsn=self.applied_lsn)
-        if foreign and not self.config.allow_bootstrap:
-            self.error_message = (
-                f"primary history {history_id.hex()} differs from ours "
-                f"{self.history_id.hex()} and bootstrap is not allowed"
-            )
-            self._move(Status.ERROR)
-            return []
+        if (foreign or ahead) and self.applied_lsn and not self.config.allow_unrelated_history:
+            return self._refuse_primary(history_id, primary_lsn, foreign)
         if foreign or ahead or uncovered or bootstrap_required:
             why = "history mismatch" if foreign else "diverged" if ahead else "WAL too old"
             return self._begin_bootstrap(why)
@@ -271,6 +267,12 @@ class Follower:
     def on_beacon(self, history_id: bytes, last_lsn: int) -> list[Action]:
         """Beacons follow the records on the same PUB, so ``applied < last_lsn`` is a gap."""
         self._last_heard_ms = self._last_stream_ms = self._now_ms
+        if self.status == Status.ERROR and self._refused_history:
+            if history_id == self._refused_history:
+                return []
+            self._refused_history = b""  # the primary changed (restored?): look again
+            self._move(Status.CONNECTING)
+            return self._register()
         if self.status not in (Status.SYNCING, Status.READY):
             return []
         if history_id != self.primary_history:
@@ -368,7 +370,33 @@ class Follower:
         self._request("wal_sync")
         return [SendWalSync(self.applied_lsn + 1, self.config.wal_sync_max_bytes)]
 
+    def _refuse_primary(self, history_id: bytes, primary_lsn: int, foreign: bool) -> list[Action]:
+        """A primary of an unrelated history (or behind us on ours) while we hold data: it
+        may be wiped or wrong, and bootstrapping would erase our copy. Stay in ERROR, keep
+        serving reads, and look again when its stream shows another history."""
+        if foreign:
+            what = f"has history {history_id.hex()}, unrelated to ours ({self.history_id.hex()})"
+        else:
+            what = f"is at LSN {primary_lsn}, behind us on our own history: it lost data"
+        self.error_message = (
+            f"the primary {what}; we hold data up to LSN {self.applied_lsn} and refuse to "
+            "replace it. If the primary lost its data, promote or restore from this replica; "
+            "to discard our data and copy the primary's, restart with --reinit"
+        )
+        self._refused_history = history_id
+        self._retry_at_ms = 0
+        self._note("primary_refused", primary_history=history_id.hex(), primary_lsn=primary_lsn)
+        self._move(Status.ERROR)
+        return []
+
     def _begin_bootstrap(self, why: str) -> list[Action]:
+        if not self.config.allow_bootstrap:
+            self.error_message = f"a bootstrap is needed ({why}) but --no-bootstrap forbids it"
+            self._pending = ""
+            self._retry_at_ms = 0
+            self._note("bootstrap_refused", reason=why, applied_lsn=self.applied_lsn)
+            self._move(Status.ERROR)
+            return []
         self.counters.bootstraps += 1
         self._note("bootstrap_start", reason=why, applied_lsn=self.applied_lsn)
         if self.status != Status.BOOTSTRAPPING:

@@ -49,7 +49,8 @@ TRANSITIONS: dict[tuple[Status, Status], str] = {
     (S.CONNECTING, S.BOOTSTRAPPING): "registered; history differs or WAL no longer covers us",
     (S.CONNECTING, S.SYNCING): "registered; behind the primary",
     (S.CONNECTING, S.READY): "registered; already at the primary's LSN",
-    (S.CONNECTING, S.ERROR): "history differs and bootstrap is not allowed",
+    (S.CONNECTING, S.ERROR): "the primary's history is unrelated or behind ours, or a needed "
+    "bootstrap is not allowed",
     (S.CONNECTING, S.DISCONNECTED): "no reply to Register in time",
     (S.BOOTSTRAPPING, S.SYNCING): "snapshot installed; catching up from snapshot_lsn + 1",
     (S.BOOTSTRAPPING, S.DISCONNECTED): "primary silent or bootstrap stream broken",
@@ -57,7 +58,7 @@ TRANSITIONS: dict[tuple[Status, Status], str] = {
     (S.SYNCING, S.READY): "applied LSN reached the primary's",
     (S.SYNCING, S.BOOTSTRAPPING): "WalSync answered TooOld",
     (S.SYNCING, S.DISCONNECTED): "primary silent",
-    (S.SYNCING, S.ERROR): "local storage failed",
+    (S.SYNCING, S.ERROR): "local storage failed, or a needed bootstrap is not allowed",
     (S.READY, S.SYNCING): "gap in the stream",
     (S.READY, S.DISCONNECTED): "primary silent",
     (S.READY, S.ERROR): "local storage failed",
@@ -66,7 +67,8 @@ TRANSITIONS: dict[tuple[Status, Status], str] = {
     (S.SYNCING, S.CONNECTING): "stream of another history, or primary forgot us: register again",
     (S.READY, S.CONNECTING): "stream of another history, or primary forgot us: register again",
     (S.DISCONNECTED, S.ERROR): "local storage failed",
-    (S.ERROR, S.CONNECTING): "retry after a recoverable local error",
+    (S.ERROR, S.CONNECTING): "retry after a recoverable local error, or the primary's "
+    "history changed",
 }
 
 
@@ -85,6 +87,10 @@ class FollowerConfig:
     bootstrap_credit: int = 8
     bootstrap_chunk_bytes: int = 256 * 1024
     allow_bootstrap: bool = True
+    # Replace our data with an unrelated primary's (or one behind us): --reinit. Off, a
+    # replica holding data refuses such a primary: it may be a wiped or wrong one, and
+    # following it would erase what may be the only good copy.
+    allow_unrelated_history: bool = False
 
 
 # ---- actions ------------------------------------------------------------------------------

@@ -215,6 +215,13 @@ class ActionRunner:
         node = self.node
         try:
             if isinstance(action, BeginBootstrap):
+                if node.store.applied_lsn:  # never silently: say what is discarded
+                    node.log.warning(
+                        "bootstrap_replaces_data",
+                        keys=node.store.key_count,
+                        applied_lsn=node.store.applied_lsn,
+                        history_id=(node.store.history_id or b"").hex(),
+                    )
                 if self._writer is not None:
                     self._writer.abort()
                 self._writer = StateStore.begin_bootstrap(node.store_path)

@@ -59,6 +59,7 @@ class ReplicaConfig:
     request_timeout_ms: int = 3000
     backoff_max_ms: int = 5000
     allow_bootstrap: bool = True
+    allow_unrelated_history: bool = False  # --reinit
     bootstrap_chunk_bytes: int = 256 * 1024
     checkpoint_interval_ms: int = 200
     beacon_interval_ms: int = 200
@@ -95,6 +96,7 @@ class ReplicaNode:
                 request_timeout_ms=config.request_timeout_ms,
                 backoff_max_ms=config.backoff_max_ms,
                 allow_bootstrap=config.allow_bootstrap,
+                allow_unrelated_history=config.allow_unrelated_history,
                 bootstrap_chunk_bytes=config.bootstrap_chunk_bytes,
             ),
             applied_lsn=self.store.applied_lsn,

@@ -52,6 +52,13 @@ class IgnoreHistory(Follower):
         return Follower._offer(self, first, last, self.history_id or history, record)
 
 
+class BootstrapOverUnrelated(Follower):
+    """Replaces its data with an unrelated primary's, as if --reinit were always given."""
+
+    def _refuse_primary(self, history_id: bytes, primary_lsn: int, foreign: bool) -> list[Action]:
+        return self._begin_bootstrap("history mismatch")
+
+
 class SkipTooOld(Follower):
     """Answers TooOld by jumping to the oldest retained LSN instead of bootstrapping."""
 
@@ -81,6 +88,7 @@ BROKEN_RULES: dict[str, type[Follower]] = {
     "apply_twice": ApplyTwice,
     "ignore_history": IgnoreHistory,
     "skip_too_old": SkipTooOld,
+    "bootstrap_over_unrelated": BootstrapOverUnrelated,
     "deaf_to_beacons": DeafToBeacons,
     "stale_checkpoint": Follower,
 }

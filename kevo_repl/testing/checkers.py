@@ -29,6 +29,8 @@ INVARIANTS = {
     "follower": "follower raises no InvariantError and moves only along TRANSITIONS",
     "agreement": "the follower's applied LSN, history and reported durable LSN match its store",
     "wait": "a replicated write's replica count is honest",
+    "unrelated": "a replica holding data never bootstraps it away for an unrelated primary "
+    "unless told to (--reinit)",
 }
 
 

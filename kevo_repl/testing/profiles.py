@@ -144,6 +144,8 @@ def make_setup(seed: int, rng: random.Random) -> Setup:
             bootstrap_credit=rng.randint(1, 8),
             bootstrap_chunk_bytes=rng.randint(10, 300),
             allow_bootstrap=not (i == foreign and rng.random() < 0.3),
+            # even replicas run with --reinit; the others must refuse an unrelated primary
+            allow_unrelated_history=i % 2 == 0,
         )
         for i in range(n)
     ]

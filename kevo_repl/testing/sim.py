@@ -286,7 +286,12 @@ class Simulation:
         wal, state, now = self.primary.wal, self.primary.state, self.sched.now
         waiting = []
         for r in self.replicas:
-            if not r.config.allow_bootstrap and r.store.history_id != wal.history_id:
+            st = r.store
+            other = st.history_id not in (b"", wal.history_id)
+            must_refuse = not r.config.allow_bootstrap or (
+                st.applied_lsn > 0 and not r.config.allow_unrelated_history
+            )
+            if other and must_refuse:  # it keeps its data and says why, in ERROR
                 if r.follower is not None and r.follower.status != Status.ERROR:
                     waiting.append(
                         f"{r.name} should refuse another history but is {r.follower.status.name}"

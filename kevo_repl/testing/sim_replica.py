@@ -202,6 +202,8 @@ class SimReplica:
 
     def _register_reply(self, f: Follower, msg: RegisterReply) -> None:
         live = f.pending_request == "register" and f.status == Status.CONNECTING
+        st = self.store
+        holds_other = st.applied_lsn > 0 and st.history_id not in (b"", msg.history_id)
         actions = self._step(
             "register_reply",
             lambda: f.on_register_reply(
@@ -209,6 +211,12 @@ class SimReplica:
             ),
         )
         began = any(isinstance(a, BeginBootstrap) for a in actions)
+        if live and began and holds_other and not self.config.allow_unrelated_history:
+            raise Violation(
+                "unrelated",
+                f"{self.name} bootstraps away its data (LSN {st.applied_lsn}) for a primary of "
+                "an unrelated history without --reinit",
+            )
         if live and began and not msg.bootstrap_required:
             raise Violation("bootstrap", f"{self.name} bootstraps though its WAL range is retained")
         if live and msg.bootstrap_required and not began and f.status != Status.ERROR:
