@@ -79,6 +79,7 @@ class WriteAheadLog:
         fsync_interval_ms: int,
         truncate_corrupt: bool,
         history_id: bytes | None,
+        sync_log: Path | None = None,
     ) -> None:
         if segment_bytes < 4096:
             raise ValueError("segment_bytes must be at least 4096")
@@ -105,6 +106,7 @@ class WriteAheadLog:
         self._appends = self._rotations = self._bytes_written = 0
         self._group_syncs = self._seal_syncs = 0
         self._retain_lock = threading.Lock()
+        self._sync_log = sync_log
         self._stop = threading.Event()
         self._syncer: threading.Thread | None = None
         if self._policy is FsyncPolicy.INTERVAL:
@@ -126,8 +128,13 @@ class WriteAheadLog:
         fsync_interval_ms: int = 50,
         truncate_corrupt: bool = False,
         history_id: bytes | None = None,
+        sync_log: Path | None = None,
     ) -> WriteAheadLog:
         """Open (recovering) or initialise the WAL in ``directory``.
+
+        ``sync_log`` (fault tests only) gets a line ``SEGMENT OFFSET LSN`` after every
+        fdatasync: what a power loss at that moment would leave, so a test can cut the WAL
+        exactly there after a SIGKILL.
 
         Raises ``CorruptRecordError`` on corruption before the tail (unless
         ``truncate_corrupt``), ``HistoryMismatchError`` if ``history_id`` differs from the
@@ -140,6 +147,7 @@ class WriteAheadLog:
             fsync_interval_ms=fsync_interval_ms,
             truncate_corrupt=truncate_corrupt,
             history_id=history_id,
+            sync_log=sync_log,
         )
 
     @property
@@ -234,7 +242,11 @@ class WriteAheadLog:
         try:
             with self._lock:  # held only to pick what to sync, never across the fdatasync
                 self._check_usable()
-                upto, path = self._last_lsn, self._segments[-1].path
+                upto, path, end = (
+                    self._last_lsn,
+                    self._segments[-1].path,
+                    self._segments[-1].data_end,
+                )
                 try:
                     fd = os.dup(self._fd)  # rotation may close self._fd meanwhile
                 except OSError as exc:
@@ -247,6 +259,9 @@ class WriteAheadLog:
             finally:
                 os.close(fd)
             synced_lsn = upto
+            if self._sync_log is not None:
+                with self._sync_log.open("a") as f:
+                    f.write(f"{path.name} {end} {upto}\n")
         finally:
             with self._cond:
                 self._syncing = False

@@ -18,6 +18,7 @@ the store had applied) is rebuilt the same way or refused.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,9 +29,16 @@ from kevo_repl.adapters.state_lmdb import StateStore
 from kevo_repl.adapters.wal_files import FsyncPolicy, WriteAheadLog
 from kevo_repl.core.errors import HistoryMismatchError, StorageError
 
-__all__ = ["STORE_FILE", "LocalState", "open_primary_state", "open_replica_state"]
+__all__ = [
+    "STORE_FILE",
+    "SYNC_LOG_ENV",
+    "LocalState",
+    "open_primary_state",
+    "open_replica_state",
+]
 
 STORE_FILE = "state.mdb"
+SYNC_LOG_ENV = "KEVO_WAL_SYNC_LOG"
 
 
 @dataclass(slots=True)
@@ -61,8 +69,12 @@ def open_primary_state(data_dir: Path, segment_bytes: int, log: Any) -> LocalSta
     try:
         # The group committer syncs every group itself, in every mode (FsyncPolicy.NONE
         # keeps the WAL's own timer thread out of it).
+        sync_log = os.environ.get(SYNC_LOG_ENV)  # fault tests: see WriteAheadLog.open
         wal = WriteAheadLog.open(
-            data_dir / "wal", fsync=FsyncPolicy.NONE, segment_bytes=segment_bytes
+            data_dir / "wal",
+            fsync=FsyncPolicy.NONE,
+            segment_bytes=segment_bytes,
+            sync_log=Path(sync_log) if sync_log else None,
         )
         _log_wal_recovery(wal, log)
         path = data_dir / STORE_FILE
