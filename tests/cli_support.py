@@ -24,6 +24,18 @@ from kevo_repl.testing.ports import free_port_pair
 
 KEVO = [sys.executable, "-m", "kevo_repl"]
 
+# Exec ARGV with SIGINT at its default. A shell's background jobs (and so a suite started
+# from one) inherit SIGINT ignored, an exec keeps it ignored and Python then installs no
+# KeyboardInterrupt handler: a test's Ctrl-C would do nothing. ``restore_signals`` does not
+# cover SIGINT, and ``preexec_fn`` is unsafe with threads; this exec wrapper is neither.
+SIGINT_DEFAULT = [
+    sys.executable,
+    "-S",
+    "-c",
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.argv[1], sys.argv[1:])",
+]
+
 
 def kevo(
     *args: str,
@@ -61,9 +73,11 @@ class Spawned:
 
     @classmethod
     def start(cls, *args: str, stderr_to_stdout: bool = True) -> Spawned:
+        """Start ``kevo-repl ARGS`` with SIGINT at its default, whatever ours is (a test
+        sends it SIGINT as Ctrl-C would); the wrapper execs, so the PID is the command's."""
         argv = [*KEVO, *args]
         proc = subprocess.Popen(
-            argv,
+            [*SIGINT_DEFAULT, *argv],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT if stderr_to_stdout else subprocess.DEVNULL,
@@ -144,6 +158,20 @@ def pid_alive(pid: int) -> bool:
             return f.read().split(") ", 1)[1][:1] != "Z"
     except (OSError, IndexError):
         return False
+
+
+def sigint_disposition(pid: int) -> str:
+    """``ignored``, ``caught`` or ``default``: what SIGINT does to ``pid`` (from /proc)."""
+    masks = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            name, _, value = line.partition(":")
+            if name in ("SigIgn", "SigCgt"):
+                masks[name] = int(value, 16)
+    bit = 1 << (signal.SIGINT - 1)
+    if masks["SigIgn"] & bit:
+        return "ignored"
+    return "caught" if masks["SigCgt"] & bit else "default"
 
 
 def kill_pid(pid: int) -> None:

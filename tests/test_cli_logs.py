@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
-from tests.cli_support import Spawned, kevo
+from tests.cli_support import Spawned, kevo, sigint_disposition
 
 
 def record(ts: str, node: str, event: str, level: str = "info", **fields: object) -> str:
@@ -77,6 +79,31 @@ def test_logs_follow_prints_new_lines_and_new_files(tmp_path: Path) -> None:
         assert follow.wait() == 0
     finally:
         follow.kill()
+
+
+def test_ctrl_c_stops_follow_even_when_the_suite_ignores_sigint(tmp_path: Path) -> None:
+    """A suite started as a shell's background job inherits SIGINT ignored, and so would
+    every command it starts: ``Spawned`` resets SIGINT for them, so Ctrl-C tests still work."""
+    data = write_logs(tmp_path)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as under `trap "" INT`
+    try:
+        plain = subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(60)"], stdin=subprocess.DEVNULL
+        )
+        follow = Spawned.start("logs", "--data", str(data), "--format", "json", "--lines", "1")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    try:
+        # What a child inherits without the reset: Ctrl-C would do nothing to it.
+        assert sigint_disposition(plain.pid) == "ignored"
+        follow.wait_line('"event": "stopped"')
+        assert sigint_disposition(follow.proc.pid) == "caught"  # Python's KeyboardInterrupt
+        follow.signal(signal.SIGINT)
+        assert follow.wait() == 0
+    finally:
+        follow.kill()
+        plain.kill()
+        plain.wait(10)
 
 
 def test_logs_without_a_cluster_dir_is_a_clear_error(tmp_path: Path) -> None:

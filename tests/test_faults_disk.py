@@ -149,7 +149,8 @@ def test_full_disk_on_a_replica_reports_error_and_recovers(cluster: Cluster) -> 
                 writer.stop()
             resize_tmpfs(mnt, 400 * 1024 * 1024)  # space returns
             wait_converged(primary, [r0], 120)
-            verify_acked(r0, writer.acked.snapshot())
+            assert not writer.errors and writer.acked.refused == 0, (writer.errors, writer.acked)
+            verify_acked(r0, writer.acked.expected())
             with r0.client() as c:
                 s = c.status()
                 assert s.status == pb.STATUS_READY and not s.error_message

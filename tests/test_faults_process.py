@@ -32,23 +32,30 @@ class Rig:
     writer: Writer
     monitor: LsnMonitor
 
-    def finish(self, expected_bootstraps: int = 0) -> None:
+    def finish(self, expected_bootstraps: int = 0, expected_refused: int = 0) -> None:
         """Stop the load, then check every invariant (DESIGN.md section 5)."""
         self.writer.stop()
         assert not self.writer.errors, self.writer.errors
-        acked = self.writer.acked.snapshot()
-        assert len(acked) > 100, "the load never ran"
+        log = self.writer.acked
+        assert len(log) > 100, "the load never ran"
+        # A refused write is one the primary answered with an error: none of these faults
+        # gives it a reason to refuse a valid put (a dead or frozen primary gives no answer).
+        assert log.refused == expected_refused, (
+            f"{log.refused} writes refused, expected {expected_refused}: {log.refusals}"
+        )
+        expected = log.expected()
         seconds = wait_converged(self.primary, self.replicas)
         self.monitor.stop()
         self.monitor.check()
-        verified = verify_acked(self.primary, acked)
+        verified = verify_acked(self.primary, expected)
         for r in self.replicas:
-            verify_acked(r, acked)
+            verify_acked(r, expected)
         boots = {r.name: count_events(r.log_path, "bootstrap_start") for r in self.replicas}
         assert sum(boots.values()) == expected_bootstraps, boots
         print(
-            f"acked={len(acked)} verified={verified} unknown={self.writer.acked.unknown} "
-            f"converged_in={seconds:.2f}s bootstraps={boots} samples={self.monitor.samples}"
+            f"acked={len(log)} keys_verified={verified} unknown={log.unknown} "
+            f"refused={log.refused} converged_in={seconds:.2f}s bootstraps={boots} "
+            f"samples={self.monitor.samples}"
         )
 
 
@@ -135,8 +142,10 @@ def test_exactly_one_bootstrap_when_the_wal_no_longer_covers_the_outage(
     wait_converged(primary, [r0])
     monitor.stop()
     monitor.check()
-    verify_acked(primary, writer.acked.snapshot())
-    verify_acked(r0, writer.acked.snapshot())
+    assert not writer.errors, writer.errors
+    assert writer.acked.refused == 0, f"{writer.acked.refused} writes refused"
+    verify_acked(primary, writer.acked.expected())
+    verify_acked(r0, writer.acked.expected())
     assert count_events(r0.log_path, "bootstrap_start") == 1
     view = replica_view(primary, "r0")
     assert view is not None and view["bootstraps"] == 1

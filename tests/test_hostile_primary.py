@@ -169,7 +169,7 @@ def test_multi_frame_messages_get_no_answer(primary: Node) -> None:
 
 
 def test_bootstrap_credit_is_capped(primary: Node) -> None:
-    write_batches(primary, batches=20, size=50, prefix="big", value_bytes=400)  # ~100 chunks
+    write_batches(primary, batches=30, size=50, prefix="big", value_bytes=400)  # ~100 chunks
     before = primary.digest()
     with RawDealer(primary.address) as d:
         reg = d.call(pb.Request(request_id=1, register=pb.RegisterRequest(replica_id="greedy")))

@@ -2,32 +2,71 @@
 
 from __future__ import annotations
 
+import json
 import threading
+from typing import Any
 
-from kevo_repl.client import Client, NodeUnreachableError, batch_request
+from kevo_repl.adapters.state_snapshot import digest_items
+from kevo_repl.client import Client, Digest, NodeUnreachableError, batch_request
 from kevo_repl.wire import pb
+from tests.faults.checkers import count_events
 from tests.nodes import Cluster, Node, converged, replica_view, wait_for
+
+HOT_KEYS = 16  # every third write of ``write_batches`` overwrites one of these
+
+
+def batch_items(
+    batches: int, size: int, *, prefix: str = "k", value_bytes: int = 32
+) -> list[list[tuple[bytes, bytes]]]:
+    """What ``write_batches`` writes: write n (= batch * size + i) carries n in its value.
+
+    Every third write (n % 3 == 2) overwrites one of ``HOT_KEYS`` hot keys in turn, the others
+    get a key of their own (``{prefix}{batch:05d}-{i:04d}``), so batches applied out of order,
+    twice or partly leave other values than the primary's: digests and read-backs differ.
+    """
+    pad = b"v" * max(0, value_bytes - 12)
+    out = []
+    for b in range(batches):
+        items = []
+        for i in range(size):
+            n = b * size + i
+            if n % 3 == 2:
+                key = f"{prefix}hot-{(n // 3) % HOT_KEYS:02d}"
+            else:
+                key = f"{prefix}{b:05d}-{i:04d}"
+            items.append((key.encode(), b"%012d" % n + pad))
+        out.append(items)
+    return out
+
+
+def model_of(batches: list[list[tuple[bytes, bytes]]]) -> dict[bytes, bytes]:
+    """The state after applying ``batches`` in order (a later write to a key wins)."""
+    state: dict[bytes, bytes] = {}
+    for items in batches:
+        state.update(items)
+    return state
+
+
+def model_digest(state: dict[bytes, bytes], lsn: int) -> Digest:
+    return Digest(lsn, len(state), digest_items(sorted(state.items())))
 
 
 def write_batches(
     node: Node, batches: int, size: int, *, prefix: str = "k", value_bytes: int = 32
 ) -> int:
-    """Pipelined batch writes; returns the last committed LSN."""
-    pad = b"v" * max(0, value_bytes - 12)
+    """Pipelined batch writes of ``batch_items``; returns the last committed LSN."""
     reqs = [
-        batch_request(
-            [
-                (f"{prefix}{b:05d}-{i:04d}".encode(), b"%012d" % (b * size + i) + pad)
-                for i in range(size)
-            ]
-        )
-        for b in range(batches)
+        batch_request(items)
+        for items in batch_items(batches, size, prefix=prefix, value_bytes=value_bytes)
     ]
     with node.client(10_000) as c:
         responses = c.call_many(reqs, window=32)
     for r in responses:
         assert r.WhichOneof("body") == "write", r
-    return max(r.write.lsn for r in responses)
+    lsns = [r.write.lsn for r in responses]
+    # one DEALER, so the primary took them in order: batch k's LSNs right after batch k-1's
+    assert lsns == [lsns[0] + k * size for k in range(batches)], lsns[:5]
+    return lsns[-1]
 
 
 def test_three_replicas_converge_after_50k_writes(cluster: Cluster) -> None:
@@ -36,7 +75,8 @@ def test_three_replicas_converge_after_50k_writes(cluster: Cluster) -> None:
     last = write_batches(primary, batches=100, size=500)
     assert last == 50_000
     digest = wait_for("all replicas digest-equal", lambda: converged(primary, *replicas), 60)
-    assert digest.lsn == 50_000 and digest.keys == 50_000
+    # the state of the 100 batches applied in order, hot keys holding their last writes
+    assert digest == model_digest(model_of(batch_items(100, 500)), 50_000)
     for r in replicas:
         view = replica_view(primary, r.name)
         assert view is not None and view["bootstraps"] == 0
@@ -121,22 +161,59 @@ def test_killed_replica_resumes_without_bootstrap(cluster: Cluster) -> None:
             with Client(primary.address) as c:
                 i = 0
                 while not stop.is_set() and i < 20_000:
-                    c.batch([(f"w{i:06d}-{j}".encode(), b"x" * 50) for j in range(20)])
+                    items = [(f"w{i:06d}-{j}".encode(), b"x" * 50) for j in range(19)]
+                    items.append((b"hot-%d" % (i % 8), b"%d" % i))  # order changes the state
+                    c.batch(items)
                     i += 1
         except BaseException as exc:
             errors.append(exc)
 
+    def applied(node: Node) -> int:
+        node.assert_alive()
+        with node.client(1000) as c:
+            return c.status().lsn  # a replica's own Status: its applied LSN
+
+    def registrations() -> list[dict[str, Any]]:
+        """The replica's ``registered`` events, from its JSON log (kept across restarts)."""
+        docs = []
+        for line in replica.log_path.read_text(errors="replace").splitlines():
+            if '"registered"' in line:
+                doc = json.loads(line)
+                if doc.get("event") == "registered":
+                    docs.append(doc)
+        return docs
+
+    def catchups() -> int:
+        view = replica_view(primary, "r0")
+        assert view is not None
+        value = view["catchups"]
+        assert isinstance(value, int)
+        return value
+
     t = threading.Thread(target=writer)
     t.start()
     try:
-        wait_for("replica applied some", lambda: replica.digest().lsn > 2000)
+        wait_for("replica applied some", lambda: applied(replica) > 2000)
+        had = applied(replica)  # it applied at least this much before it died
+        catchups_before = catchups()
+        registered_before = len(registrations())
         replica.kill()
+        committed_at_kill = applied(primary)
         wait_for(
-            "more writes while it is down",
-            lambda: primary.digest().lsn > replica_lsn_floor(primary) + 2000,
+            "2000 more writes while it is down",
+            lambda: applied(primary) > committed_at_kill + 2000,
         )
         cluster.restart(replica)
-        wait_for("replica catching up", lambda: replica.digest().lsn > 0)
+        # It resumed from its own store: it registered with at least what it had applied.
+        resumed = wait_for(
+            "replica registers again",
+            lambda: registrations()[registered_before:],
+        )[0]
+        assert int(resumed["applied_lsn"]) >= had, (resumed, had)
+        # ...and catches up past every write made while it was down, under load.
+        target = applied(primary)
+        assert target > committed_at_kill + 2000
+        wait_for(f"replica applies LSN {target}", lambda: applied(replica) >= target, 60)
     finally:
         stop.set()
         t.join(30)
@@ -144,11 +221,8 @@ def test_killed_replica_resumes_without_bootstrap(cluster: Cluster) -> None:
     wait_for("converged", lambda: converged(primary, replica), 60)
     view = replica_view(primary, "r0")
     assert view is not None and view["bootstraps"] == 0
-
-
-def replica_lsn_floor(primary: Node) -> int:
-    v = replica_view(primary, "r0")
-    return int(v["applied_lsn"]) if v else 0  # type: ignore[call-overload]
+    assert catchups() > catchups_before  # the downtime's writes came by WalSync
+    assert count_events(replica.log_path, "bootstrap_start") == 0
 
 
 def test_unreachable_node_fails_fast() -> None:

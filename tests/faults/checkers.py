@@ -1,6 +1,7 @@
 """Invariant checkers for real node processes (DESIGN.md section 5), used by tests and the soak.
 
-- ``verify_acked``: every write acknowledged under fsync=always is present (invariant 3);
+- ``verify_acked``: every key holds its last acknowledged write's value, or that of a later
+  write with an unknown outcome (invariant 3; fsync=always);
 - ``wait_converged``: replicas digest-equal to the primary at the same LSN (1, 4), timed;
 - ``LsnMonitor``: samples every node's Status in a thread and flags an applied LSN that goes
   backwards within one history (2), and keeps the primary's per-replica bootstrap/catch-up
@@ -20,9 +21,14 @@ from pathlib import Path
 from kevo_repl.client import Client
 from kevo_repl.core.errors import KevoError
 from kevo_repl.wire import pb
+from tests.faults.load import Allowed
 from tests.nodes import Node, converged, wait_for
 
+# key -> its exact value, or every value it may hold (None: absent); see ``verify_acked``
+Expected = Mapping[bytes, bytes | Allowed]
+
 __all__ = [
+    "Expected",
     "LsnMonitor",
     "count_events",
     "verify_acked",
@@ -31,24 +37,44 @@ __all__ = [
 ]
 
 
-def verify_acked(node: Node, acked: Mapping[bytes, bytes], chunk: int = 2000) -> int:
-    """Read back every acknowledged write (pipelined); fail naming what is missing."""
-    keys = list(acked)
-    missing: list[bytes] = []
+def verify_acked(node: Node, expected: Expected, chunk: int = 2000) -> int:
+    """Read back every key of ``expected`` (pipelined); fail naming each wrong one.
+
+    ``expected`` maps a key to its exact value, or to the set of values it may hold
+    (``AckLog.expected()``: the last acknowledged write, or a later one whose outcome is
+    unknown; ``None`` for absent). An error answer to a read is wrong too, never "absent".
+    Returns how many keys were verified.
+    """
+    keys = list(expected)
+    wrong: list[str] = []
     with node.client(10_000) as c:
         for start in range(0, len(keys), chunk):
             part = keys[start : start + chunk]
             reqs = [pb.Request(get=pb.GetRequest(key=k)) for k in part]
             for key, resp in zip(part, c.call_many(reqs, window=256), strict=True):
-                found = resp.WhichOneof("body") == "get" and resp.get.found
-                if (resp.get.value if found else None) != acked[key]:
-                    missing.append(key)
-    if missing:
+                if resp.WhichOneof("body") != "get":
+                    wrong.append(f"{key!r}: read answered {resp.WhichOneof('body')} {resp}")
+                    continue
+                got = resp.get.value if resp.get.found else None
+                want = expected[key]
+                allowed: Allowed = want if isinstance(want, frozenset) else frozenset([want])
+                if got not in allowed:
+                    wrong.append(f"{key!r}: {_show(got)}, expected {_show_set(allowed)}")
+    if wrong:
         raise AssertionError(
-            f"{len(missing)} of {len(keys)} acknowledged writes missing on {node.name}, "
-            f"e.g. {missing[:5]}"
+            f"{len(wrong)} of {len(keys)} keys on {node.name} do not hold what the "
+            f"acknowledged writes allow, e.g. " + "; ".join(wrong[:5])
         )
     return len(keys)
+
+
+def _show(value: bytes | None) -> str:
+    return "absent" if value is None else repr(value[:40])
+
+
+def _show_set(values: Allowed) -> str:
+    shown = sorted(_show(v) for v in values)
+    return shown[0] if len(shown) == 1 else "one of {" + ", ".join(shown) + "}"
 
 
 def wait_converged(primary: Node, replicas: Iterable[Node], timeout_s: float = 60.0) -> float:
