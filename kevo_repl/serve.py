@@ -84,6 +84,7 @@ def run_primary(args: argparse.Namespace) -> int:
         port=args.port,
         fsync=args.fsync,
         retention_bytes=args.retention_bytes,
+        retention_max_bytes=args.retention_max_bytes,
         segment_bytes=args.segment_bytes,
         pub_hwm=args.pub_hwm,
         max_waiting_writes=args.max_waiting_writes,

@@ -37,6 +37,7 @@ from kevo_repl.adapters.wal_segments import (
 )
 from kevo_repl.core.errors import KevoError, StorageError, TooOldError
 from kevo_repl.core.record import encode_record
+from kevo_repl.core.retention import SegmentSpan
 
 __all__ = ["Appended", "FsyncPolicy", "RecoveryReport", "WalStats", "WriteAheadLog"]
 
@@ -340,6 +341,24 @@ class WriteAheadLog:
         except FileNotFoundError:  # retention removed a segment before it was opened
             raise TooOldError(lsn, self.retained_from_lsn) from None
 
+    def spans(self) -> list[SegmentSpan]:
+        """Every segment's last LSN and size, oldest first (the last is the active one):
+        what ``kevo_repl.core.retention.plan_retention`` decides on."""
+        with self._lock:
+            return [SegmentSpan(s.last_lsn, s.data_end) for s in self._segments]
+
+    def drop_oldest(self, count: int) -> int:
+        """Drop the ``count`` oldest segments (never the active one); ``retained_from_lsn``."""
+        with self._retain_lock:
+            with self._lock:
+                self._check_usable()
+                drop: list[Segment] = []
+                while len(self._segments) > 1 and len(drop) < count:
+                    drop.append(self._pop_oldest())
+                retained = self._first_lsns[0]
+            self._unlink(drop)
+        return retained
+
     def retain(self, keep_from_lsn: int, max_bytes: int | None = None) -> int:
         """Drop whole segments wholly below ``keep_from_lsn``, then the oldest ones while the
         log exceeds ``max_bytes``; never the active segment. Returns ``retained_from_lsn``."""
@@ -351,18 +370,24 @@ class WriteAheadLog:
                     self._segments[1].first_lsn <= keep_from_lsn
                     or (max_bytes is not None and self._size_bytes > max_bytes)
                 ):
-                    seg = self._segments.pop(0)
-                    self._first_lsns.pop(0)
-                    self._size_bytes -= seg.data_end
-                    drop.append(seg)
+                    drop.append(self._pop_oldest())
                 retained = self._first_lsns[0]
-            for seg in drop:  # oldest first, each durable, so no crash leaves an LSN gap
-                try:
-                    seg.path.unlink()
-                    fsync_dir(self._dir)
-                except OSError as exc:
-                    raise StorageError(f"removing WAL segment {seg.path}: {exc}") from exc
+            self._unlink(drop)
         return retained
+
+    def _pop_oldest(self) -> Segment:
+        seg = self._segments.pop(0)
+        self._first_lsns.pop(0)
+        self._size_bytes -= seg.data_end
+        return seg
+
+    def _unlink(self, drop: list[Segment]) -> None:
+        for seg in drop:  # oldest first, each durable, so no crash leaves an LSN gap
+            try:
+                seg.path.unlink()
+                fsync_dir(self._dir)
+            except OSError as exc:
+                raise StorageError(f"removing WAL segment {seg.path}: {exc}") from exc
 
     def close(self) -> None:
         """Stop the interval syncer, sync, trim preallocated zeros and close. Idempotent."""

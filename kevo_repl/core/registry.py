@@ -296,8 +296,16 @@ class Registry:
         Disconnected replicas keep their floor until forgotten, so a replica that restarts
         resumes by catch-up; the WAL's byte cap bounds what a dead one can hold.
         """
+        holder = self.retention_holder()
+        return holder[0] if holder else None
+
+    def retention_holder(self) -> tuple[int, str] | None:
+        """``(lsn, replica id)`` of the replica with the lowest need (see ``retention_floor``)."""
         needs = [
-            (r.bootstrap_snapshot_lsn if r.bootstrap_snapshot_lsn else r.durable_lsn) + 1
+            (
+                (r.bootstrap_snapshot_lsn if r.bootstrap_snapshot_lsn else r.durable_lsn) + 1,
+                r.replica_id,
+            )
             for r in self._by_id.values()
         ]
         return min(needs) if needs else None

@@ -25,6 +25,7 @@ from kevo_repl.adapters.security import ServerSecurity
 from kevo_repl.adapters.wal_files import WriteAheadLog
 from kevo_repl.core.errors import StorageError
 from kevo_repl.core.registry import Registry
+from kevo_repl.core.retention import plan_retention
 from kevo_repl.logs import get_logger
 from kevo_repl.node.bootstrap_stream import BootstrapSessions
 from kevo_repl.node.checkpointer import Checkpointer
@@ -55,10 +56,11 @@ class PrimaryConfig:
     bind: str = "127.0.0.1"
     port: int = 7100
     fsync: str = "always"
-    retention_bytes: int = 1024 * MIB
+    retention_bytes: int = 1024 * MIB  # the floor: kept whatever the replicas need
+    retention_max_bytes: int = 0  # the hard cap (0: 4 x retention_bytes)
     segment_bytes: int = 0  # 0: derived from retention_bytes
-    # Retention keeps the WAL at about retention_bytes whatever the replicas' positions (a
-    # dead replica cannot fill the disk); a replica the cap passed bootstraps once.
+    # Between the floor and the cap the WAL keeps what known replicas still need (their
+    # durable position, a bootstrap's snapshot); past the cap a replica bootstraps once.
     advertise: str = ""  # HOST:PORT clients and replicas reach us at (default bind:port)
     node_id: str = "primary"
     beacon_interval_ms: int = 200
@@ -71,6 +73,10 @@ class PrimaryConfig:
     key_name: str = "primary"
     drain_max: int = 4096
     bootstrap_chunks_per_turn: int = 4
+
+    @property
+    def retention_max(self) -> int:
+        return self.retention_max_bytes or 4 * self.retention_bytes
 
     @property
     def segment_size(self) -> int:
@@ -361,20 +367,30 @@ class PrimaryNode:
             except StorageError as exc:
                 self.log.error("store_apply_failed", error=str(exc))
                 return
+        config = self.config
+        holder = self.registry.retention_holder()
+        plan = plan_retention(
+            self.wal.spans(),
+            holder[0] if holder else None,
+            config.retention_bytes,
+            config.retention_max,
+        )
+        self.retention_held_by = holder[1] if plan.held and holder else ""
+        if not plan.drop:
+            return
         try:
-            before = self.wal.retained_from_lsn
-            after = before
-            if self.wal.size_bytes > self.config.retention_bytes:
-                # Segments about to go must be in the store on disk first: sync it now.
-                self.store.checkpoint()
-                after = self.wal.retain(1, self.config.retention_bytes)
+            # Segments about to go must be in the store on disk first: sync it now.
+            self.store.checkpoint()
+            after = self.wal.drop_oldest(plan.drop)
         except StorageError as exc:
             self.log.error("retention_failed", error=str(exc))
             return
-        if after == before:
-            return
         self.log.info("wal_retained", retained_from_lsn=after, wal_bytes=self.wal.size_bytes)
-        floor = self.registry.retention_floor()
-        if floor is not None and floor < after:
-            behind = [r.replica_id for r in self.registry.replicas() if r.applied_lsn + 1 < after]
-            self.log.warning("wal_cap_passed_replicas", retained_from_lsn=after, replicas=behind)
+        if plan.capped:
+            behind = [r.replica_id for r in self.registry.replicas() if r.durable_lsn + 1 < after]
+            self.log.warning(
+                "wal_cap_passed_replicas",
+                retained_from_lsn=after,
+                replicas=behind,
+                retention_max_bytes=config.retention_max,
+            )

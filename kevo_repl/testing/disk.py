@@ -8,7 +8,7 @@
   group commit syncs them, and only synced batches are committed (applied, published,
   acknowledged). A crash loses an arbitrary suffix of the unsynced tail (a torn tail is
   truncated); what survives is recovered as committed. The history id is kept. Retention
-  drops whole segments, below a floor or beyond a hard size cap.
+  drops whole oldest segments as ``core.retention`` plans it, as the node does.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import random
 from dataclasses import dataclass
 
 from kevo_repl.core.errors import StorageError
+from kevo_repl.core.retention import SegmentSpan
 from kevo_repl.testing.messages import Entry, encode_record
 
 __all__ = ["Batch", "PrimaryWal", "ReplicaStore"]
@@ -176,17 +177,20 @@ class PrimaryWal:
                 size += len(batch.record)
         return out
 
-    def drop_below(self, floor_lsn: int) -> int:
-        """Drop whole segments that end below ``floor_lsn`` (never the active one)."""
-        dropped = 0
-        while len(self.segments) > 1 and self.segments[0][-1].last_lsn < floor_lsn:
-            dropped += self._drop_first()
-        return dropped
+    def spans(self) -> list[SegmentSpan]:
+        """Each segment's last LSN and size in entries, oldest first (as the WAL's)."""
+        out = []
+        for segment in self.segments:
+            size = sum(b.last_lsn - b.first_lsn + 1 for b in segment)
+            out.append(SegmentSpan(segment[-1].last_lsn if segment else self.synced_lsn, size))
+        return out
 
-    def enforce_cap(self, cap_entries: int) -> int:
-        """The hard size cap: drop the oldest segments whatever replicas still need."""
+    def drop_oldest(self, count: int) -> int:
+        """Drop the ``count`` oldest segments (never the active one); entries dropped."""
         dropped = 0
-        while self.held_entries > cap_entries and len(self.segments) > 1:
+        for _ in range(count):
+            if len(self.segments) <= 1:
+                break
             dropped += self._drop_first()
         return dropped
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from kevo_repl.core.registry import DuplicateReplicaError, Registry, WaitResult
+from kevo_repl.core.retention import plan_retention
 from kevo_repl.testing.checkers import Checker, Truth, Violation
 from kevo_repl.testing.disk import Batch, PrimaryWal, apply_entries
 from kevo_repl.testing.messages import (
@@ -42,7 +43,7 @@ __all__ = ["PrimaryParams", "SimPrimary"]
 @dataclass(slots=True)
 class PrimaryParams:
     segment_entries: int = 16
-    keep_entries: int = 1_000_000  # retention bound: drop nothing newer than this many entries
+    keep_entries: int = 1_000_000  # retention floor: kept whatever replicas need
     cap_entries: int = 1_000_000  # hard size cap, whatever replicas still need
     group_commit_ms: int = 2
     beacon_ms: int = 200
@@ -348,14 +349,17 @@ class SimPrimary:
             )
 
     def _retention(self) -> None:
-        floor = self.registry.retention_floor()
-        bound = self.wal.last_lsn + 1 - self.p.keep_entries
-        retained = self.wal.retained_from
-        if self.wal.drop_below(bound if floor is None else min(bound, floor)):
-            self.on_drop(False, retained)
-        retained = self.wal.retained_from
-        if self.wal.enforce_cap(self.p.cap_entries):
-            self.on_drop(True, retained)
+        """The node's rule (``core.retention``), counted in entries instead of bytes."""
+        plan = plan_retention(
+            self.wal.spans(),
+            self.registry.retention_floor(),
+            self.p.keep_entries,
+            self.p.cap_entries,
+        )
+        if plan.drop:
+            retained = self.wal.retained_from
+            self.wal.drop_oldest(plan.drop)
+            self.on_drop(plan.capped, retained)
 
     def _beacon(self, inc: int) -> bool:
         if inc != self.incarnation:
