@@ -7,7 +7,10 @@ One primary and N replicas (real processes on loopback), one writer recording ev
 outcome (``tests/faults/load.py``: every third write overwrites a hot key, so a batch applied
 out of order or twice changes the state), an ``LsnMonitor`` sampling Status. Faults are
 drawn (seeded, each printed) from ``tests/faults/injector.py``: SIGKILL/SIGSTOP/restart of
-the primary and the replicas, freezes past the heartbeat and primary timeouts. After each
+the primary and the replicas, freezes past the heartbeat and primary timeouts, a power loss
+of the primary (its WAL cut at the last fdatasync, sometimes its store damaged too), a big
+write (three 3 MiB values: by WalSync only), and a subscriber that never reads (the primary's
+memory must stay within the PUB budget). After each
 fault the replicas must apply what the primary had committed (timed: the fault's
 convergence); every ``--quiesce-every`` faults the load pauses and the replicas must be
 digest-equal to the primary. At the end: every key is read back from every node and must
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import tempfile
@@ -31,8 +35,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from kevo_repl.node.local_state import SYNC_LOG_ENV
 from tests.faults.checkers import LsnMonitor, count_events, verify_acked, wait_converged
-from tests.faults.injector import FaultRun
+from tests.faults.injector import FAULT_KINDS, POWER_FAULT_KINDS, FaultRun
 from tests.faults.load import Writer
 from tests.nodes import Cluster, wait_for
 
@@ -50,15 +55,19 @@ def soak(seconds: float, seed: int, replicas: int, quiesce_every: int) -> dict[s
         writer: Writer | None = None
         monitor: LsnMonitor | None = None
         run: FaultRun | None = None
+        sync_log = Path(tmp) / "primary-syncs"
+        os.environ[SYNC_LOG_ENV] = str(sync_log)  # for the power-loss faults (the primary's)
         try:
             primary = cluster.primary("primary", "--fsync", "always")
+            del os.environ[SYNC_LOG_ENV]
             nodes = [cluster.replica(f"r{i}", primary) for i in range(replicas)]
             writer = Writer(primary.address, max_writes=50_000_000, max_seconds=seconds + 120)
             monitor = LsnMonitor(primary, nodes, interval_s=0.1).start()
             writer.start()
             w = writer
             wait_for("load running", lambda: len(w.acked) > 100)
-            run = FaultRun(cluster, primary, nodes, writer, monitor, seed)
+            kinds = {**FAULT_KINDS, **POWER_FAULT_KINDS}
+            run = FaultRun(cluster, primary, nodes, writer, monitor, seed, kinds, sync_log=sync_log)
             while time.monotonic() - started < seconds:
                 run.random_fault()
                 if len(run.faults) % quiesce_every == 0:
@@ -69,8 +78,9 @@ def soak(seconds: float, seed: int, replicas: int, quiesce_every: int) -> dict[s
             failures += [f"writer failed: {e!r}" for e in writer.errors]
             quiescent.append(round(wait_converged(primary, nodes, 120), 3))
             log = writer.acked
-            expected = log.expected()
+            expected = {**log.expected(), **run.side_log.expected()}
             verified = {n.name: verify_acked(n, expected) for n in [primary, *nodes]}
+            failures += run.problems
             monitor.stop()
             failures += [f"applied LSN went backwards: {v}" for v in monitor.violations]
             boots = {n.name: count_events(n.log_path, "bootstrap_start") for n in nodes}

@@ -35,6 +35,8 @@ def status_json(s: pb.StatusResponse) -> dict[str, Any]:
             "lsn": s.lsn,
             "durable_lsn": s.durable_lsn,
             "retained_from_lsn": s.retained_from_lsn,
+            "wal_bytes": s.wal_bytes,
+            "retention_held_by": s.retention_held_by,
             "replicas": [
                 {
                     "id": r.replica_id,
@@ -78,7 +80,8 @@ def status_text(s: pb.StatusResponse) -> str:
     lines = [
         f"primary {doc['node_id']}  history {doc['history_id']}",
         f"LSN {doc['lsn']} (durable {doc['durable_lsn']}), "
-        f"WAL retained from {doc['retained_from_lsn']}",
+        f"WAL retained from {doc['retained_from_lsn']} ({doc['wal_bytes']} bytes"
+        + (f", held by {doc['retention_held_by']})" if doc["retention_held_by"] else ")"),
         "",
     ]
     header = ("ID", "ADDRESS", "ROLE", "STATUS", "APPLIED", "LAG", "LAG_MS", "SEEN_MS_AGO")

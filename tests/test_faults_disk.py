@@ -157,3 +157,39 @@ def test_full_disk_on_a_replica_reports_error_and_recovers(cluster: Cluster) -> 
             assert count_events(r0.log_path, "bootstrap_start") == 0
         finally:
             cluster.close()  # nothing may hold the mount when it is unmounted
+
+
+def test_full_disk_on_the_primary_stops_it_saying_why_and_loses_no_acked_write(
+    cluster: Cluster,
+) -> None:
+    """Regression: a failed WAL write answered ERROR_UNAVAILABLE (as if nothing was written)
+    although the record could reappear after a restart, and the node ran on refusing all."""
+    reason = tmpfs_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    mnt = cluster.root / "small-disk"
+    with mount_tmpfs(mnt, 72 * 1024 * 1024):  # the 64 MiB store map fits, a big WAL does not
+        try:
+            data = mnt / "primary"
+            primary = cluster.primary("primary", "--data", str(data), "--fsync", "always")
+            writers = [
+                Writer(primary.address, prefix=f"w{i}", max_seconds=60, value_bytes=4000)
+                for i in range(4)
+            ]
+            for w in writers:
+                w.start()
+            assert primary.proc is not None
+            code = primary.proc.wait(90)
+            for w in writers:
+                w.stop()
+            assert code == 1, primary.log_tail()
+            log = primary.log_path.read_text()
+            assert "node_failed" in log and "No space left" in log, primary.log_tail()
+            assert sum(w.acked.unknown for w in writers) >= 1  # told: outcome unknown
+            assert all(w.acked.refused == 0 for w in writers)
+            resize_tmpfs(mnt, 400 * 1024 * 1024)
+            cluster.restart(primary)
+            for w in writers:
+                verify_acked(primary, w.acked.expected())
+        finally:
+            cluster.close()

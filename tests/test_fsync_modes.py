@@ -13,15 +13,14 @@ offset, which is what the disk would hold had the power gone at that moment.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-from kevo_repl.adapters.wal_segments import parse_segment_name
 from kevo_repl.node.local_state import SYNC_LOG_ENV
 from tests.faults.checkers import count_events
 from tests.faults.load import Writer
+from tests.faults.power import cut_wal_at_last_sync
 from tests.nodes import Cluster, Node, converged, wait_for
 from tests.test_replication_e2e import write_batches
 
@@ -29,21 +28,6 @@ from tests.test_replication_e2e import write_batches
 def applied(node: Node) -> int:
     with node.client() as c:
         return int(c.status().lsn)
-
-
-def cut_wal_at_last_sync(wal_dir: Path, sync_log: Path) -> int:
-    """Truncate the WAL to its last fdatasync'd byte (later segments go); returns that LSN."""
-    name, offset, lsn = sync_log.read_text().splitlines()[-1].split()
-    first = parse_segment_name(name)
-    assert first is not None
-    for seg in wal_dir.glob("*.wal"):
-        seg_first = parse_segment_name(seg.name)
-        if seg_first is not None and seg_first > first:
-            seg.unlink()
-    with (wal_dir / name).open("r+b") as f:
-        f.truncate(int(offset))
-        os.fsync(f.fileno())
-    return int(lsn)
 
 
 @pytest.mark.parametrize("mode", ["interval", "none"])

@@ -19,6 +19,7 @@ import zmq
 from kevo_repl.client import batch_request
 from kevo_repl.wire import pb
 from tests.faults.checkers import count_events
+from tests.faults.power import rss_anon_mib
 from tests.faults.raw import RawDealer
 from tests.nodes import Cluster, Node, replica_view, wait_for
 
@@ -26,14 +27,8 @@ MIB = 1024 * 1024
 
 
 def rss_mib(node: Node) -> float:
-    """Anonymous resident memory (heap, socket queues): the store's file pages that LMDB
-    maps in are page cache, not what a peer made the node allocate."""
     assert node.proc is not None
-    with open(f"/proc/{node.proc.pid}/status") as f:
-        for line in f:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no RssAnon")
+    return rss_anon_mib(node.proc.pid)
 
 
 def fill(node: Node, mib: int, value_bytes: int = 200 * 1024) -> int:

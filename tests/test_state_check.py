@@ -27,6 +27,7 @@ from kevo_repl.adapters.state_check import StoreCheck, check_store, quarantine_s
 from kevo_repl.adapters.state_lmdb import StateStore
 from kevo_repl.core.errors import StorageError
 from kevo_repl.core.ops import OP_DELETE, OP_PUT
+from tests.faults.power import garbage_over_pages, store_layout
 
 H = b"H" * 16
 REPO = Path(__file__).resolve().parent.parent
@@ -65,27 +66,9 @@ def store(tmp_path: Path) -> Path:
     return path
 
 
-def layout(path: Path) -> tuple[int, int]:
-    """``(page size, last page number)`` of an intact store."""
-    env = lmdb.open(str(path), readonly=True, lock=False, subdir=False, max_dbs=2)
-    try:
-        return env.stat()["psize"], env.info()["last_pgno"]
-    finally:
-        env.close()
-
-
-def garbage_over_pages(path: Path, seed: int, pages: int = 3) -> None:
-    psize, last = layout(path)
-    rng = random.Random(seed)
-    with path.open("r+b") as f:
-        for _ in range(pages):
-            f.seek(rng.randint(2, last) * psize)  # pages 0 and 1 are the meta pages
-            f.write(rng.randbytes(psize))
-
-
 def garbage_in_headers(path: Path, seed: int, spots: int = 4) -> None:
     """A few random bytes in the first 64 bytes of random pages: headers and node offsets."""
-    psize, last = layout(path)
+    psize, last = store_layout(path)
     rng = random.Random(seed)
     with path.open("r+b") as f:
         for _ in range(spots):
@@ -184,14 +167,14 @@ def test_a_changed_key_that_lmdb_reads_happily_is_out_of_order(store: Path) -> N
 
 
 def test_file_truncated_to_half_is_damaged(store: Path) -> None:
-    psize, last = layout(store)
+    psize, last = store_layout(store)
     os.truncate(store, (last + 1) * psize // 2)
     assert plain_read(store) == -signal.SIGBUS  # in-process: killed by a page past the end
     assert_damaged(check_store(store), "last page ends")
 
 
 def test_both_meta_pages_zeroed_is_damaged(store: Path) -> None:
-    psize, _ = layout(store)
+    psize, _ = store_layout(store)
     with store.open("r+b") as f:
         f.write(bytes(2 * psize))
     assert_damaged(check_store(store), "MDB_INVALID")
@@ -199,7 +182,7 @@ def test_both_meta_pages_zeroed_is_damaged(store: Path) -> None:
 
 def test_damaged_free_page_list_is_caught_though_a_cursor_walk_misses_it(store: Path) -> None:
     """Only the next write reads the free list, so a read-only walk alone never sees it."""
-    psize, _ = layout(store)
+    psize, _ = store_layout(store)
     metas = []
     with store.open("rb") as f:  # MDB_meta after each meta page's 16-byte header
         for page in range(2):

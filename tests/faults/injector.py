@@ -13,14 +13,21 @@ import random
 import signal
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import zmq
+
+from kevo_repl.client import Client, NodeUnreachableError
 from kevo_repl.wire import pb
 from tests.faults.checkers import LsnMonitor, wait_caught_up
-from tests.faults.load import Writer
+from tests.faults.load import AckLog, Writer
+from tests.faults.power import cut_wal_at_last_sync, damage_store, rss_anon_mib
 from tests.nodes import Cluster, Node, replica_view, wait_for
 
-__all__ = ["FAULT_KINDS", "FaultRun"]
+__all__ = ["FAULT_KINDS", "POWER_FAULT_KINDS", "FaultRun"]
+
+MIB = 1024 * 1024
 
 # kind -> weight in a random run
 FAULT_KINDS: dict[str, int] = {
@@ -32,6 +39,13 @@ FAULT_KINDS: dict[str, int] = {
     "stop_replica_past_timeout": 1,
     "stop_primary_past_timeout": 1,
 }
+# Need the primary started with SYNC_LOG_ENV set (``FaultRun.sync_log``): the soak does.
+POWER_FAULT_KINDS: dict[str, int] = {
+    "power_loss_primary": 2,
+    "big_write": 2,
+    "stalled_subscriber": 1,
+}
+STALLED_SUBSCRIBER_MAX_GROWTH_MIB = 100  # the PUB budget is 64 MiB per subscriber
 
 
 @dataclass
@@ -44,7 +58,10 @@ class FaultRun:
     seed: int
     kinds: dict[str, int] = field(default_factory=lambda: dict(FAULT_KINDS))
     converge_timeout_s: float = 60.0
+    sync_log: Path | None = None  # the primary's KEVO_WAL_SYNC_LOG (power-loss faults)
     faults: list[dict[str, Any]] = field(default_factory=list)
+    side_log: AckLog = field(default_factory=AckLog)  # writes the faults make themselves
+    problems: list[str] = field(default_factory=list)  # a fault whose own check failed
     rng: random.Random = field(init=False)
 
     def __post_init__(self) -> None:
@@ -146,6 +163,57 @@ class FaultRun:
             wait_for("replicas notice the frozen primary", all_disconnected, 30)
         finally:
             node.signal(signal.SIGCONT)
+
+    def _power_loss_primary(self, node: Node, record: dict[str, Any]) -> None:
+        """SIGKILL, then the WAL cut at its last fdatasync: what a power loss leaves. Half the
+        time the store file is damaged too (LMDB with writemap and no sync may be)."""
+        assert self.sync_log is not None, "the primary runs without KEVO_WAL_SYNC_LOG"
+        self._some_writes(20)
+        node.kill()
+        data = node.log_path.parent / node.name
+        record["durable_lsn"] = cut_wal_at_last_sync(data / "wal", self.sync_log)
+        if self.rng.random() < 0.5:
+            damage_store(data / "state.mdb", self.rng.randrange(1 << 30))
+            record["store_damaged"] = True
+        self.cluster.restart(node)
+
+    def _big_write(self, node: Node, record: dict[str, Any]) -> None:
+        """A batch of three 3 MiB values (over the stream's frame limit: WalSync only) while
+        the load goes on; its outcome goes to ``side_log``."""
+        n = len(self.faults)
+        entries = [(b"big-%d-%d" % (n, i), bytes([65 + i]) * (3 * MIB)) for i in range(3)]
+        try:
+            with Client(node.address, timeout_ms=30_000) as c:
+                lsn = c.batch(entries).lsn
+        except NodeUnreachableError:
+            for key, value in entries:
+                self.side_log.add_unknown(key, value)
+            return
+        for key, value in entries:
+            self.side_log.add(key, value, lsn)
+        record["lsn"] = lsn
+
+    def _stalled_subscriber(self, node: Node, record: dict[str, Any]) -> None:
+        """A SUB that takes one frame and never reads (a paused ``tail``) for a few hundred
+        writes: the primary's anonymous memory must stay within the PUB budget."""
+        host, _, port = node.address.rpartition(":")
+        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        sub = ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.RCVHWM, 1)
+        sub.setsockopt(zmq.RCVBUF, 4096)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.connect(f"tcp://{host}:{port}")
+        try:
+            assert node.proc is not None
+            before = rss_anon_mib(node.proc.pid)
+            self._some_writes(self.rng.randint(200, 1000))
+            grown = rss_anon_mib(node.proc.pid) - before
+        finally:
+            sub.close(0)
+        record["rss_growth_mib"] = round(grown, 1)
+        if grown > STALLED_SUBSCRIBER_MAX_GROWTH_MIB:
+            self.problems.append(f"stalled subscriber: primary RSS grew {grown:.0f} MiB")
 
     def _some_writes(self, n: int) -> None:
         """Let the load make progress while a node is down (bounded, with a deadline)."""
