@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
 import tempfile
@@ -55,11 +54,10 @@ def soak(seconds: float, seed: int, replicas: int, quiesce_every: int) -> dict[s
         writer: Writer | None = None
         monitor: LsnMonitor | None = None
         run: FaultRun | None = None
-        sync_log = Path(tmp) / "primary-syncs"
-        os.environ[SYNC_LOG_ENV] = str(sync_log)  # for the power-loss faults (the primary's)
+        sync_log = Path(tmp) / "primary-syncs"  # for the power-loss faults
         try:
-            primary = cluster.primary("primary", "--fsync", "always")
-            del os.environ[SYNC_LOG_ENV]
+            env = {SYNC_LOG_ENV: str(sync_log)}
+            primary = cluster.primary("primary", "--fsync", "always", env=env)
             nodes = [cluster.replica(f"r{i}", primary) for i in range(replicas)]
             writer = Writer(primary.address, max_writes=50_000_000, max_seconds=seconds + 120)
             monitor = LsnMonitor(primary, nodes, interval_s=0.1).start()

@@ -260,8 +260,16 @@ class Client:
                     [out.get(first_id + i) for i in range(sent)],
                 )
             resp = self._recv()
-            if first_id <= resp.request_id < first_id + len(requests):
-                out[resp.request_id] = resp
+            index = resp.request_id - first_id
+            if not 0 <= index < len(requests):
+                continue  # a late answer to an earlier call
+            if resp.WhichOneof("body") == "error" and resp.error.code == pb.ERROR_UNREAD_REPLIES:
+                # Large answers we had not read yet when this request left (a pipelined Get of
+                # a big value): everything before it is read now, so ask again, with the
+                # token that proves it. Only large replies are refused so: reads, never writes.
+                self._send(requests[index])
+                continue
+            out[resp.request_id] = resp
         return [out[first_id + i] for i in range(len(requests))]
 
     def _write(self, req: pb.Request, timeout_ms: int) -> WriteResult:

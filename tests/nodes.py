@@ -43,6 +43,7 @@ class Node:
     argv: list[str]
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] = field(default_factory=dict)  # added to ours, at every (re)start
 
     @property
     def address(self) -> str:
@@ -51,7 +52,12 @@ class Node:
     def start(self) -> Node:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            self.argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True
+            self.argv,
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, **self.env} if self.env else None,
         )
         log.close()
         return self
@@ -117,11 +123,13 @@ class Cluster:
     def _cmd(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "kevo_repl", "--log-format", "json", *args]
 
-    def primary(self, name: str = "primary", *extra: str, port: int = 0) -> Node:
+    def primary(
+        self, name: str = "primary", *extra: str, port: int = 0, env: dict[str, str] | None = None
+    ) -> Node:
         port = port or free_port_pair()
         data = self.root / name
         argv = self._cmd("primary", "--data", str(data), "--port", str(port), *extra)
-        node = Node(name, port, argv, self.root / f"{name}.log").start()
+        node = Node(name, port, argv, self.root / f"{name}.log", env=env or {}).start()
         self.nodes.append(node)
         node.wait_serving()
         return node

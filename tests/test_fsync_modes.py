@@ -32,11 +32,10 @@ def applied(node: Node) -> int:
 
 @pytest.mark.parametrize("mode", ["interval", "none"])
 def test_a_power_loss_never_leaves_a_replica_past_the_primary(
-    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+    cluster: Cluster, tmp_path: Path, mode: str
 ) -> None:
     sync_log = tmp_path / "syncs"
-    monkeypatch.setenv(SYNC_LOG_ENV, str(sync_log))
-    primary = cluster.primary("primary", "--fsync", mode)
+    primary = cluster.primary("primary", "--fsync", mode, env={SYNC_LOG_ENV: str(sync_log)})
     replicas = [cluster.replica(f"r{i}", primary) for i in range(2)]
     writers = [Writer(primary.address, prefix=f"w{i}", max_seconds=30) for i in range(3)]
     for w in writers:

@@ -165,3 +165,15 @@ def peak_growth(node: Node, before: float, seconds: float) -> float:
         peak = max(peak, rss_mib(node) - before)
         time.sleep(0.05)
     return peak
+
+
+def test_an_honest_client_pipelining_big_reads_is_never_refused(primary: Node) -> None:
+    """The budget refuses large replies a peer has not read; ``Client.call_many`` reads them,
+    then asks again with the token that proves it, so its caller sees every value."""
+    value = b"x" * (3 * MIB)
+    with primary.client(30_000) as c:
+        c.call_many([batch_request([(b"big-%d" % i, value)]) for i in range(20)], window=4)
+        gets = [pb.Request(get=pb.GetRequest(key=b"big-%d" % i)) for i in range(20)]
+        answers = c.call_many(gets, window=64)  # 60 MiB of answers asked for at once
+    assert [a.WhichOneof("body") for a in answers] == ["get"] * 20
+    assert all(a.get.found and a.get.value == value for a in answers)

@@ -184,14 +184,14 @@ class FaultRun:
         entries = [(b"big-%d-%d" % (n, i), bytes([65 + i]) * (3 * MIB)) for i in range(3)]
         try:
             with Client(node.address, timeout_ms=30_000) as c:
-                lsn = c.batch(entries).lsn
+                written = c.batch(entries)
         except NodeUnreachableError:
             for key, value in entries:
                 self.side_log.add_unknown(key, value)
             return
-        for key, value in entries:
-            self.side_log.add(key, value, lsn)
-        record["lsn"] = lsn
+        for i, (key, value) in enumerate(entries):
+            self.side_log.add(key, value, written.first_lsn + i)
+        record["lsn"] = written.lsn
 
     def _stalled_subscriber(self, node: Node, record: dict[str, Any]) -> None:
         """A SUB that takes one frame and never reads (a paused ``tail``) for a few hundred
