@@ -42,7 +42,7 @@ from kevo_repl.wire.envelope import TOPIC_BEACON, TOPIC_WAL, encode_beacon
 __all__ = ["DEALER_RCVHWM", "SUB_RCVHWM", "ReplicaConfig", "ReplicaNode"]
 
 SUB_RCVHWM = 1024  # stream frames buffered from the upstream (256 MiB at most)
-DEALER_RCVHWM = 64  # replies buffered from the upstream (it sends few at a time)
+DEALER_RCVHWM = 16  # replies buffered from the upstream (it sends few at a time)
 
 
 @dataclass(frozen=True, slots=True)

@@ -69,7 +69,7 @@ class WireLimits:
     max_entries: int = 65536  # per client batch
     max_request_bytes: int = 16 * _MIB  # one DEALER -> ROUTER frame
     max_stream_record_bytes: int = 256 * _KIB  # larger records reach followers by WalSync only
-    max_reply_bytes: int = 64 * _MIB  # what a follower's DEALER accepts
+    max_reply_bytes: int = 24 * _MIB  # what a follower's DEALER accepts
 
     @property
     def max_write_bytes(self) -> int:
