@@ -153,10 +153,20 @@ class GroupCommitter:
         if not self.pending or len(self.in_flight) >= MAX_IN_FLIGHT:
             return None  # the writes wait for a finished group to make room
         records: list[SealedRecord] = []
-        for writes in self._take_group():
-            payload = seal_batch([w.payload for w in writes], self.wal.history_id, self.wall_us())
-            appended = self.wal.write(payload, sum(w.count for w in writes))
-            records.append(SealedRecord(appended, writes))
+        group = self._take_group()
+        try:
+            for writes in group:
+                payload = seal_batch(
+                    [w.payload for w in writes], self.wal.history_id, self.wall_us()
+                )
+                appended = self.wal.write(payload, sum(w.count for w in writes))
+                records.append(SealedRecord(appended, writes))
+        except BaseException:
+            for w in reversed([w for writes in group for w in writes]):  # for take_pending
+                self.pending.appendleft(w)
+                self.pending_entries += w.count
+                self.pending_bytes += len(w.payload)
+            raise
         sync = self._syncer.submit(self.wal.sync)
         sync.add_done_callback(lambda _: on_durable())
         flight = InFlightGroup(records, sync)

@@ -1,0 +1,90 @@
+"""The group committer on a real WAL and store: byte caps, record cuts, order, failure."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kevo_repl.adapters.state_lmdb import StateStore
+from kevo_repl.adapters.wal_files import FsyncPolicy, WriteAheadLog
+from kevo_repl.core.errors import StorageError
+from kevo_repl.core.ops import OP_PUT
+from kevo_repl.core.record import decode_record
+from kevo_repl.node.group_commit import RECORD_OVERHEAD_BYTES, GroupCommitter, PendingWrite
+from kevo_repl.wire.batch import encode_single
+
+KIB = 1024
+
+
+def write(i: int, value_bytes: int) -> PendingWrite:
+    key, value = b"k%05d" % i, b"v" * value_bytes
+    return PendingWrite(
+        b"peer", i, encode_single(OP_PUT, key, value), 1, 0, 0, (OP_PUT,), (key,), (value,)
+    )
+
+
+@pytest.fixture
+def committer(tmp_path: Path) -> Iterator[GroupCommitter]:
+    wal = WriteAheadLog.open(tmp_path / "wal", fsync=FsyncPolicy.NONE)
+    store = StateStore.open(tmp_path / "state.mdb")
+    c = GroupCommitter(wal, store, lambda: 1, max_group_bytes=2048 * KIB)
+    yield c
+    c.close()
+    store.close()
+    wal.close()
+
+
+def run_group(c: GroupCommitter) -> list[tuple[int, int, int]]:
+    """Start one group, wait for it; (first_lsn, last_lsn, record bytes) of its records."""
+    done = threading.Event()
+    flight = c.start(done.set)
+    assert flight is not None and done.wait(10)
+    assert c.finish_ready(wait=True) == [flight]
+    return [
+        (r.appended.first_lsn, r.appended.last_lsn, len(r.appended.record)) for r in flight.records
+    ]
+
+
+def test_a_group_is_capped_in_bytes_and_cut_into_stream_sized_records(
+    committer: GroupCommitter,
+) -> None:
+    for i in range(100):
+        assert not committer.add(write(i, 50 * KIB)) or committer.pending_bytes >= 2048 * KIB
+    records = run_group(committer)
+    assert sum(size for *_, size in records) <= 2048 * KIB + len(records) * RECORD_OVERHEAD_BYTES
+    assert all(
+        size <= committer.record_target_bytes + RECORD_OVERHEAD_BYTES for *_, size in records
+    )
+    assert [first for first, _, _ in records] == [1] + [last + 1 for _, last, _ in records[:-1]]
+    left = len(committer.pending)
+    assert 0 < left < 100  # the rest waits for the next group, in order
+    assert committer.pending[0].request_id == records[-1][1]  # write i has LSN i + 1
+    while committer.pending:
+        run_group(committer)
+    assert committer.store.applied_lsn == 100 and committer.committed_lsn == 100
+    lsns = [decode_record(r).last_lsn for r in committer.wal.read_from(1)]
+    assert lsns == sorted(lsns) and lsns[-1] == 100
+    assert committer.store.get(b"k00099") == b"v" * (50 * KIB)
+
+
+def test_a_write_over_the_record_target_is_a_record_of_its_own(committer: GroupCommitter) -> None:
+    for i, size in enumerate((10, 600 * KIB, 10, 10)):
+        committer.add(write(i, size))
+    records = run_group(committer)
+    assert [(first, last) for first, last, _ in records] == [(1, 1), (2, 2), (3, 4)]
+    assert records[1][2] > 600 * KIB
+
+
+def test_a_wal_failure_puts_the_group_back_for_the_caller_to_answer(
+    committer: GroupCommitter,
+) -> None:
+    for i in range(5):
+        committer.add(write(i, 100))
+    committer.wal.close()  # every write now fails
+    with pytest.raises(StorageError):
+        committer.start(lambda: None)
+    assert [w.request_id for w in committer.take_pending()] == [0, 1, 2, 3, 4]
+    assert committer.pending_bytes == 0 and committer.pending_entries == 0
