@@ -88,3 +88,19 @@ def test_a_wal_failure_puts_the_group_back_for_the_caller_to_answer(
         committer.start(lambda: None)
     assert [w.request_id for w in committer.take_pending()] == [0, 1, 2, 3, 4]
     assert committer.pending_bytes == 0 and committer.pending_entries == 0
+
+
+def test_store_repair_never_applies_a_group_still_syncing(committer: GroupCommitter) -> None:
+    """Regression: ``catch_up_store`` replayed every WAL record, so a repair during a sync
+    could apply a group a crash could still take back."""
+    committer.add(write(0, 10))
+    run_group(committer)
+    committer.add(write(1, 10))
+    gate = threading.Event()
+    committer._syncer.submit(gate.wait)  # hold the sync thread: the next group stays in flight
+    assert committer.start(lambda: None) is not None
+    assert committer.wal.last_lsn == 2 and committer.committed_lsn == 1
+    assert committer.catch_up_store() == 0
+    assert committer.store.applied_lsn == 1
+    gate.set()
+    assert len(committer.finish_ready(wait=True)) == 1 and committer.store.applied_lsn == 2

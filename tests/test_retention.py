@@ -75,6 +75,18 @@ def test_past_the_cap_a_stopped_replica_bootstraps_once(cluster: Cluster) -> Non
         lambda: count_events(primary.log_path, "wal_cap_passed_replicas") >= 1,
         10,
     )
+    replica.argv.append("--no-bootstrap")  # honoured for a retained-away position too
+    cluster.restart(replica)
+
+    def refused() -> str | None:
+        with replica.client() as c:
+            s = c.status()
+        return s.error_message if s.status == pb.STATUS_ERROR else None
+
+    assert "--no-bootstrap forbids it" in wait_for("r1 refuses to bootstrap", refused, 30)
+    assert count_events(replica.log_path, "bootstrap_start") == 0
+    replica.stop()
+    replica.argv.remove("--no-bootstrap")
     cluster.restart(replica)
     wait_for("r1 converged", lambda: converged(primary, replica), 30)
     assert count_events(replica.log_path, "bootstrap_start") == 1
