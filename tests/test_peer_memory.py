@@ -14,13 +14,12 @@ import time
 from collections.abc import Iterator
 
 import pytest
-import zmq
 
 from kevo_repl.client import batch_request
 from kevo_repl.wire import pb
 from tests.faults.checkers import count_events
 from tests.faults.power import rss_anon_mib
-from tests.faults.raw import RawDealer
+from tests.faults.raw import RawDealer, StalledDealer, stalled_subscriber
 from tests.nodes import Cluster, Node, replica_view, wait_for
 
 MIB = 1024 * 1024
@@ -41,19 +40,6 @@ def fill(node: Node, mib: int, value_bytes: int = 200 * 1024) -> int:
         )
     assert all(a.WhichOneof("body") == "write" for a in answers)
     return answers[-1].write.lsn
-
-
-class StalledDealer(RawDealer):
-    """A DEALER that takes one message and then nothing: the node's queue to it fills."""
-
-    def __init__(self, address: str) -> None:
-        host, _, port = address.rpartition(":")
-        self.ctx = zmq.Context.instance()
-        self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.RCVHWM, 1)
-        self.sock.setsockopt(zmq.RCVBUF, 4096)
-        self.sock.connect(f"tcp://{host}:{int(port) + 1}")
 
 
 @pytest.fixture
@@ -115,14 +101,7 @@ def test_gets_with_huge_keys_are_refused_and_nothing_is_held(primary: Node) -> N
 
 
 def test_a_subscriber_that_never_reads_holds_at_most_the_pub_budget(primary: Node) -> None:
-    host, _, port = primary.address.rpartition(":")
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.LINGER, 0)
-    sub.setsockopt(zmq.RCVHWM, 1)
-    sub.setsockopt(zmq.RCVBUF, 4096)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    sub.connect(f"tcp://{host}:{port}")
+    sub = stalled_subscriber(primary.address)
     try:
         fill(primary, 4)  # the subscription is live once records flow
         before = rss_mib(primary)

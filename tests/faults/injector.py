@@ -16,13 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import zmq
-
 from kevo_repl.client import Client, NodeUnreachableError
 from kevo_repl.wire import pb
 from tests.faults.checkers import LsnMonitor, wait_caught_up
 from tests.faults.load import AckLog, Writer
 from tests.faults.power import cut_wal_at_last_sync, damage_store, rss_anon_mib
+from tests.faults.raw import stalled_subscriber
 from tests.nodes import Cluster, Node, replica_view, wait_for
 
 __all__ = ["FAULT_KINDS", "POWER_FAULT_KINDS", "FaultRun"]
@@ -196,14 +195,7 @@ class FaultRun:
     def _stalled_subscriber(self, node: Node, record: dict[str, Any]) -> None:
         """A SUB that takes one frame and never reads (a paused ``tail``) for a few hundred
         writes: the primary's anonymous memory must stay within the PUB budget."""
-        host, _, port = node.address.rpartition(":")
-        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
-        sub = ctx.socket(zmq.SUB)
-        sub.setsockopt(zmq.LINGER, 0)
-        sub.setsockopt(zmq.RCVHWM, 1)
-        sub.setsockopt(zmq.RCVBUF, 4096)
-        sub.setsockopt(zmq.SUBSCRIBE, b"")
-        sub.connect(f"tcp://{host}:{port}")
+        sub = stalled_subscriber(node.address)
         try:
             assert node.proc is not None
             before = rss_anon_mib(node.proc.pid)

@@ -6,7 +6,7 @@ import zmq
 
 from kevo_repl.wire import pb
 
-__all__ = ["RawDealer"]
+__all__ = ["RawDealer", "StalledDealer", "stalled_subscriber"]
 
 
 class RawDealer:
@@ -64,3 +64,30 @@ class RawDealer:
             resp = pb.Response()
             resp.ParseFromString(raw)
             out.append(resp)
+
+
+class StalledDealer(RawDealer):
+    """A DEALER that takes one message and then nothing: the node's queue to it fills."""
+
+    def __init__(self, address: str) -> None:
+        host, _, port = address.rpartition(":")
+        self.ctx = zmq.Context.instance()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.RCVHWM, 1)
+        self.sock.setsockopt(zmq.RCVBUF, 4096)
+        self.sock.connect(f"tcp://{host}:{int(port) + 1}")
+
+
+def stalled_subscriber(address: str) -> zmq.Socket[bytes]:
+    """A SUB to a node's stream that takes one frame and never reads (a paused ``tail``, a
+    SIGSTOPped replica): the node's PUB queue to it fills. Close it with ``close(0)``."""
+    host, _, port = address.rpartition(":")
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.RCVHWM, 1)
+    sub.setsockopt(zmq.RCVBUF, 4096)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(f"tcp://{host}:{port}")
+    return sub
