@@ -8,6 +8,8 @@ replication complaint).
 
 from __future__ import annotations
 
+import signal
+
 from kevo_repl.core.retention import SegmentSpan, plan_retention
 from kevo_repl.wire import pb
 from tests.faults.checkers import count_events
@@ -97,16 +99,22 @@ def test_writes_during_a_bootstrap_do_not_make_it_start_over(cluster: Cluster) -
     write_batches(primary, batches=400, size=250, value_bytes=200)  # about 20 MB to copy
     wait_for("the oldest segments retained away", lambda: wal_start(primary) > 1, 10)
     replica = cluster.replica("r1", primary, "--bootstrap-chunk-bytes", "4096")
-    seen_holding = False
-    for i in range(400):  # 50 KB each: several floors' worth during the bootstrap
-        write_batches(primary, batches=1, size=200, prefix=f"during-{i}-", value_bytes=200)
-        seen_holding = seen_holding or held_by(primary) == "r1"
+
+    def bootstrapping() -> bool:
         with replica.client() as c:
-            if c.status().status == pb.STATUS_READY:
-                break
+            return c.status().status == pb.STATUS_BOOTSTRAPPING
+
+    wait_for("r1 bootstrapping", bootstrapping, 30)
+    replica.signal(signal.SIGSTOP)  # mid-bootstrap: writes and retention go on meanwhile
+    try:
+        with primary.client() as c:  # 1 MB in small groups, so in many small segments
+            for i in range(1500):
+                c.put(b"during-%d" % i, b"v" * 700)
+        wait_for("the bootstrap's snapshot holds the WAL", lambda: held_by(primary) == "r1", 10)
+    finally:
+        replica.signal(signal.SIGCONT)
     wait_for("r1 converged", lambda: converged(primary, replica), 60)
     assert count_events(replica.log_path, "bootstrap_start") == 1
-    assert seen_holding, "the bootstrapping replica never held the WAL"
 
 
 def wal_start(primary: Node) -> int:
