@@ -15,7 +15,7 @@ import pytest
 from kevo_repl.adapters import wal_segments
 from kevo_repl.adapters.wal_files import Appended, FsyncPolicy, WriteAheadLog
 from kevo_repl.adapters.wal_segments import SEGMENT_HEADER_BYTES, segment_name
-from kevo_repl.core.errors import StorageError, TooOldError
+from kevo_repl.core.errors import CorruptRecordError, StorageError, TooOldError
 from kevo_repl.core.record import decode_record, encode_record
 
 
@@ -244,3 +244,53 @@ def test_a_segment_removed_under_a_reader_is_too_old(tmp_path: Path) -> None:
         wal.retain(wal.last_lsn)
         with pytest.raises(TooOldError):
             list(reader)
+
+
+def test_a_history_switch_starts_a_segment_and_survives_reopening(tmp_path: Path) -> None:
+    h1, h2 = b"\x01" * 16, b"\x02" * 16
+    with WriteAheadLog.open(tmp_path, history_id=h1, fsync=FsyncPolicy.NONE) as wal:
+        wal.switch_history(h1)  # the same: nothing happens
+        wal.write(b"a", 1)
+        wal.switch_history(h2)
+        wal.write(b"b", 1)
+        assert wal.history_id == h2
+        assert wal.segment_histories() == [(1, h1), (2, h2)]
+    with WriteAheadLog.open(tmp_path, fsync=FsyncPolicy.NONE) as wal:
+        assert wal.history_id == h2 and wal.last_lsn == 2
+        assert wal.segment_histories() == [(1, h1), (2, h2)]
+        assert [decode_record(r).first_lsn for r in wal.read_from(1)] == [1, 2]
+
+
+def test_switching_an_empty_active_segment_rewrites_its_header(tmp_path: Path) -> None:
+    h2 = b"\x02" * 16
+    with WriteAheadLog.open(tmp_path, fsync=FsyncPolicy.NONE) as wal:
+        wal.switch_history(h2)
+        assert wal.segment_histories() == [(1, h2)]
+    with WriteAheadLog.open(tmp_path, fsync=FsyncPolicy.NONE) as wal:
+        assert wal.history_id == h2
+
+
+def test_received_records_are_appended_byte_for_byte_and_must_follow(tmp_path: Path) -> None:
+    h1, h2 = b"\x01" * 16, b"\x02" * 16
+    upstream = [encode_record(1, 3, b"abc"), encode_record(4, 4, b"d"), encode_record(5, 9, b"e")]
+    with WriteAheadLog.open(tmp_path / "a", history_id=h1, fsync=FsyncPolicy.NONE) as wal:
+        wal.append_record(upstream[0], h1)
+        with pytest.raises(StorageError, match="does not follow"):
+            wal.append_record(upstream[2], h1)
+        wal.append_record(upstream[1], h1)
+        wal.append_record(upstream[2], h2)
+        assert list(wal.read_from(1)) == upstream
+        assert wal.segment_histories() == [(1, h1), (5, h2)]
+
+
+def test_a_history_the_log_left_may_not_come_back(tmp_path: Path) -> None:
+    h1, h2 = b"\x01" * 16, b"\x02" * 16
+    with WriteAheadLog.open(tmp_path, history_id=h1, fsync=FsyncPolicy.NONE) as wal:
+        wal.write(b"a", 1)
+        wal.switch_history(h2)
+        wal.write(b"b", 1)
+        with pytest.raises(StorageError, match="was left before"):
+            wal.switch_history(h1)
+    wal_segments.create_segment(tmp_path, 3, h1)  # as if written anyway
+    with pytest.raises(CorruptRecordError, match="which the log had left"):
+        WriteAheadLog.open(tmp_path, fsync=FsyncPolicy.NONE)

@@ -19,25 +19,21 @@ from __future__ import annotations
 
 import os
 import threading
-from bisect import bisect_right
-from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Final
 
+from kevo_repl.adapters.wal_log import SegmentedLog
 from kevo_repl.adapters.wal_recovery import RecoveryReport, recover
 from kevo_repl.adapters.wal_segments import (
     SEGMENT_HEADER_BYTES,
     Segment,
     create_segment,
-    fsync_dir,
     open_for_append,
-    read_span,
 )
-from kevo_repl.core.errors import KevoError, StorageError, TooOldError
-from kevo_repl.core.record import encode_record
-from kevo_repl.core.retention import SegmentSpan
+from kevo_repl.core.errors import KevoError, StorageError
+from kevo_repl.core.record import encode_record, peek_lsns
 
 __all__ = ["Appended", "FsyncPolicy", "RecoveryReport", "WalStats", "WriteAheadLog"]
 
@@ -68,7 +64,7 @@ class WalStats:
     bytes_written: int  # record bytes
 
 
-class WriteAheadLog:
+class WriteAheadLog(SegmentedLog):
     """Segmented, crash-safe, thread-safe WAL. Build it with ``WriteAheadLog.open``."""
 
     def __init__(
@@ -87,18 +83,14 @@ class WriteAheadLog:
         if fsync_interval_ms < 1:
             raise ValueError("fsync_interval_ms must be at least 1")
         recovered = recover(directory, history_id=history_id, truncate_corrupt=truncate_corrupt)
-        self._dir = directory
         self._policy = FsyncPolicy(fsync)
         self._segment_bytes = segment_bytes
         self._history_id = recovered.history_id
         self._recovery = recovered.report
-        self._segments: list[Segment] = recovered.segments
-        self._first_lsns = [s.first_lsn for s in self._segments]
-        self._size_bytes = sum(s.data_end for s in self._segments)
+        super().__init__(directory, recovered.segments)
         active = self._segments[-1]
         self._last_lsn = active.last_lsn
         self._fd, self._file_bytes = open_for_append(active.path)  # also fdatasyncs it
-        self._lock = threading.Lock()  # the write lock: LSNs, files, segment list
         self._cond = threading.Condition(threading.Lock())  # group commit state
         self._syncing = False
         self._durable_lsn = self._last_lsn
@@ -106,7 +98,6 @@ class WriteAheadLog:
         self._closed = False
         self._appends = self._rotations = self._bytes_written = 0
         self._group_syncs = self._seal_syncs = 0
-        self._retain_lock = threading.Lock()
         self._sync_log = sync_log
         self._stop = threading.Event()
         self._syncer: threading.Thread | None = None
@@ -166,16 +157,6 @@ class WriteAheadLog:
         return self._durable_lsn
 
     @property
-    def retained_from_lsn(self) -> int:
-        """First LSN ``read_from`` can still return (``last_lsn + 1`` if none is kept)."""
-        return self._first_lsns[0]
-
-    @property
-    def size_bytes(self) -> int:
-        """Segment headers and records on disk, not counting preallocated zeros."""
-        return self._size_bytes
-
-    @property
     def recovery(self) -> RecoveryReport:
         return self._recovery
 
@@ -204,24 +185,67 @@ class WriteAheadLog:
             first_lsn = self._last_lsn + 1
             last_lsn = first_lsn + count - 1
             record = encode_record(first_lsn, last_lsn, payload)
-            seg = self._segments[-1]
-            if seg.data_end + len(record) > self._segment_bytes and seg.last_lsn >= seg.first_lsn:
-                seg = self._rotate()
-            offset, end = seg.data_end, seg.data_end + len(record)
+            return self._write_record(record, first_lsn, last_lsn)
+
+    def append_record(self, record: bytes, history_id: bytes) -> Appended:
+        """Write a record received whole from an upstream, byte for byte (a follower's WAL);
+        it must continue the log (``first_lsn == last_lsn + 1``). A record of another history
+        than the active segment's starts a new segment (``switch_history``)."""
+        first_lsn, last_lsn = peek_lsns(record)
+        with self._lock:
+            self._check_usable()
+            if first_lsn != self._last_lsn + 1:
+                raise StorageError(
+                    f"WAL in {self._dir}: record {first_lsn}..{last_lsn} does not follow "
+                    f"LSN {self._last_lsn}"
+                )
+            if history_id != self._history_id:
+                self._switch_history(history_id)
+            return self._write_record(record, first_lsn, last_lsn)
+
+    def switch_history(self, history_id: bytes) -> None:
+        """Records from now on belong to ``history_id`` (a promotion, or an upstream's new
+        history): the active segment is sealed and a new one carries the new id."""
+        with self._lock:
+            self._check_usable()
+            if history_id != self._history_id:
+                self._switch_history(history_id)
+
+    def _switch_history(self, history_id: bytes) -> None:
+        if any(s.history_id == history_id for s in self._segments):
+            raise StorageError(f"WAL in {self._dir}: history {history_id.hex()} was left before")
+        seg = self._segments[-1]
+        if seg.last_lsn < seg.first_lsn:  # empty: give it the new header in place
             try:
-                if end > self._file_bytes:
-                    self._preallocate(end)
-                written = os.pwrite(self._fd, record, offset)
-                while written < len(record):
-                    written += os.pwrite(self._fd, record[written:], offset + written)
-            except OSError as exc:
-                raise self._fail(f"writing {seg.path}: {exc}") from exc
-            seg.index.note(first_lsn, offset)
-            seg.data_end = end
-            seg.last_lsn = self._last_lsn = last_lsn
-            self._size_bytes += len(record)
-            self._appends += 1
-            self._bytes_written += len(record)
+                create_segment(self._dir, seg.first_lsn, history_id)
+            except StorageError as exc:
+                raise self._fail(str(exc)) from exc
+            seg.history_id = history_id
+            self._history_id = history_id
+            return
+        self._history_id = history_id
+        self._rotate()
+
+    def _write_record(self, record: bytes, first_lsn: int, last_lsn: int) -> Appended:
+        """Append ``record`` to the active segment (caller holds the write lock)."""
+        seg = self._segments[-1]
+        if seg.data_end + len(record) > self._segment_bytes and seg.last_lsn >= seg.first_lsn:
+            seg = self._rotate()
+        offset, end = seg.data_end, seg.data_end + len(record)
+        try:
+            if end > self._file_bytes:
+                self._preallocate(end)
+            written = os.pwrite(self._fd, record, offset)
+            while written < len(record):
+                written += os.pwrite(self._fd, record[written:], offset + written)
+        except OSError as exc:
+            raise self._fail(f"writing {seg.path}: {exc}") from exc
+        seg.index.note(first_lsn, offset)
+        seg.data_end = end
+        seg.last_lsn = self._last_lsn = last_lsn
+        self._size_bytes += len(record)
+        self._appends += 1
+        self._bytes_written += len(record)
         return Appended(first_lsn, last_lsn, record)
 
     def sync(self) -> int:
@@ -303,91 +327,18 @@ class WriteAheadLog:
         self._fd, self._file_bytes = fd, size
         with self._cond:
             self._durable_lsn = max(self._durable_lsn, old.last_lsn)
-        seg = Segment(path, self._last_lsn + 1, self._last_lsn, SEGMENT_HEADER_BYTES)
+        seg = Segment(
+            path,
+            self._last_lsn + 1,
+            self._last_lsn,
+            SEGMENT_HEADER_BYTES,
+            history_id=self._history_id,
+        )
         self._segments.append(seg)
         self._first_lsns.append(seg.first_lsn)
         self._size_bytes += SEGMENT_HEADER_BYTES
         self._rotations += 1
         return seg
-
-    def read_from(self, lsn: int, max_bytes: int | None = None) -> Iterator[bytes]:
-        """Stored records of every batch with ``last_lsn >= lsn``, in order, from the one
-        holding ``lsn``.
-
-        Stops before exceeding ``max_bytes`` but always yields at least one record if any.
-        Only records complete when called are returned. Raises ``TooOldError`` (now, not on
-        iteration) if ``lsn < retained_from_lsn``, and during iteration if retention removes
-        a segment before it is opened.
-        """
-        if lsn < 1:
-            raise ValueError(f"LSNs start at 1, got {lsn}")
-        with self._lock:
-            self._check_usable()
-            if lsn < self._first_lsns[0]:
-                raise TooOldError(lsn, self._first_lsns[0])
-            if lsn > self._last_lsn:
-                return iter(())
-            i = bisect_right(self._first_lsns, lsn) - 1
-            start = self._segments[i].index.start_offset(lsn)
-            plan = [(s.path, SEGMENT_HEADER_BYTES, s.data_end) for s in self._segments[i:]]
-            plan[0] = (plan[0][0], start, plan[0][2])
-        return self._read_plan(plan, lsn, max_bytes)
-
-    def _read_plan(
-        self, plan: list[tuple[Path, int, int]], lsn: int, max_bytes: int | None
-    ) -> Iterator[bytes]:
-        try:
-            yield from read_span(plan, lsn, max_bytes)
-        except FileNotFoundError:  # retention removed a segment before it was opened
-            raise TooOldError(lsn, self.retained_from_lsn) from None
-
-    def spans(self) -> list[SegmentSpan]:
-        """Every segment's last LSN and size, oldest first (the last is the active one):
-        what ``kevo_repl.core.retention.plan_retention`` decides on."""
-        with self._lock:
-            return [SegmentSpan(s.last_lsn, s.data_end) for s in self._segments]
-
-    def drop_oldest(self, count: int) -> int:
-        """Drop the ``count`` oldest segments (never the active one); ``retained_from_lsn``."""
-        with self._retain_lock:
-            with self._lock:
-                self._check_usable()
-                drop: list[Segment] = []
-                while len(self._segments) > 1 and len(drop) < count:
-                    drop.append(self._pop_oldest())
-                retained = self._first_lsns[0]
-            self._unlink(drop)
-        return retained
-
-    def retain(self, keep_from_lsn: int, max_bytes: int | None = None) -> int:
-        """Drop whole segments wholly below ``keep_from_lsn``, then the oldest ones while the
-        log exceeds ``max_bytes``; never the active segment. Returns ``retained_from_lsn``."""
-        with self._retain_lock:
-            with self._lock:
-                self._check_usable()
-                drop: list[Segment] = []
-                while len(self._segments) > 1 and (
-                    self._segments[1].first_lsn <= keep_from_lsn
-                    or (max_bytes is not None and self._size_bytes > max_bytes)
-                ):
-                    drop.append(self._pop_oldest())
-                retained = self._first_lsns[0]
-            self._unlink(drop)
-        return retained
-
-    def _pop_oldest(self) -> Segment:
-        seg = self._segments.pop(0)
-        self._first_lsns.pop(0)
-        self._size_bytes -= seg.data_end
-        return seg
-
-    def _unlink(self, drop: list[Segment]) -> None:
-        for seg in drop:  # oldest first, each durable, so no crash leaves an LSN gap
-            try:
-                seg.path.unlink()
-                fsync_dir(self._dir)
-            except OSError as exc:
-                raise StorageError(f"removing WAL segment {seg.path}: {exc}") from exc
 
     def close(self) -> None:
         """Stop the interval syncer, sync, trim preallocated zeros and close. Idempotent."""

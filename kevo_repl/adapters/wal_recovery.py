@@ -2,7 +2,8 @@
 
 Rules (see ``wal_segments`` for the torn-versus-corrupt rule inside one segment):
 
-* every segment's header must be intact, carry the same history id and the first LSN of its
+* every segment's header must be intact, carry a history id (a history, once left for the
+  next one at a segment boundary, never comes back) and the first LSN of its
   name, and start right after the previous segment's last LSN (LSN continuity);
 * a torn tail of the last segment is truncated and reported;
 * anything else is corruption: ``CorruptRecordError`` naming the file and offset, unless
@@ -99,13 +100,13 @@ def recover(directory: Path, *, history_id: bytes | None, truncate_corrupt: bool
         hid = history_id if history_id is not None else os.urandom(HISTORY_ID_BYTES)
         _apply(directory, stale, None)
         path = create_segment(directory, 1, hid)
-        segment = Segment(path, 1, 0, SEGMENT_HEADER_BYTES)
+        segment = Segment(path, 1, 0, SEGMENT_HEADER_BYTES, history_id=hid)
         return Recovered(hid, [segment], RecoveryReport(1, 0, 0, tuple(dropped)))
 
     segments: list[Segment] = []
     file_size = 0
     cut_at: int | None = None
-    stored_history = b""
+    left: set[bytes] = set()  # histories the log moved on from
     records = 0
     removed: list[Path] = []
     for i, path in enumerate(paths):
@@ -119,15 +120,13 @@ def recover(directory: Path, *, history_id: bytes | None, truncate_corrupt: bool
                 raise CorruptRecordError(str(path), 0, exc.reason) from exc
             problem = (0, f"bad segment header: {exc.reason}")
         else:
-            if i == 0:
-                stored_history = hid
-                if history_id is not None and history_id != hid:
-                    raise HistoryMismatchError(
-                        f"WAL in {directory} has history {hid.hex()}, expected {history_id.hex()}"
-                    )
+            if i == 0 and history_id is not None and history_id != hid:
+                raise HistoryMismatchError(
+                    f"WAL in {directory} has history {hid.hex()}, expected {history_id.hex()}"
+                )
             expected_first = segments[-1].last_lsn + 1 if segments else first_lsn
-            if hid != stored_history:
-                problem = (0, f"segment of another history ({hid.hex()})")
+            if hid in left:
+                problem = (0, f"segment of history {hid.hex()}, which the log had left")
             elif first_lsn != parse_segment_name(path.name):
                 problem = (0, f"header says first LSN {first_lsn}, the file name does not")
             elif first_lsn != expected_first:
@@ -141,7 +140,11 @@ def recover(directory: Path, *, history_id: bytes | None, truncate_corrupt: bool
             break
         scan = scan_segment(buf, first_lsn, is_last=i == len(paths) - 1)
         records += scan.records
-        segments.append(Segment(path, first_lsn, scan.last_lsn, scan.data_end, scan.index))
+        if segments and hid != segments[-1].history_id:
+            left.add(segments[-1].history_id)
+        segments.append(
+            Segment(path, first_lsn, scan.last_lsn, scan.data_end, scan.index, history_id=hid)
+        )
         failure = scan.failure
         if failure is not None:
             if not failure.torn and not truncate_corrupt:
@@ -162,7 +165,7 @@ def recover(directory: Path, *, history_id: bytes | None, truncate_corrupt: bool
         cut_at = last.data_end  # trailing preallocated zeros: not data, not reported
     _apply(directory, stale + removed, None if cut_at is None else (last.path, cut_at))
     report = RecoveryReport(len(segments), records, last.last_lsn, tuple(dropped))
-    return Recovered(stored_history, segments, report)
+    return Recovered(last.history_id, segments, report)  # the current history
 
 
 def _apply(directory: Path, remove: list[Path], cut: tuple[Path, int] | None) -> None:

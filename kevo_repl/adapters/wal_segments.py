@@ -8,7 +8,7 @@ header (little-endian)::
          8    4 crc32c      CRC-32C of bytes [12, 40)
         12    2 version     1
         14    2 reserved    0
-        16   16 history_id  the log's history (same in every segment)
+        16   16 history_id  the history of the segment's records (a switch starts a segment)
         32    8 first_lsn   equals the number in the file name
 
 followed by records (``kevo_repl.core.record``) back to back. The active segment is
@@ -145,6 +145,7 @@ class Segment:
     last_lsn: int  # first_lsn - 1 while empty
     data_end: int  # header + complete records; zeros may follow on disk
     index: SparseIndex = field(default_factory=SparseIndex)
+    history_id: bytes = b""  # of every record in it (a history switch starts a segment)
 
 
 @dataclass(frozen=True, slots=True)
