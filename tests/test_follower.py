@@ -12,9 +12,11 @@ from kevo_repl.core.follower_types import (
     TRANSITIONS,
     ApplyRecord,
     BeginBootstrap,
+    DiscardTail,
     FollowerConfig,
     InstallBootstrap,
     Reconnect,
+    SaveChain,
     SendAck,
     SendBootstrap,
     SendHeartbeat,
@@ -23,9 +25,11 @@ from kevo_repl.core.follower_types import (
     Status,
     WriteChunk,
 )
+from kevo_repl.core.history import HistoryChain
 
 H = b"H" * 16  # the primary's history
 OTHER = b"O" * 16
+CHAIN = HistoryChain.root(H)
 MAX = 4096
 
 
@@ -42,9 +46,24 @@ BASE = FollowerConfig(
 )
 
 
-def make(applied_lsn: int = 0, history_id: bytes = b"", **config: Any) -> Follower:
+def sr(applied: int, history: bytes, chain: HistoryChain | None = None) -> SendRegister:
+    """The Register a follower at ``(applied, history)`` sends, with its chain of one."""
+    if chain is None:
+        chain = HistoryChain.root(history) if history else HistoryChain()
+    return SendRegister(applied, history, chain)
+
+
+def make(
+    applied_lsn: int = 0,
+    history_id: bytes = b"",
+    chain: HistoryChain | None = None,
+    **config: Any,
+) -> Follower:
     cfg = dataclasses.replace(BASE, **config)
-    return Follower(cfg, applied_lsn=applied_lsn, history_id=history_id)
+    f = Follower(cfg, applied_lsn=applied_lsn, history_id=history_id)
+    if chain is not None:
+        f.chain = chain
+    return f
 
 
 def status(f: Follower) -> Status:
@@ -78,9 +97,9 @@ def rec(first: int, last: int, history: bytes = H) -> tuple[int, int, bytes, byt
 
 def test_empty_replica_registers_then_catches_up_from_lsn_1() -> None:
     f = make()
-    assert f.start(0) == [SendRegister(0, b"")]
+    assert f.start(0) == [sr(0, b"")]
     assert status(f) == Status.CONNECTING
-    assert f.on_register_reply(5, 1, H, False) == [SendWalSync(1, MAX)]
+    assert f.on_register_reply(5, 1, H, False) == [SaveChain(CHAIN), SendWalSync(1, MAX)]
     assert status(f) == Status.SYNCING and f.history_id == b""  # the store has none yet
     out = f.on_wal_sync_reply([rec(1, 2), rec(3, 5)], primary_lsn=5)
     assert out == [ApplyRecord(1, 2, b"1-2"), ApplyRecord(3, 5, b"3-5")]
@@ -137,7 +156,7 @@ def test_a_replica_holding_data_refuses_an_unrelated_primary() -> None:
     assert "unrelated to ours" in f.error_message and "--reinit" in f.error_message
     assert f.on_beacon(H, 12) == []  # the same wrong primary: nothing changes
     assert [type(a) for a in f.tick(5000)] == [SendHeartbeat]  # reports why, never bootstraps
-    assert f.on_beacon(OTHER, 40) == [SendRegister(40, OTHER)]  # our primary is back: look
+    assert f.on_beacon(OTHER, 40) == [sr(40, OTHER)]  # our primary is back: look
     assert status(f) == Status.CONNECTING
 
 
@@ -205,7 +224,7 @@ def test_record_straddling_the_applied_lsn_is_refused_not_fatal() -> None:
 def test_record_of_another_history_is_never_applied() -> None:
     f = ready(applied=5)
     out = f.on_record(*rec(6, 6, OTHER))
-    assert out == [Reconnect("stream of another history"), SendRegister(5, H)]
+    assert out == [Reconnect("stream of another history"), sr(5, H)]
     assert status(f) == Status.CONNECTING and f.applied_lsn == 5
 
 
@@ -234,7 +253,7 @@ def test_dead_stream_with_live_replies_still_catches_up() -> None:
 
 def test_beacon_of_another_history_re_registers() -> None:
     f = ready(applied=5)
-    assert f.on_beacon(OTHER, 1) == [Reconnect("stream of another history"), SendRegister(5, H)]
+    assert f.on_beacon(OTHER, 1) == [Reconnect("stream of another history"), sr(5, H)]
 
 
 # ---- timers -------------------------------------------------------------------------------
@@ -277,7 +296,7 @@ def test_retry_register_is_timed_from_the_retry_not_from_the_last_contact() -> N
     """Regression: the silence clock ran from before the outage and killed every retry."""
     f = ready()
     f.tick(1001)  # silent: DISCONNECTED, retry in 100 ms
-    assert f.tick(1101) == [SendRegister(5, H)]
+    assert f.tick(1101) == [sr(5, H)]
     assert f.tick(1111) == []  # the reply is on its way; nothing has timed out
     assert status(f) == Status.CONNECTING
     f.on_register_reply(5, 1, H, False)
@@ -294,7 +313,7 @@ def test_heartbeats_while_following() -> None:
 
 def test_primary_forgetting_us_re_registers_and_keeps_data() -> None:
     f = ready(applied=5)
-    assert f.on_not_registered() == [SendRegister(5, H)]
+    assert f.on_not_registered() == [sr(5, H)]
     assert status(f) == Status.CONNECTING and f.applied_lsn == 5
 
 
@@ -357,7 +376,7 @@ def test_failed_install_rewinds_lsn_and_history_to_the_store() -> None:
     assert f.durable_lsn == 35
     assert [type(a) for a in out] == [SendHeartbeat]
     out = f.tick(200)
-    assert SendRegister(40, OTHER) in out  # the primary sees the mismatch: bootstrap again
+    assert sr(40, OTHER) in out  # the primary sees the mismatch: bootstrap again
 
 
 def test_durable_never_passes_applied() -> None:
@@ -373,7 +392,7 @@ def test_a_replica_ahead_of_its_primary_refuses_it_unless_reinit() -> None:
     f = make(applied_lsn=20, history_id=H)
     f.start(0)
     assert f.on_register_reply(10, 1, H, True) == []
-    assert status(f) == Status.ERROR and "behind us on our own history" in f.error_message
+    assert status(f) == Status.ERROR and "behind us" in f.error_message
     g = make(applied_lsn=20, history_id=H, allow_unrelated_history=True)
     g.start(0)
     assert g.on_register_reply(10, 1, H, True) == [BeginBootstrap(), SendBootstrap(0, 4, 64)]
@@ -385,8 +404,8 @@ def test_empty_replica_of_a_wiped_primary_catches_up_instead_of_bootstrapping() 
     f = make()
     f.start(0)
     f.on_register_reply(0, 1, OTHER, False)  # joined the old primary: nothing to apply
-    assert f.on_not_registered() == [SendRegister(0, b"")]  # the primary restarted, wiped
-    assert f.on_register_reply(3, 1, H, False) == [SendWalSync(1, MAX)]
+    assert f.on_not_registered() == [sr(0, b"", HistoryChain.root(OTHER))]  # restarted, wiped
+    assert f.on_register_reply(3, 1, H, False) == [SaveChain(CHAIN), SendWalSync(1, MAX)]
     assert f.on_wal_sync_reply([rec(1, 3)], 3) == [ApplyRecord(1, 3, b"1-3")]
     assert f.history_id == H
 
@@ -405,3 +424,49 @@ def test_bootstrap_receiver_grants_when_half_the_credit_is_used() -> None:
     assert b.accept(8, 2, 0.3, False) is ChunkVerdict.BROKEN  # another session
     assert b.accept(9, 3, 0.3, False) is ChunkVerdict.BROKEN  # a chunk lost in between
     assert b.accept(9, 2, 1.0, True) is ChunkVerdict.LAST and b.progress == 1.0
+
+
+# ---- histories with fork points ------------------------------------------------------------
+
+PROMOTED = CHAIN.extend(OTHER, 5)  # H owns 1..5, OTHER from 6 (a promotion at LSN 5)
+
+
+def test_a_follower_below_the_fork_continues_across_it_without_a_bootstrap() -> None:
+    f = make(applied_lsn=3, history_id=H)
+    f.start(0)
+    assert f.on_register_reply(8, 1, PROMOTED, False) == [SaveChain(PROMOTED), SendWalSync(4, MAX)]
+    out = f.on_wal_sync_reply([rec(4, 5, H), rec(6, 8, OTHER)], primary_lsn=8)
+    assert out == [ApplyRecord(4, 5, b"4-5"), ApplyRecord(6, 8, b"6-8")]
+    assert f.history_id == OTHER and f.chain == PROMOTED and f.counters.bootstraps == 0
+
+
+def test_a_record_of_the_wrong_history_for_its_lsn_is_refused() -> None:
+    f = make(applied_lsn=3, history_id=H)
+    f.start(0)
+    f.on_register_reply(8, 1, PROMOTED, False)
+    out = f.on_wal_sync_reply([rec(4, 6, H)], primary_lsn=8)  # 6 belongs to OTHER
+    assert ApplyRecord(4, 6, b"4-6") not in out and f.applied_lsn == 3
+
+
+def test_a_tail_past_the_fork_is_discarded_then_copied() -> None:
+    f = make(applied_lsn=9, history_id=H)  # the old primary: 6..9 written on H
+    f.start(0)
+    out = f.on_register_reply(12, 1, PROMOTED, False)
+    assert out == [DiscardTail(5, 9), BeginBootstrap(), SendBootstrap(0, 4, 64)]
+    assert f.chain == CHAIN  # not the upstream's until the snapshot is installed
+
+
+def test_an_upstream_on_a_history_we_left_is_refused() -> None:
+    f = make(applied_lsn=7, history_id=OTHER, chain=PROMOTED)
+    f.start(0)
+    assert f.on_register_reply(20, 1, H, False) == []
+    assert status(f) == Status.ERROR and "it must follow the newer history" in f.error_message
+
+
+def test_a_replica_upstream_behind_us_is_followed_not_refused() -> None:
+    f = make(applied_lsn=9, history_id=H)
+    f.start(0)
+    assert f.on_register_reply(5, 1, H, False, upstream_is_primary=False) == []
+    assert status(f) == Status.READY and f.applied_lsn == 9
+    assert f.on_record(*rec(6, 9)) == []  # its stream catches up with us: already applied
+    assert f.on_record(*rec(10, 10)) == [ApplyRecord(10, 10, b"10-10")]

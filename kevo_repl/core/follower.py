@@ -21,10 +21,12 @@ from kevo_repl.core.follower_types import (
     Action,
     ApplyRecord,
     BeginBootstrap,
+    DiscardTail,
     FollowerConfig,
     InstallBootstrap,
     InvariantError,
     Reconnect,
+    SaveChain,
     SendAck,
     SendBootstrap,
     SendHeartbeat,
@@ -33,6 +35,8 @@ from kevo_repl.core.follower_types import (
     Status,
     WriteChunk,
 )
+from kevo_repl.core.history import HistoryChain
+from kevo_repl.core.join import JoinStep, plan_join
 
 __all__ = ["Follower"]
 
@@ -58,10 +62,12 @@ class Follower:
     config: FollowerConfig
     applied_lsn: int = 0
     durable_lsn: int = 0
-    history_id: bytes = b""
+    history_id: bytes = b""  # of the last record applied: what the store holds
+    chain: HistoryChain = field(default_factory=HistoryChain)  # ours (saved by the driver)
     status: Status = Status.CONNECTING
-    primary_lsn: int = 0
-    primary_history: bytes = b""
+    primary_lsn: int = 0  # the upstream's last LSN (a primary or a replica)
+    upstream_chain: HistoryChain = field(default_factory=HistoryChain)
+    upstream_is_primary: bool = True
     error_message: str = ""
     counters: _Counters = field(default_factory=_Counters)
     _events: list[tuple[str, dict[str, object]]] = field(default_factory=list)
@@ -77,6 +83,16 @@ class Follower:
     _boot: BootstrapReceiver = field(default_factory=lambda: BootstrapReceiver(credit=0))
     _started: bool = False
     _refused_history: bytes = b""  # the primary history we refused to follow (ERROR)
+    _chain_before_install: HistoryChain = field(default_factory=HistoryChain)
+
+    def __post_init__(self) -> None:
+        if not self.chain and self.history_id:  # a store from before chains: one history
+            self.chain = HistoryChain.root(self.history_id)
+
+    @property
+    def primary_history(self) -> bytes:
+        """The upstream's current history (its beacons and new records carry it)."""
+        return self.upstream_chain.current
 
     @property
     def bootstrap_progress(self) -> float:
@@ -139,31 +155,62 @@ class Follower:
         self,
         primary_lsn: int,
         retained_from_lsn: int,
-        history_id: bytes,
-        bootstrap_required: bool,
+        history: bytes | HistoryChain,
+        bootstrap_required: bool = False,
+        *,
+        upstream_is_primary: bool = True,
     ) -> list[Action]:
+        """The upstream's position (its chain, or one history id for a chain of one) decides
+        the join (``core/join.py``). ``bootstrap_required`` is the upstream's own view of
+        our coverage: honoured when the join would otherwise follow."""
         if self._pending != "register" or self.status != Status.CONNECTING:
             return []  # a stale reply from before a reconnect
         self._pending = ""
         self._heard(primary_lsn)
         self._backoff_ms = self.config.backoff_initial_ms
-        self.primary_history = history_id
-        foreign = bool(self.history_id) and self.history_id != history_id
-        ahead = self.applied_lsn > primary_lsn
-        uncovered = self.applied_lsn + 1 < retained_from_lsn
+        theirs = history if isinstance(history, HistoryChain) else HistoryChain.root(history)
+        self.upstream_chain = theirs
+        self.upstream_is_primary = upstream_is_primary
         self._note("registered", primary_lsn=primary_lsn, applied_lsn=self.applied_lsn)
-        if (foreign or ahead) and self.applied_lsn and not self.config.allow_unrelated_history:
-            return self._refuse_primary(history_id, primary_lsn, foreign)
-        if foreign or ahead or uncovered or bootstrap_required:
-            why = "history mismatch" if foreign else "diverged" if ahead else "WAL too old"
-            return self._begin_bootstrap(why)
-        # an empty replica takes the history with its first batch, as its store does: until
-        # then it has none, so a primary wiped meanwhile is caught up from 1, not bootstrapped
+        plan = plan_join(
+            self.chain,
+            self.applied_lsn,
+            theirs,
+            primary_lsn,
+            retained_from_lsn,
+            upstream_is_primary=upstream_is_primary,
+            allow_bootstrap=self.config.allow_bootstrap,
+            allow_unrelated=self.config.allow_unrelated_history,
+        )
+        if plan.step is JoinStep.REFUSE:
+            return self._refuse_upstream(plan.reason, theirs.current, primary_lsn)
+        if plan.step is JoinStep.REWIND:
+            # Our tail past the shared LSN is on another branch: set it aside (the driver
+            # keeps its records in a file for the operator), then copy the upstream.
+            self._note("diverged", shared_lsn=plan.rewind_to, applied_lsn=self.applied_lsn)
+            if not self.config.allow_bootstrap:
+                return self._begin_bootstrap(f"diverged: {plan.reason}")  # refused: kept
+            discard = DiscardTail(plan.rewind_to, self.applied_lsn)
+            return [discard, *self._begin_bootstrap(f"diverged: {plan.reason}")]
+        if plan.step is JoinStep.BOOTSTRAP:  # its chain becomes ours once installed
+            return self._begin_bootstrap(plan.reason)
+        if bootstrap_required:  # the upstream cannot serve our position (its own view)
+            return self._begin_bootstrap("the upstream cannot serve our position")
+        # Our position is on its line: its chain is ours from now on. An empty replica
+        # takes the history with its first batch, as its store does: until then it has
+        # none, so a primary wiped meanwhile is caught up from 1, not bootstrapped.
+        out = self._adopt(theirs)
         if self.applied_lsn >= primary_lsn:
             self._move(Status.READY)
-            return []
+            return out
         self._move(Status.SYNCING)
-        return self._wal_sync()
+        return out + self._wal_sync()
+
+    def _adopt(self, chain: HistoryChain) -> list[Action]:
+        if chain == self.chain:
+            return []
+        self.chain = chain
+        return [SaveChain(chain)]
 
     def on_wal_sync_reply(
         self, records: list[tuple[int, int, bytes, bytes]], primary_lsn: int
@@ -220,12 +267,13 @@ class Follower:
         if verdict is ChunkVerdict.LAST:
             self._pending = ""
             self.history_id = history_id
-            self.primary_history = history_id
             self.applied_lsn = snapshot_lsn
             self.durable_lsn = snapshot_lsn
             self._heard(snapshot_lsn)
             self._note("bootstrap_done", snapshot_lsn=snapshot_lsn)
+            self._chain_before_install = self.chain
             out.append(InstallBootstrap(snapshot_lsn, history_id))
+            out += self._adopt(self.upstream_chain)
             self._move(Status.SYNCING)
             return out + self._wal_sync()
         grant = self._boot.grant()
@@ -326,6 +374,8 @@ class Follower:
         self.applied_lsn = store_applied_lsn
         if store_history_id is not None:
             self.history_id = store_history_id
+            if store_applied_lsn and self.chain.at(store_applied_lsn) != store_history_id:
+                self.chain = self._chain_before_install  # the install failed: not ours yet
         self.durable_lsn = 0
         self._pending = ""
         self._note("storage_failed", message=message, applied_lsn=store_applied_lsn)
@@ -338,7 +388,7 @@ class Follower:
     # ---- internals ------------------------------------------------------------------------
 
     def _offer(self, first: int, last: int, history: bytes, record: bytes) -> list[Action]:
-        if history != self.primary_history or (self.history_id and history != self.history_id):
+        if history != self.upstream_chain.at(last) or history != self.upstream_chain.at(first):
             self.counters.foreign_records += 1
             return self._foreign_history()
         if last <= self.applied_lsn:
@@ -370,22 +420,13 @@ class Follower:
         self._request("wal_sync")
         return [SendWalSync(self.applied_lsn + 1, self.config.wal_sync_max_bytes)]
 
-    def _refuse_primary(self, history_id: bytes, primary_lsn: int, foreign: bool) -> list[Action]:
-        """A primary of an unrelated history (or behind us on ours) while we hold data: it
-        may be wiped or wrong, and bootstrapping would erase our copy. Stay in ERROR, keep
-        serving reads, and look again when its stream shows another history."""
-        if foreign:
-            what = f"has history {history_id.hex()}, unrelated to ours ({self.history_id.hex()})"
-        else:
-            what = f"is at LSN {primary_lsn}, behind us on our own history: it lost data"
-        self.error_message = (
-            f"the primary {what}; we hold data up to LSN {self.applied_lsn} and refuse to "
-            "replace it. If the primary lost its data, promote or restore from this replica; "
-            "to discard our data and copy the primary's, restart with --reinit"
-        )
-        self._refused_history = history_id
+    def _refuse_upstream(self, reason: str, upstream_history: bytes, lsn: int) -> list[Action]:
+        """Stay in ERROR, keep serving reads, and look again when the upstream's stream shows
+        another history (``on_beacon``)."""
+        self.error_message = reason
+        self._refused_history = upstream_history
         self._retry_at_ms = 0
-        self._note("primary_refused", primary_history=history_id.hex(), primary_lsn=primary_lsn)
+        self._note("primary_refused", primary_history=upstream_history.hex(), primary_lsn=lsn)
         self._move(Status.ERROR)
         return []
 
@@ -408,7 +449,7 @@ class Follower:
 
     def _register(self) -> list[Action]:
         self._request("register")
-        return [SendRegister(self.applied_lsn, self.history_id)]
+        return [SendRegister(self.applied_lsn, self.history_id, self.chain)]
 
     def _request(self, kind: str) -> None:
         self._pending = kind

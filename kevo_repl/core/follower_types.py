@@ -6,18 +6,22 @@ state machine itself.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
+
+from kevo_repl.core.history import HistoryChain
 
 __all__ = [
     "TRANSITIONS",
     "Action",
     "ApplyRecord",
     "BeginBootstrap",
+    "DiscardTail",
     "FollowerConfig",
     "InstallBootstrap",
     "InvariantError",
     "Reconnect",
+    "SaveChain",
     "SendAck",
     "SendBootstrap",
     "SendHeartbeat",
@@ -100,6 +104,7 @@ class FollowerConfig:
 class SendRegister:
     applied_lsn: int
     history_id: bytes
+    chain: HistoryChain = field(default_factory=HistoryChain)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +145,22 @@ class ApplyRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class SaveChain:
+    """Store this history chain as ours before anything of its newer histories is written."""
+
+    chain: HistoryChain
+
+
+@dataclass(frozen=True, slots=True)
+class DiscardTail:
+    """Our records past ``after_lsn`` (up to ``applied_lsn``) are on another branch: cut the
+    log back to ``after_lsn`` and keep what was cut in a file for the operator."""
+
+    after_lsn: int
+    applied_lsn: int
+
+
+@dataclass(frozen=True, slots=True)
 class BeginBootstrap:
     """Discard any unfinished bootstrap and start a fresh store beside the live one."""
 
@@ -173,6 +194,8 @@ Action = (
     | SendBootstrap
     | ApplyRecord
     | BeginBootstrap
+    | DiscardTail
+    | SaveChain
     | WriteChunk
     | InstallBootstrap
     | Reconnect

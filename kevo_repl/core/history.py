@@ -162,26 +162,27 @@ def relate(ours: HistoryChain, our_lsn: int, theirs: HistoryChain, their_lsn: in
         return Relation(
             Verdict.UPSTREAM_OLDER,
             min(our_lsn, shared or 0),
-            f"it is on history {theirs.current.hex()}, which we left at LSN {shared} "
+            f"the upstream is on history {theirs.current.hex()}, which we left at LSN {shared} "
             f"for {ours.current.hex()}",
         )
     if shared is None:
         return Relation(
             Verdict.UNRELATED,
             0,
-            f"its history {theirs.current.hex()} is unrelated to ours ({ours.current.hex()})",
+            f"the upstream's history {theirs.current.hex()} is unrelated to ours "
+            f"({ours.current.hex()})",
         )
     if our_lsn > shared:
         return Relation(
             Verdict.DIVERGED,
             shared,
             f"our LSNs {shared + 1}..{our_lsn} are on history {ours.at(our_lsn).hex()}, "
-            f"which it left at LSN {shared}",
+            f"which the upstream left at LSN {shared}",
         )
     if our_lsn > their_lsn:
         return Relation(
             Verdict.UPSTREAM_BEHIND,
             our_lsn,
-            f"it is at LSN {their_lsn}, behind us ({our_lsn}) on the same history",
+            f"the upstream is at LSN {their_lsn}, behind us ({our_lsn}) on the same history",
         )
     return Relation(Verdict.FOLLOW, our_lsn, "")

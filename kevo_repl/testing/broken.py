@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from kevo_repl.core.follower import Follower
 from kevo_repl.core.follower_types import Action, ApplyRecord, SendWalSync
+from kevo_repl.core.history import HistoryChain
 
 __all__ = ["BROKEN_RULES", "DRIVER_RULES"]
 
@@ -39,23 +40,35 @@ class IgnoreHistory(Follower):
     """Treats a primary of another history as its own: catches up on top of foreign data."""
 
     def on_register_reply(
-        self, primary_lsn: int, retained_from_lsn: int, history_id: bytes, bootstrap_required: bool
+        self,
+        primary_lsn: int,
+        retained_from_lsn: int,
+        history: bytes | HistoryChain,
+        bootstrap_required: bool = False,
+        *,
+        upstream_is_primary: bool = True,
     ) -> list[Action]:
-        if self.history_id and self.history_id != history_id:
-            self.history_id = history_id
-            bootstrap_required = self.applied_lsn + 1 < retained_from_lsn
+        theirs = history if isinstance(history, HistoryChain) else HistoryChain.root(history)
+        if self.chain and self.chain != theirs:
+            self.chain = theirs
+            self.history_id = theirs.current
         return Follower.on_register_reply(
-            self, primary_lsn, retained_from_lsn, history_id, bootstrap_required
+            self,
+            primary_lsn,
+            retained_from_lsn,
+            theirs,
+            bootstrap_required,
+            upstream_is_primary=upstream_is_primary,
         )
 
     def _offer(self, first: int, last: int, history: bytes, record: bytes) -> list[Action]:
-        return Follower._offer(self, first, last, self.history_id or history, record)
+        return Follower._offer(self, first, last, self.upstream_chain.at(last), record)
 
 
 class BootstrapOverUnrelated(Follower):
     """Replaces its data with an unrelated primary's, as if --reinit were always given."""
 
-    def _refuse_primary(self, history_id: bytes, primary_lsn: int, foreign: bool) -> list[Action]:
+    def _refuse_upstream(self, reason: str, upstream_history: bytes, lsn: int) -> list[Action]:
         return self._begin_bootstrap("history mismatch")
 
 

@@ -262,9 +262,35 @@ class Beacon(_message.Message):
 Global___Beacon: _TypeAlias = Beacon  # noqa: Y015
 
 @_typing.final
-class ReplicaInfo(_message.Message):
-    """---- Replication requests ------------------------------------------------------------"""
+class HistoryEntry(_message.Message):
+    """---- Replication requests ------------------------------------------------------------
 
+    One history of a node's chain, root first: the history owns the LSNs after fork_lsn (up
+    to the next entry's fork_lsn). A promotion appends an entry (see kevo_repl/core/history.py).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HISTORY_ID_FIELD_NUMBER: _builtins.int
+    FORK_LSN_FIELD_NUMBER: _builtins.int
+    history_id: _builtins.bytes
+    fork_lsn: _builtins.int
+    def __init__(
+        self,
+        *,
+        history_id: _builtins.bytes = ...,
+        fork_lsn: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fork_lsn", b"fork_lsn", "history_id", b"history_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HistoryEntry: _TypeAlias = HistoryEntry  # noqa: Y015
+
+@_typing.final
+class ReplicaInfo(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     REPLICA_ID_FIELD_NUMBER: _builtins.int
@@ -329,6 +355,7 @@ class RegisterRequest(_message.Message):
     ROLE_FIELD_NUMBER: _builtins.int
     HISTORY_ID_FIELD_NUMBER: _builtins.int
     APPLIED_LSN_FIELD_NUMBER: _builtins.int
+    HISTORY_FIELD_NUMBER: _builtins.int
     replica_id: _builtins.str
     address: _builtins.str
     """where the replica serves (its PUB endpoint)"""
@@ -336,6 +363,10 @@ class RegisterRequest(_message.Message):
     history_id: _builtins.bytes
     """empty when the replica has no state yet"""
     applied_lsn: _builtins.int
+    @_builtins.property
+    def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___HistoryEntry]:
+        """the follower's chain"""
+
     def __init__(
         self,
         *,
@@ -344,10 +375,11 @@ class RegisterRequest(_message.Message):
         role: Global___Role.ValueType = ...,
         history_id: _builtins.bytes = ...,
         applied_lsn: _builtins.int = ...,
+        history: _abc.Iterable[Global___HistoryEntry] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "applied_lsn", b"applied_lsn", "history_id", b"history_id", "replica_id", b"replica_id", "role", b"role"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "applied_lsn", b"applied_lsn", "history", b"history", "history_id", b"history_id", "replica_id", b"replica_id", "role", b"role"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -361,10 +393,22 @@ class RegisterResponse(_message.Message):
     RETAINED_FROM_LSN_FIELD_NUMBER: _builtins.int
     HISTORY_ID_FIELD_NUMBER: _builtins.int
     BOOTSTRAP_REQUIRED_FIELD_NUMBER: _builtins.int
+    HISTORY_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    PRIMARY_FIELD_NUMBER: _builtins.int
     primary_lsn: _builtins.int
+    """the upstream's last LSN a follower may have"""
     retained_from_lsn: _builtins.int
     history_id: _builtins.bytes
     bootstrap_required: _builtins.bool
+    role: Global___Role.ValueType
+    """the upstream's role (a primary behind us lost data)"""
+    primary: _builtins.str
+    """HOST:PORT of the primary at the top of the upstream's line"""
+    @_builtins.property
+    def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___HistoryEntry]:
+        """the upstream's chain"""
+
     def __init__(
         self,
         *,
@@ -372,10 +416,13 @@ class RegisterResponse(_message.Message):
         retained_from_lsn: _builtins.int = ...,
         history_id: _builtins.bytes = ...,
         bootstrap_required: _builtins.bool = ...,
+        history: _abc.Iterable[Global___HistoryEntry] | None = ...,
+        role: Global___Role.ValueType = ...,
+        primary: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bootstrap_required", b"bootstrap_required", "history_id", b"history_id", "primary_lsn", b"primary_lsn", "retained_from_lsn", b"retained_from_lsn"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bootstrap_required", b"bootstrap_required", "history", b"history", "history_id", b"history_id", "primary", b"primary", "primary_lsn", b"primary_lsn", "retained_from_lsn", b"retained_from_lsn", "role", b"role"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -648,6 +695,11 @@ class StatusResponse(_message.Message):
     ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
     RETENTION_HELD_BY_FIELD_NUMBER: _builtins.int
     WAL_BYTES_FIELD_NUMBER: _builtins.int
+    HISTORY_FIELD_NUMBER: _builtins.int
+    UPSTREAM_FIELD_NUMBER: _builtins.int
+    BOOTSTRAPS_FIELD_NUMBER: _builtins.int
+    CATCHUPS_FIELD_NUMBER: _builtins.int
+    GAPS_FIELD_NUMBER: _builtins.int
     role: Global___Role.ValueType
     history_id: _builtins.bytes
     lsn: _builtins.int
@@ -666,8 +718,20 @@ class StatusResponse(_message.Message):
     """the follower whose position keeps the oldest WAL segment"""
     wal_bytes: _builtins.int
     """the WAL's size on disk"""
+    upstream: _builtins.str
+    """replica: the node it follows (a primary or a replica)"""
+    bootstraps: _builtins.int
+    """replica: bootstraps it began"""
+    catchups: _builtins.int
+    """replica: WalSync requests it sent"""
+    gaps: _builtins.int
+    """replica: gaps it found in its stream"""
     @_builtins.property
     def replicas(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReplicaInfo]: ...
+    @_builtins.property
+    def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___HistoryEntry]:
+        """the node's chain"""
+
     def __init__(
         self,
         *,
@@ -684,10 +748,15 @@ class StatusResponse(_message.Message):
         error_message: _builtins.str = ...,
         retention_held_by: _builtins.str = ...,
         wal_bytes: _builtins.int = ...,
+        history: _abc.Iterable[Global___HistoryEntry] | None = ...,
+        upstream: _builtins.str = ...,
+        bootstraps: _builtins.int = ...,
+        catchups: _builtins.int = ...,
+        gaps: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bootstrap_progress", b"bootstrap_progress", "durable_lsn", b"durable_lsn", "error_message", b"error_message", "history_id", b"history_id", "lsn", b"lsn", "node_id", b"node_id", "primary", b"primary", "replicas", b"replicas", "retained_from_lsn", b"retained_from_lsn", "retention_held_by", b"retention_held_by", "role", b"role", "status", b"status", "wal_bytes", b"wal_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bootstrap_progress", b"bootstrap_progress", "bootstraps", b"bootstraps", "catchups", b"catchups", "durable_lsn", b"durable_lsn", "error_message", b"error_message", "gaps", b"gaps", "history", b"history", "history_id", b"history_id", "lsn", b"lsn", "node_id", b"node_id", "primary", b"primary", "replicas", b"replicas", "retained_from_lsn", b"retained_from_lsn", "retention_held_by", b"retention_held_by", "role", b"role", "status", b"status", "upstream", b"upstream", "wal_bytes", b"wal_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
