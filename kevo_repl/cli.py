@@ -95,6 +95,22 @@ def _serving_flags(p: argparse.ArgumentParser, port: int) -> None:
     p.add_argument(
         "--keys", type=Path, default=None, help="CURVE: key dir with authorized_keys (see keygen)"
     )
+    p.add_argument(
+        "--retention-bytes",
+        type=_count(1),
+        default=1024 * 1024 * 1024,
+        help="WAL kept whatever followers need (the floor)",
+    )
+    p.add_argument(
+        "--retention-max-bytes",
+        type=_count(0),
+        default=0,
+        help="hard WAL cap, whatever followers need (0: 4 x --retention-bytes)",
+    )
+    p.add_argument("--segment-bytes", type=_count(0), default=0, help="0: derived")
+    p.add_argument(
+        "--pub-hwm", type=_count(1), default=256, help="stream frames queued per subscriber"
+    )
 
 
 def _config_flags(p: argparse.ArgumentParser) -> None:
@@ -140,22 +156,6 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     pr.add_argument("--id", default="primary", help="node id shown in status and logs")
     pr.add_argument("--fsync", choices=["always", "interval", "none"], default="always")
     pr.add_argument("--key-name", default="primary", help="CURVE: use KEYS/NAME.key_secret")
-    pr.add_argument(
-        "--retention-bytes",
-        type=_count(1),
-        default=1024 * 1024 * 1024,
-        help="WAL kept whatever replicas need (the floor)",
-    )
-    pr.add_argument(
-        "--retention-max-bytes",
-        type=_count(0),
-        default=0,
-        help="hard WAL cap, whatever replicas need (0: 4 x --retention-bytes)",
-    )
-    pr.add_argument("--segment-bytes", type=_count(0), default=0, help="0: derived")
-    pr.add_argument(
-        "--pub-hwm", type=_count(1), default=256, help="stream frames queued per subscriber"
-    )
     pr.add_argument(
         "--max-waiting-writes",
         type=_count(1),

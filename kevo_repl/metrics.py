@@ -18,12 +18,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from kevo_repl.adapters.clock import monotonic_ms
+from kevo_repl.wire import pb
 
 if TYPE_CHECKING:
-    from kevo_repl.node.primary_node import PrimaryNode
-    from kevo_repl.node.replica_node import ReplicaNode
+    from kevo_repl.node.node import Node
 
-__all__ = ["MetricsServer", "PrimaryCollector", "ReplicaCollector", "serve_metrics"]
+__all__ = ["MetricsServer", "NodeCollector", "serve_metrics"]
 
 _STATUS_NAMES = ("connecting", "syncing", "bootstrapping", "ready", "disconnected", "error")
 
@@ -44,19 +44,25 @@ def _info(node_id: str, role: str, history_id: bytes) -> Metric:
     return info
 
 
-class PrimaryCollector(Collector):
-    """Series of a primary: LSNs, WAL range and size, publishing, per-replica lag."""
+class NodeCollector(Collector):
+    """Series of a node: LSNs, WAL range and size, publishing, its followers; and for a
+    replica its own status and counters against its upstream."""
 
-    def __init__(self, node: PrimaryNode) -> None:
+    def __init__(self, node: Node) -> None:
         self.node = node
 
     def collect(self) -> Iterator[Metric]:
         node = self.node
         wal, c = node.wal, node.counters
-        yield _info(node.config.node_id, "primary", wal.history_id)
-        yield _gauge("kevo_lsn", "Last committed (durable, published) LSN.", node.committed_lsn)
-        yield _gauge("kevo_durable_lsn", "Last LSN on disk (fsynced).", wal.durable_lsn)
+        primary = node.role == pb.ROLE_PRIMARY
+        role = "primary" if primary else "replica"
+        yield _info(node.config.node_id, role, node.state.chain.current)
+        yield _gauge("kevo_lsn", "Last LSN applied to the store.", node.store.applied_lsn)
         yield _gauge("kevo_applied_lsn", "Last LSN applied to the store.", node.store.applied_lsn)
+        yield _gauge("kevo_durable_lsn", "Last LSN on disk (WAL fsynced).", wal.durable_lsn)
+        yield _gauge(
+            "kevo_visible_lsn", "Last LSN durable, applied and published.", node.visible_lsn
+        )
         yield _gauge(
             "kevo_wal_retained_from_lsn",
             "First LSN the WAL still holds (catch-up below it needs a bootstrap).",
@@ -70,9 +76,30 @@ class PrimaryCollector(Collector):
         yield _counter("kevo_catchups_served", "WalSync requests answered.", c.catchups_served)
         yield _counter("kevo_bootstraps_served", "Bootstrap sessions started.", c.bootstraps_served)
         yield from self._replicas()
+        if not primary:
+            yield from self._following()
+
+    def _following(self) -> Iterator[Metric]:
+        from kevo_repl.node.upstream_source import UpstreamSource
+
+        source = self.node.source
+        if not isinstance(source, UpstreamSource):
+            return
+        f = source.follower
+        yield _gauge("kevo_primary_lsn", "The upstream's LSN as last heard.", f.primary_lsn)
+        lag = max(0, f.primary_lsn - f.applied_lsn)
+        yield _gauge("kevo_lag_entries", "Entries behind the upstream, as last heard.", lag)
+        status = GaugeMetricFamily("kevo_status", "1 for the current status.", labels=["status"])
+        for name in _STATUS_NAMES:
+            status.add_metric([name], 1 if f.status.name.lower() == name else 0)
+        yield status
+        counters = f.counters
+        yield _counter("kevo_catchups", "WalSync catch-ups run.", counters.catchups)
+        yield _counter("kevo_bootstraps", "Bootstraps run.", counters.bootstraps)
+        yield _counter("kevo_gaps", "Gaps detected in the stream.", counters.gaps)
 
     def _replicas(self) -> Iterator[Metric]:
-        registry = self.node.registry
+        registry = self.node.followers
         now = monotonic_ms()
         replicas = _copy_list(registry.replicas)
         labels = ["replica"]
@@ -95,31 +122,6 @@ class PrimaryCollector(Collector):
                 status.add_metric([r.replica_id, name], 1 if r.status.name.lower() == name else 0)
         yield from (lag, lag_ms, applied, status)
         yield _gauge("kevo_replicas", "Replicas registered.", len(replicas))
-
-
-class ReplicaCollector(Collector):
-    """Series of a replica: applied and durable LSN, status, gaps, catch-ups, bootstraps."""
-
-    def __init__(self, node: ReplicaNode) -> None:
-        self.node = node
-
-    def collect(self) -> Iterator[Metric]:
-        f = self.node.follower
-        yield _info(self.node.config.replica_id, "replica", f.history_id)
-        yield _gauge("kevo_lsn", "Last applied LSN.", f.applied_lsn)
-        yield _gauge("kevo_applied_lsn", "Last LSN applied to the store.", f.applied_lsn)
-        yield _gauge("kevo_durable_lsn", "Applied LSN as of the last checkpoint.", f.durable_lsn)
-        yield _gauge("kevo_primary_lsn", "Primary's LSN as last heard.", f.primary_lsn)
-        lag = max(0, f.primary_lsn - f.applied_lsn)
-        yield _gauge("kevo_lag_entries", "Entries behind the primary, as last heard.", lag)
-        status = GaugeMetricFamily("kevo_status", "1 for the current status.", labels=["status"])
-        for name in _STATUS_NAMES:
-            status.add_metric([name], 1 if f.status.name.lower() == name else 0)
-        yield status
-        counters = f.counters
-        yield _counter("kevo_catchups", "WalSync catch-ups run.", counters.catchups)
-        yield _counter("kevo_bootstraps", "Bootstraps run.", counters.bootstraps)
-        yield _counter("kevo_gaps", "Gaps detected in the stream.", counters.gaps)
 
 
 def _copy_list(get: Any) -> list[Any]:

@@ -72,55 +72,61 @@ def _run_node(node: _Node, host: str, metrics_port: int, collector: Any) -> int:
     return 0
 
 
+def _common(args: argparse.Namespace) -> dict[str, Any]:
+    """Settings every node has: where it serves, its WAL's bounds, its keys."""
+    return {
+        "data_dir": args.data,
+        "bind": args.bind,
+        "port": args.port,
+        "advertise": args.advertise,
+        "retention_bytes": args.retention_bytes,
+        "retention_max_bytes": args.retention_max_bytes,
+        "segment_bytes": args.segment_bytes,
+        "pub_hwm": args.pub_hwm,
+        "keys_dir": args.keys,
+    }
+
+
 def run_primary(args: argparse.Namespace) -> int:
     if args.print_config:
         return _print_settings(args)
-    from kevo_repl.metrics import PrimaryCollector
-    from kevo_repl.node.primary_node import PrimaryConfig, PrimaryNode
+    from kevo_repl.node.config import NodeConfig
 
-    config = PrimaryConfig(
-        data_dir=args.data,
-        bind=args.bind,
-        port=args.port,
-        fsync=args.fsync,
-        retention_bytes=args.retention_bytes,
-        retention_max_bytes=args.retention_max_bytes,
-        segment_bytes=args.segment_bytes,
-        pub_hwm=args.pub_hwm,
-        max_waiting_writes=args.max_waiting_writes,
-        advertise=args.advertise,
+    config = NodeConfig(
+        **_common(args),
         node_id=args.id,
-        keys_dir=args.keys,
+        fsync=args.fsync,
+        max_waiting_writes=args.max_waiting_writes,
         key_name=args.key_name,
     )
-    node = PrimaryNode(config)
-    return _run_node(node, args.bind, args.metrics_port, PrimaryCollector(node))
+    return _run(config, args)
 
 
 def run_replica(args: argparse.Namespace) -> int:
     if args.print_config:
         return _print_settings(args)
-    from kevo_repl.metrics import ReplicaCollector
-    from kevo_repl.node.replica_node import ReplicaConfig, ReplicaNode
+    from kevo_repl.node.config import NodeConfig
 
-    host, port = parse_node(args.primary)
-    config = ReplicaConfig(
-        data_dir=args.data,
-        primary_host=host,
-        primary_port=port,
-        replica_id=args.id or f"replica-{args.port}",
-        bind=args.bind,
-        port=args.port,
-        advertise=args.advertise,
+    parse_node(args.primary)
+    config = NodeConfig(
+        **_common(args),
+        node_id=args.id or f"replica-{args.port}",
+        upstream=args.primary,
         allow_bootstrap=not args.no_bootstrap,
         allow_unrelated_history=args.reinit,
         heartbeat_interval_ms=args.heartbeat_ms,
         bootstrap_chunk_bytes=args.bootstrap_chunk_bytes,
-        keys_dir=args.keys,
-        primary_key=args.primary_key,
+        upstream_key=args.primary_key,
     )
-    node = ReplicaNode(config)
-    return _run_node(node, args.bind, args.metrics_port, ReplicaCollector(node))
+    return _run(config, args)
+
+
+def _run(config: Any, args: argparse.Namespace) -> int:
+    from kevo_repl.metrics import NodeCollector
+    from kevo_repl.node.node import Node
+
+    node = Node(config)
+    return _run_node(node, args.bind, args.metrics_port, NodeCollector(node))
 
 
 def run_cluster_command(args: argparse.Namespace) -> int:

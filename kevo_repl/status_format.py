@@ -26,44 +26,50 @@ def status_name(status: int) -> str:
     return "unknown"
 
 
-def status_json(s: pb.StatusResponse) -> dict[str, Any]:
-    if s.role == pb.ROLE_PRIMARY:
-        return {
-            "role": "primary",
-            "node_id": s.node_id,
-            "history_id": s.history_id.hex(),
-            "lsn": s.lsn,
-            "durable_lsn": s.durable_lsn,
-            "retained_from_lsn": s.retained_from_lsn,
-            "wal_bytes": s.wal_bytes,
-            "retention_held_by": s.retention_held_by,
-            "replicas": [
-                {
-                    "id": r.replica_id,
-                    "address": r.address,
-                    "role": role_name(r.role),
-                    "status": status_name(r.status),
-                    "applied_lsn": r.applied_lsn,
-                    "durable_lsn": r.durable_lsn,
-                    "lag_entries": r.lag_entries,
-                    "lag_ms": r.lag_ms,
-                    "last_seen_ms": r.last_seen_ms,
-                    "bootstraps": r.bootstraps,
-                    "catchups": r.catchups,
-                    "bootstrap_progress": round(r.bootstrap_progress, 4),
-                    "error": r.error_message,
-                }
-                for r in s.replicas
-            ],
+def _replicas(s: pb.StatusResponse) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": r.replica_id,
+            "address": r.address,
+            "role": role_name(r.role),
+            "status": status_name(r.status),
+            "applied_lsn": r.applied_lsn,
+            "durable_lsn": r.durable_lsn,
+            "lag_entries": r.lag_entries,
+            "lag_ms": r.lag_ms,
+            "last_seen_ms": r.last_seen_ms,
+            "bootstraps": r.bootstraps,
+            "catchups": r.catchups,
+            "bootstrap_progress": round(r.bootstrap_progress, 4),
+            "error": r.error_message,
         }
+        for r in s.replicas
+    ]
+
+
+def status_json(s: pb.StatusResponse) -> dict[str, Any]:
+    common = {
+        "node_id": s.node_id,
+        "history_id": s.history_id.hex(),
+        "history": [{"id": h.history_id.hex(), "fork_lsn": h.fork_lsn} for h in s.history],
+        "durable_lsn": s.durable_lsn,
+        "retained_from_lsn": s.retained_from_lsn,
+        "wal_bytes": s.wal_bytes,
+        "retention_held_by": s.retention_held_by,
+        "replicas": _replicas(s),
+    }
+    if s.role == pb.ROLE_PRIMARY:
+        return {"role": "primary", **common, "lsn": s.lsn}
     return {
         "role": role_name(s.role),
-        "node_id": s.node_id,
+        **common,
         "status": status_name(s.status),
         "applied_lsn": s.lsn,
-        "durable_lsn": s.durable_lsn,
         "primary": s.primary,
-        "history_id": s.history_id.hex(),
+        "upstream": s.upstream,
+        "bootstraps": s.bootstraps,
+        "catchups": s.catchups,
+        "gaps": s.gaps,
         "bootstrap_progress": round(s.bootstrap_progress, 4),
         "error": s.error_message,
     }
@@ -71,19 +77,28 @@ def status_json(s: pb.StatusResponse) -> dict[str, Any]:
 
 def status_text(s: pb.StatusResponse) -> str:
     doc = status_json(s)
+    held = f", held by {doc['retention_held_by']}" if doc["retention_held_by"] else ""
+    wal = f"WAL retained from {doc['retained_from_lsn']} ({doc['wal_bytes']} bytes{held})"
     if doc["role"] != "primary":
-        return (
+        upstream = doc["upstream"] or doc["primary"]
+        via = f" via {upstream}" if upstream != doc["primary"] else ""
+        lines = [
             f"{doc['role']} {doc['node_id']}: {doc['status']}, applied LSN {doc['applied_lsn']}"
-            f" (durable {doc['durable_lsn']}), primary {doc['primary']}"
-            + (f"\nerror: {doc['error']}" if doc["error"] else "")
-        )
-    lines = [
-        f"primary {doc['node_id']}  history {doc['history_id']}",
-        f"LSN {doc['lsn']} (durable {doc['durable_lsn']}), "
-        f"WAL retained from {doc['retained_from_lsn']} ({doc['wal_bytes']} bytes"
-        + (f", held by {doc['retention_held_by']})" if doc["retention_held_by"] else ")"),
-        "",
-    ]
+            f" (durable {doc['durable_lsn']}), primary {doc['primary']}{via}",
+            f"bootstraps {doc['bootstraps']}, catch-ups {doc['catchups']}, gaps {doc['gaps']}; "
+            + wal,
+        ]
+        if doc["error"]:
+            lines.append(f"error: {doc['error']}")
+        if not doc["replicas"]:
+            return "\n".join(lines)
+        lines.append("")
+    else:
+        lines = [
+            f"primary {doc['node_id']}  history {doc['history_id']}",
+            f"LSN {doc['lsn']} (durable {doc['durable_lsn']}), {wal}",
+            "",
+        ]
     header = ("ID", "ADDRESS", "ROLE", "STATUS", "APPLIED", "LAG", "LAG_MS", "SEEN_MS_AGO")
     rows = [header] + [
         (

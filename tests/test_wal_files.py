@@ -266,8 +266,9 @@ def test_switching_an_empty_active_segment_rewrites_its_header(tmp_path: Path) -
     with WriteAheadLog.open(tmp_path, fsync=FsyncPolicy.NONE) as wal:
         wal.switch_history(h2)
         assert wal.segment_histories() == [(1, h2)]
+        wal.write(b"after the switch", 1)  # regression: it went to the replaced file
     with WriteAheadLog.open(tmp_path, fsync=FsyncPolicy.NONE) as wal:
-        assert wal.history_id == h2
+        assert wal.history_id == h2 and wal.last_lsn == 1
 
 
 def test_received_records_are_appended_byte_for_byte_and_must_follow(tmp_path: Path) -> None:

@@ -172,20 +172,26 @@ class StateStore:
             before = self._applied_lsn
             return self._commit(((first_lsn, last_lsn, ops, keys, values),), history_id) != before
 
-    def apply_many(self, batches: Sequence[Batch], history_id: bytes) -> int:
+    def apply_many(
+        self, batches: Sequence[Batch], history_id: bytes, *, new_history: bool = False
+    ) -> int:
         """Apply consecutive batches in one transaction (coalescing under load).
+
+        ``new_history``: the batches start ``history_id``, a history that forked from the
+        store's (the caller checked it against its chain); otherwise another history than
+        the store's is refused.
 
         Already-applied batches are skipped; any error leaves the store unchanged. Returns the
         new ``applied_lsn``.
         """
         with self._write_lock:
-            return self._commit(batches, history_id)
+            return self._commit(batches, history_id, new_history)
 
-    def _commit(self, batches: Sequence[Batch], history_id: bytes) -> int:
+    def _commit(self, batches: Sequence[Batch], history_id: bytes, switch: bool = False) -> int:
         env = self._require_env()
         if not history_id:
             raise ProtocolError("batch without a history id")
-        if self._history_id is not None and history_id != self._history_id:
+        if self._history_id not in (None, history_id) and not switch:
             raise HistoryMismatchError(
                 f"state store {self._path} holds history {self._history_id.hex()}, "
                 f"batch is of history {history_id.hex()}"
@@ -194,7 +200,7 @@ class StateStore:
         if not pending:
             return self._applied_lsn
         new_lsn = pending[-1][0]
-        new_history = history_id if self._history_id is None else None
+        new_history = history_id if history_id != self._history_id else None
         data, meta = self._data, self._meta
 
         def body(txn: lmdb.Transaction[bytes]) -> None:

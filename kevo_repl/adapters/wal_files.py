@@ -77,12 +77,18 @@ class WriteAheadLog(SegmentedLog):
         truncate_corrupt: bool,
         history_id: bytes | None,
         sync_log: Path | None = None,
+        first_lsn: int = 1,
     ) -> None:
         if segment_bytes < 4096:
             raise ValueError("segment_bytes must be at least 4096")
         if fsync_interval_ms < 1:
             raise ValueError("fsync_interval_ms must be at least 1")
-        recovered = recover(directory, history_id=history_id, truncate_corrupt=truncate_corrupt)
+        recovered = recover(
+            directory,
+            history_id=history_id,
+            truncate_corrupt=truncate_corrupt,
+            first_lsn=first_lsn,
+        )
         self._policy = FsyncPolicy(fsync)
         self._segment_bytes = segment_bytes
         self._history_id = recovered.history_id
@@ -121,6 +127,7 @@ class WriteAheadLog(SegmentedLog):
         truncate_corrupt: bool = False,
         history_id: bytes | None = None,
         sync_log: Path | None = None,
+        first_lsn: int = 1,
     ) -> WriteAheadLog:
         """Open (recovering) or initialise the WAL in ``directory``.
 
@@ -140,11 +147,18 @@ class WriteAheadLog(SegmentedLog):
             truncate_corrupt=truncate_corrupt,
             history_id=history_id,
             sync_log=sync_log,
+            first_lsn=first_lsn,
         )
 
     @property
     def history_id(self) -> bytes:
+        """The newest segment's history: what the next record written belongs to."""
         return self._history_id
+
+    @property
+    def failed(self) -> bool:
+        """True after an IO error: the log refuses all work until reopened."""
+        return self._failure is not None
 
     @property
     def last_lsn(self) -> int:
@@ -217,9 +231,12 @@ class WriteAheadLog(SegmentedLog):
         seg = self._segments[-1]
         if seg.last_lsn < seg.first_lsn:  # empty: give it the new header in place
             try:
-                create_segment(self._dir, seg.first_lsn, history_id)
-            except StorageError as exc:
+                path = create_segment(self._dir, seg.first_lsn, history_id)
+                fd, size = open_for_append(path)  # the old descriptor is of the replaced file
+                os.close(self._fd)
+            except (OSError, StorageError) as exc:
                 raise self._fail(str(exc)) from exc
+            self._fd, self._file_bytes = fd, size
             seg.history_id = history_id
             self._history_id = history_id
             return

@@ -84,8 +84,14 @@ def _file_drops(paths: list[Path], reason: str) -> list[Dropped]:
         raise StorageError(f"WAL file vanished during recovery: {exc}") from exc
 
 
-def recover(directory: Path, *, history_id: bytes | None, truncate_corrupt: bool) -> Recovered:
-    """Recover (or initialise) the WAL in ``directory``; see the module docstring."""
+def recover(
+    directory: Path, *, history_id: bytes | None, truncate_corrupt: bool, first_lsn: int = 1
+) -> Recovered:
+    """Recover (or initialise) the WAL in ``directory``; see the module docstring.
+
+    A new log gets ``history_id`` (random if None) and starts at ``first_lsn`` (after a
+    snapshot, a follower's log starts past it). An existing one must be of ``history_id``
+    now (its newest segment's), if given."""
     if history_id is not None and len(history_id) != HISTORY_ID_BYTES:
         raise ValueError(f"history_id must be {HISTORY_ID_BYTES} bytes")
     try:
@@ -99,9 +105,10 @@ def recover(directory: Path, *, history_id: bytes | None, truncate_corrupt: bool
     if not paths:
         hid = history_id if history_id is not None else os.urandom(HISTORY_ID_BYTES)
         _apply(directory, stale, None)
-        path = create_segment(directory, 1, hid)
-        segment = Segment(path, 1, 0, SEGMENT_HEADER_BYTES, history_id=hid)
-        return Recovered(hid, [segment], RecoveryReport(1, 0, 0, tuple(dropped)))
+        path = create_segment(directory, first_lsn, hid)
+        segment = Segment(path, first_lsn, first_lsn - 1, SEGMENT_HEADER_BYTES, history_id=hid)
+        report = RecoveryReport(1, 0, first_lsn - 1, tuple(dropped))
+        return Recovered(hid, [segment], report)
 
     segments: list[Segment] = []
     file_size = 0
@@ -120,10 +127,6 @@ def recover(directory: Path, *, history_id: bytes | None, truncate_corrupt: bool
                 raise CorruptRecordError(str(path), 0, exc.reason) from exc
             problem = (0, f"bad segment header: {exc.reason}")
         else:
-            if i == 0 and history_id is not None and history_id != hid:
-                raise HistoryMismatchError(
-                    f"WAL in {directory} has history {hid.hex()}, expected {history_id.hex()}"
-                )
             expected_first = segments[-1].last_lsn + 1 if segments else first_lsn
             if hid in left:
                 problem = (0, f"segment of history {hid.hex()}, which the log had left")
@@ -161,6 +164,10 @@ def recover(directory: Path, *, history_id: bytes | None, truncate_corrupt: bool
             break
 
     last = segments[-1]
+    if history_id is not None and history_id != last.history_id:
+        raise HistoryMismatchError(
+            f"WAL in {directory} has history {last.history_id.hex()}, expected {history_id.hex()}"
+        )
     if cut_at is None and file_size != last.data_end:
         cut_at = last.data_end  # trailing preallocated zeros: not data, not reported
     _apply(directory, stale + removed, None if cut_at is None else (last.path, cut_at))

@@ -51,7 +51,6 @@ class BootstrapSession:
 @dataclass(slots=True)
 class BootstrapSessions:
     store: StateStore
-    history_id: bytes
     idle_timeout_ms: int = 30_000
     _sessions: dict[int, BootstrapSession] = field(default_factory=dict)
     _next_id: int = 1
@@ -177,7 +176,7 @@ class BootstrapSessions:
             progress=1.0 if is_last else min(session.keys_sent / total, 0.999),
             is_last=is_last,
             snapshot_lsn=snap.lsn,
-            history_id=self.history_id,
+            history_id=snap.history_id or b"",
             total_keys=snap.key_count,
         )
         return pb.Response(request_id=session.request_id, bootstrap=chunk)

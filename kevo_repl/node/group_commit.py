@@ -66,6 +66,10 @@ class CommittedWrite:
     first_lsn: int
     last_lsn: int
 
+    @property
+    def lsns(self) -> tuple[int, int]:
+        return self.first_lsn, self.last_lsn
+
 
 @dataclass(slots=True)
 class SealedRecord:

@@ -1,52 +1,77 @@
-"""Opening a node's data directory: lock, WAL recovery, the store check, WAL-store agreement.
+"""A node's data directory: lock, WAL, store and history chain, opened and kept consistent.
 
-Shared by both kinds of node, so the rules are one: the directory is locked first (two nodes
-on one directory would hand out the same LSNs); after an unclean stop (the lock file says the
-last holder was still running) the LMDB store is checked in a child process before anything
-reads it, because with writemap and no sync a power loss may leave it damaged, not only
-stale. What happens to a damaged store depends on what can rebuild it:
+Every node, primary or replica, keeps the same three things: a WAL (its own records, or its
+upstream's byte for byte), an LMDB store and its history chain (``DIR/HISTORY``). Opening
+them follows one set of rules:
 
-* a primary whose WAL still starts at LSN 1 moves the store aside and replays the whole WAL;
-  a primary whose WAL was retained away refuses to start, naming the fix (the store is left
-  as it was, never served);
-* a replica moves the store aside and starts empty: its primary has everything (catch-up
-  from LSN 1 or one bootstrap).
+* the directory is locked first (two nodes on one directory would hand out the same LSNs);
+* after an unclean stop (the lock file says the last holder was still running) the store is
+  checked in a child process before anything reads it: with writemap and no sync a power
+  loss may leave it damaged, not only stale;
+* the store must agree with the WAL and the chain: its history owns its applied LSN, and it
+  is not ahead of the WAL (a store ahead of its WAL kept what the WAL lost);
+* a store the WAL is ahead of is caught up from the WAL (a crash between writing a record
+  and applying it), so the node serves from its own log, never needing its upstream for it.
 
-A primary's store must also agree with its WAL: a store ahead of the WAL (the WAL lost a tail
-the store had applied) is rebuilt the same way or refused.
+A store that is damaged or ahead of the WAL is moved aside and rebuilt from the WAL when the
+WAL still starts at LSN 1. Otherwise a primary refuses to start, naming the fix (nothing is
+changed); a replica starts empty, WAL included: its upstream has everything.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kevo_repl.adapters.datadir import DataDirLock
+from kevo_repl.adapters.history_file import load_chain, save_chain
 from kevo_repl.adapters.state_check import check_store, quarantine_store
 from kevo_repl.adapters.state_lmdb import StateStore
 from kevo_repl.adapters.wal_files import FsyncPolicy, WriteAheadLog
 from kevo_repl.core.errors import HistoryMismatchError, StorageError
+from kevo_repl.core.history import HistoryChain
+from kevo_repl.core.record import decode_record
+from kevo_repl.wire.batch import decode_batch
 
-__all__ = [
-    "STORE_FILE",
-    "SYNC_LOG_ENV",
-    "LocalState",
-    "open_primary_state",
-    "open_replica_state",
-]
+__all__ = ["STORE_FILE", "SYNC_LOG_ENV", "LocalState", "open_local_state", "replay_wal"]
 
 STORE_FILE = "state.mdb"
+WAL_DIR = "wal"
 SYNC_LOG_ENV = "KEVO_WAL_SYNC_LOG"
 
 
 @dataclass(slots=True)
 class LocalState:
+    data_dir: Path
     lock: DataDirLock
     store: StateStore
-    wal: WriteAheadLog | None = None
+    wal: WriteAheadLog
+    chain: HistoryChain
+    segment_bytes: int
     rebuilt: bool = False  # the store was rebuilt from the WAL (or started empty)
+
+    def save_chain(self, chain: HistoryChain) -> None:
+        """Make ``chain`` ours, durably, before any record of its new histories is written."""
+        if chain != self.chain:
+            save_chain(self.data_dir, chain)
+            self.chain = chain
+
+    def reset_wal(self, next_lsn: int, history_id: bytes) -> None:
+        """Start an empty WAL whose next record is ``next_lsn`` (after a bootstrap installed
+        a snapshot at ``next_lsn - 1``: the old log no longer leads to the store's state)."""
+        self.wal.close()
+        shutil.rmtree(self.data_dir / WAL_DIR, ignore_errors=True)
+        self.wal = _open_wal(self.data_dir, self.segment_bytes, history_id, first_lsn=next_lsn)
+
+    def reopen_wal(self) -> None:
+        """After a failed write (the WAL refuses all work then): recover and go on."""
+        with contextlib.suppress(StorageError):
+            self.wal.close()
+        self.wal = _open_wal(self.data_dir, self.segment_bytes, None)
 
     def close(self, *, clean: bool) -> None:
         """Close the store and WAL; ``clean`` records a clean stop in the lock file."""
@@ -55,68 +80,137 @@ class LocalState:
                 self.store.checkpoint()
             finally:
                 self.store.close()
-                if self.wal is not None:
-                    self.wal.close()
+                self.wal.close()
         except BaseException:
             self.lock.release(clean=False)
             raise
         self.lock.release(clean=clean)
 
 
-def open_primary_state(data_dir: Path, segment_bytes: int, log: Any) -> LocalState:
-    lock = DataDirLock.acquire(data_dir, "primary")
+def open_local_state(data_dir: Path, role: str, segment_bytes: int, log: Any) -> LocalState:
+    """Open (or create) a node's data directory; ``role`` is "primary" or "replica"."""
+    lock = DataDirLock.acquire(data_dir, role)
     wal: WriteAheadLog | None = None
     try:
-        # The group committer syncs every group itself, in every mode (FsyncPolicy.NONE
-        # keeps the WAL's own timer thread out of it).
-        sync_log = os.environ.get(SYNC_LOG_ENV)  # fault tests: see WriteAheadLog.open
-        wal = WriteAheadLog.open(
-            data_dir / "wal",
-            fsync=FsyncPolicy.NONE,
-            segment_bytes=segment_bytes,
-            sync_log=Path(sync_log) if sync_log else None,
-        )
-        _log_wal_recovery(wal, log)
+        chain = load_chain(data_dir)
         path = data_dir / STORE_FILE
         damage = "" if lock.previous_stop_clean else _check(path, log)
-        if damage:
-            _rebuildable_or_refuse(path, wal, damage)
+        store = None if damage else StateStore.open(path)
+        if not (data_dir / WAL_DIR).exists() and store is not None and store.applied_lsn:
+            # A replica's directory from before replicas kept a WAL: its log starts here.
+            wal = _open_wal(
+                data_dir, segment_bytes, store.history_id, first_lsn=store.applied_lsn + 1
+            )
+        else:
+            wal = _open_wal(data_dir, segment_bytes, chain.current if chain else None)
+        _log_wal_recovery(wal, log)
+        if store is not None and store.applied_lsn > wal.last_lsn:
+            damage = (
+                f"store applied LSN {store.applied_lsn} is ahead of the WAL's last LSN "
+                f"{wal.last_lsn} (the WAL lost a tail the store had applied)"
+            )
+            store.close()
+            store = None
+        if store is None:
+            if wal.retained_from_lsn != 1 and role == "primary":
+                raise StorageError(_cannot_rebuild(path, wal, damage))
             _quarantine(path, damage, log)
-        store = StateStore.open(path)
+            if wal.retained_from_lsn != 1:  # a replica: its upstream has it all
+                log.warning("wal_reset", reason="the store cannot be rebuilt from this WAL")
+                wal.close()
+                shutil.rmtree(data_dir / WAL_DIR)
+                wal = _open_wal(data_dir, segment_bytes, None)
+            store = StateStore.open(path)
         try:
-            _check_history(store, wal, data_dir)
-            if store.applied_lsn > wal.last_lsn:
-                why = (
-                    f"store applied LSN {store.applied_lsn} is ahead of the WAL's last LSN "
-                    f"{wal.last_lsn} (the WAL lost a tail the store had applied)"
-                )
-                _rebuildable_or_refuse(path, wal, why)
-                store.close()
-                _quarantine(path, why, log)
-                store = StateStore.open(path)
-                damage = why
+            chain = _chain(chain, wal, store, role, data_dir)
+            replayed = replay_wal(wal, store, wal.last_lsn)
         except BaseException:
             store.close()
             raise
-        return LocalState(lock, store, wal, rebuilt=bool(damage))
+        if replayed:
+            log.info("store_caught_up_from_wal", entries=replayed, lsn=store.applied_lsn)
+        return LocalState(data_dir, lock, store, wal, chain, segment_bytes, rebuilt=bool(damage))
     except BaseException:
         if wal is not None:
             wal.close()
-        lock.release(clean=lock.previous_stop_clean)  # as we found it: we changed nothing
+        lock.release(clean=lock.previous_stop_clean)  # as we found it
         raise
 
 
-def open_replica_state(data_dir: Path, log: Any) -> LocalState:
-    lock = DataDirLock.acquire(data_dir, "replica")
-    try:
-        path = data_dir / STORE_FILE
-        damage = "" if lock.previous_stop_clean else _check(path, log)
-        if damage:
-            _quarantine(path, damage, log)
-        return LocalState(lock, StateStore.open(path), rebuilt=bool(damage))
-    except BaseException:
-        lock.release(clean=lock.previous_stop_clean)
-        raise
+def replay_wal(wal: WriteAheadLog, store: StateStore, upto_lsn: int) -> int:
+    """Apply the WAL's records the store lacks, up to ``upto_lsn``; entries applied."""
+    start = store.applied_lsn + 1
+    if start > min(upto_lsn, wal.last_lsn):
+        return 0
+    replayed = 0
+    for record in wal.read_from(start):
+        decoded = decode_record(record)
+        if decoded.last_lsn > upto_lsn:
+            break
+        if decoded.last_lsn <= store.applied_lsn:
+            continue
+        batch = decode_batch(decoded.payload)
+        store.apply_many(
+            [(decoded.first_lsn, decoded.last_lsn, batch.ops, batch.keys, batch.values)],
+            batch.history_id,
+            new_history=batch.history_id != store.history_id,
+        )
+        replayed += decoded.count
+    return replayed
+
+
+def _open_wal(
+    data_dir: Path, segment_bytes: int, history_id: bytes | None, first_lsn: int = 1
+) -> WriteAheadLog:
+    """Open the WAL; a new one gets ``history_id`` and starts at ``first_lsn``."""
+    # The node syncs the WAL itself (group commit, or after a replica's drain), in every
+    # mode: FsyncPolicy.NONE keeps the WAL's own timer thread out of it.
+    sync_log = os.environ.get(SYNC_LOG_ENV)  # fault tests: see WriteAheadLog.open
+    new = not (data_dir / WAL_DIR).exists()
+    return WriteAheadLog.open(
+        data_dir / WAL_DIR,
+        fsync=FsyncPolicy.NONE,
+        segment_bytes=segment_bytes,
+        sync_log=Path(sync_log) if sync_log else None,
+        history_id=history_id if new else None,
+        first_lsn=first_lsn,
+    )
+
+
+def _chain(
+    stored: HistoryChain | None,
+    wal: WriteAheadLog,
+    store: StateStore,
+    role: str,
+    data_dir: Path,
+) -> HistoryChain:
+    """The node's chain, checked against what its WAL and store hold."""
+    chain = stored
+    if chain is None:  # a directory from before chains held one history
+        if wal.last_lsn or role == "primary":
+            chain = HistoryChain.root(wal.history_id)
+        elif store.history_id is not None:
+            chain = HistoryChain.root(store.history_id)
+        else:
+            chain = HistoryChain()
+        if chain:
+            save_chain(data_dir, chain)
+    wal_histories = [(first, h) for first, h in wal.segment_histories()]
+    nonempty = wal_histories[:-1] if wal.last_lsn < wal_histories[-1][0] else wal_histories
+    for first, h in nonempty:
+        if chain.at(first) != h:
+            raise HistoryMismatchError(
+                f"{data_dir}: WAL segment from LSN {first} is of history {h.hex()}, which "
+                f"the chain ({chain.describe()}) does not give that LSN; the data directory "
+                "is inconsistent"
+            )
+    if store.applied_lsn and chain.at(store.applied_lsn) != store.history_id:
+        held = (store.history_id or b"").hex()
+        raise HistoryMismatchError(
+            f"{data_dir}: the store holds history {held} at LSN {store.applied_lsn}, which "
+            f"the chain ({chain.describe()}) does not; the data directory is inconsistent"
+        )
+    return chain
 
 
 def _check(path: Path, log: Any) -> str:
@@ -134,10 +228,8 @@ def _check(path: Path, log: Any) -> str:
     return "" if result.ok else result.reason
 
 
-def _rebuildable_or_refuse(path: Path, wal: WriteAheadLog, why: str) -> None:
-    if wal.retained_from_lsn == 1:
-        return
-    raise StorageError(
+def _cannot_rebuild(path: Path, wal: WriteAheadLog, why: str) -> str:
+    return (
         f"{path}: {why}, and the WAL starts at LSN {wal.retained_from_lsn}, so the store "
         "cannot be rebuilt from it here. Nothing was changed. Start this node as a replica "
         "of a node that has the data (with --reinit), or restore the data directory from a "
@@ -150,15 +242,6 @@ def _quarantine(path: Path, why: str, log: Any) -> None:
         return
     moved = quarantine_store(path)
     log.warning("store_damaged", path=str(path), moved_to=str(moved), reason=why)
-
-
-def _check_history(store: StateStore, wal: WriteAheadLog, data_dir: Path) -> None:
-    if store.history_id not in (None, wal.history_id):
-        stored = store.history_id.hex() if store.history_id else "none"
-        raise HistoryMismatchError(
-            f"{data_dir}: store history {stored} differs from WAL history "
-            f"{wal.history_id.hex()}; the data directory is inconsistent"
-        )
 
 
 def _log_wal_recovery(wal: WriteAheadLog, log: Any) -> None:

@@ -1,24 +1,21 @@
-"""What the primary answers on its ROUTER: replication requests, status, client reads/writes.
+"""What every node answers on its ROUTER: replication requests, reads, status, digest.
 
-Every request is validated before it touches anything; a bad one gets an ``Error`` reply and
-changes nothing, so a hostile or buggy peer can never stop the node, and an unexpected
-failure while handling one request is logged and answered ``ERROR_INTERNAL``. Writes are only
-queued here: ``GroupCommitter`` commits them and ``reply_committed`` answers, now or once
-enough replicas have applied (``wait_replicas``). Large replies go through the serving
-side's per-peer budget of unread bytes, so a peer that pipelines requests without reading
-the answers cannot make the node queue them without bound.
+The same on a primary and on a replica, so any node can be followed: Register (the
+follower's chain against ours), Heartbeat/Ack (positions checked, never believed), WalSync
+from our own WAL up to what is durable here, Bootstrap from our store, Status, Digest and
+Get. Writes go to the node's source: a primary queues them, a replica redirects them.
+Every request is validated before it touches anything; a bad one gets an ``Error`` and
+changes nothing, and an unexpected failure is logged and answered ``ERROR_INTERNAL``, so no
+peer can stop the node. Large replies go through the per-peer budget of unread bytes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from kevo_repl.adapters.clock import monotonic_ms
 from kevo_repl.core.errors import StorageError, TooOldError
 from kevo_repl.core.follower_types import Status
-from kevo_repl.core.ops import OP_DELETE, OP_PUT
 from kevo_repl.core.record import peek_lsns
 from kevo_repl.core.registry import (
     DuplicateReplicaError,
@@ -26,32 +23,23 @@ from kevo_repl.core.registry import (
     Registry,
     RegistryFullError,
     ReplicaState,
-    WaitResult,
 )
 from kevo_repl.node.bootstrap_stream import SessionsFullError
 from kevo_repl.node.digests import DigestQueue
-from kevo_repl.node.group_commit import CommittedWrite, PendingWrite
-from kevo_repl.node.parked_reads import MAX_WAIT_MS, ParkedReads
+from kevo_repl.node.parked_reads import ParkedReads
 from kevo_repl.node.refusals import RefusalLog
 from kevo_repl.wire import pb
-from kevo_repl.wire.batch import WireError, WireLimits, encode_single, parse_client_batch
-from kevo_repl.wire.envelope import decode_request, encode_write_reply, error_response
+from kevo_repl.wire.batch import WireError
+from kevo_repl.wire.envelope import decode_request, error_response
+from kevo_repl.wire.history import chain_from_wire, chain_to_wire
 
 if TYPE_CHECKING:
-    from kevo_repl.node.primary_node import PrimaryNode
+    from kevo_repl.node.node import Node
 
-__all__ = ["PrimaryRequests", "replica_info"]
+__all__ = ["ServingRequests", "replica_info"]
 
 MIN_SYNC_BYTES = 64 * 1024
 MAX_SYNC_BYTES = 16 * 1024 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class _WaitToken:
-    peer: bytes
-    request_id: int
-    first_lsn: int
-    last_lsn: int
 
 
 def replica_info(r: ReplicaState, registry: Registry, now_ms: int) -> pb.ReplicaInfo:
@@ -73,19 +61,8 @@ def replica_info(r: ReplicaState, registry: Registry, now_ms: int) -> pb.Replica
     )
 
 
-def _check_entry(key: bytes, value: bytes, limits: WireLimits) -> None:
-    if not key:
-        raise WireError("empty key")
-    if len(key) > limits.max_key_bytes:
-        msg = f"key of {len(key)} bytes, over the limit of {limits.max_key_bytes}"
-        raise WireError(msg, pb.ERROR_TOO_LARGE)
-    if len(value) > limits.max_value_bytes:
-        msg = f"value of {len(value)} bytes, over the limit of {limits.max_value_bytes}"
-        raise WireError(msg, pb.ERROR_TOO_LARGE)
-
-
-class PrimaryRequests:
-    def __init__(self, node: PrimaryNode) -> None:
+class ServingRequests:
+    def __init__(self, node: Node) -> None:
         self.node = node
         serving = node.serving
         self.reads = ParkedReads(
@@ -99,26 +76,24 @@ class PrimaryRequests:
 
     # ---- entry point -------------------------------------------------------------------------
 
-    def handle(self, peer: bytes, frame: bytes, user: str = "") -> bool:
-        """Answer or queue one request; True when a write group is full (commit now)."""
+    def handle(self, peer: bytes, frame: bytes, user: str = "") -> None:
         node = self.node
         serving = node.serving
         try:
             req = decode_request(frame, node.config.limits)
         except WireError as exc:
             self._send(peer, error_response(0, exc.code, str(exc)))
-            return False
+            return
         if req.read_token:
             serving.confirm(peer, req.read_token)
         kind = req.WhichOneof("body")
         rid = req.request_id
-        now = monotonic_ms()
         if kind is None or not serving.allowed(user, kind):
             msg = f"this key may not send {kind} requests"
             self._send(peer, error_response(rid, pb.ERROR_UNAUTHORIZED, msg))
-            return False
+            return
         try:
-            return self._dispatch(peer, req, kind, now, user)
+            self._dispatch(peer, req, kind, monotonic_ms(), user)
         except WireError as exc:
             self._send(peer, error_response(rid, exc.code, str(exc)))
         except StorageError as exc:
@@ -127,17 +102,17 @@ class PrimaryRequests:
         except Exception as exc:  # a bug must not stop the node for everyone: log it loudly
             node.log.exception("request_crashed", request=kind, error=repr(exc))
             self._send(peer, error_response(rid, pb.ERROR_INTERNAL, f"internal error: {exc!r}"))
-        return False
 
-    def _dispatch(self, peer: bytes, req: pb.Request, kind: str, now: int, user: str) -> bool:
+    def _dispatch(self, peer: bytes, req: pb.Request, kind: str, now: int, user: str) -> None:
         rid = req.request_id
+        node = self.node
         if kind in ("put", "delete", "batch"):
-            return self._queue_write(peer, req, kind)
-        if kind == "register":
-            self._register(peer, rid, req.register, now, self.node.serving.key_name(user))
+            if node.source.queue_write(peer, req, kind):
+                node.source.turn(now)  # a full group: commit it now
         elif kind == "get":
-            at_lsn = self.node.committer.unapplied.get(req.get.key, 0)
-            self.reads.get(peer, rid, req.get, now, at_lsn)
+            self.reads.get(peer, rid, req.get, now, node.source.read_fence(req.get.key))
+        elif kind == "register":
+            self._register(peer, rid, req.register, now, node.serving.key_name(user))
         elif kind == "heartbeat":
             self._heartbeat(peer, rid, req.heartbeat, now)
         elif kind == "ack":
@@ -147,100 +122,9 @@ class PrimaryRequests:
         elif kind == "bootstrap":
             self._bootstrap(peer, rid, req.bootstrap, now)
         elif kind == "status":
-            self._reply(peer, pb.Response(request_id=rid, status=self._status(now)))
+            self._reply(peer, pb.Response(request_id=rid, status=self.status(now)))
         elif kind == "digest":
             self.digests.submit(peer, rid)
-        return False
-
-    # ---- writes ------------------------------------------------------------------------------
-
-    def _queue_write(self, peer: bytes, req: pb.Request, kind: str) -> bool:
-        node = self.node
-        limits = node.config.limits
-        body: pb.PutRequest | pb.DeleteRequest | pb.BatchRequest
-        if kind == "batch":
-            body = req.batch
-            payload = body.batch
-            batch = parse_client_batch(
-                payload,
-                max_key_bytes=limits.max_key_bytes,
-                max_value_bytes=limits.max_value_bytes,
-                max_entries=limits.max_entries,
-            )
-            ops: Sequence[int] = batch.ops
-            keys: Sequence[bytes] = batch.keys
-            values: Sequence[bytes] = batch.values
-        else:  # one put or delete: checked and encoded directly, the common hot path
-            body = req.put if kind == "put" else req.delete
-            op = OP_PUT if kind == "put" else OP_DELETE
-            key = body.key
-            value = req.put.value if kind == "put" else b""
-            _check_entry(key, value, limits)
-            payload = encode_single(op, key, value)
-            ops, keys, values = (op,), (key,), (value,)
-        if len(payload) > limits.max_write_bytes:
-            limit = limits.max_write_bytes
-            msg = f"write of {len(payload)} bytes, over the record limit of {limit}"
-            raise WireError(msg, pb.ERROR_TOO_LARGE)
-        wait = min(body.wait_replicas, 1000)
-        if wait:
-            waiting = node.registry.waiters + node.committer.waiting_writes
-            if waiting >= node.registry.max_waiters:
-                raise WireError(
-                    f"{waiting} writes already wait for replicas (the limit is "
-                    f"{node.registry.max_waiters}); retry later or send fewer with wait_replicas",
-                    pb.ERROR_UNAVAILABLE,
-                )
-        write = PendingWrite(
-            peer,
-            req.request_id,
-            payload,
-            len(keys),
-            wait,
-            min(body.timeout_ms or 1000, MAX_WAIT_MS),
-            ops,
-            keys,
-            values,
-        )
-        return node.committer.add(write)
-
-    def reply_written(self, committed: list[CommittedWrite]) -> None:
-        """``--fsync interval``: answer writes that wait for no replica as soon as written."""
-        for c in committed:
-            w = c.write
-            if not w.wait_replicas:
-                self._send(w.peer, encode_write_reply(w.request_id, c.first_lsn, c.last_lsn))
-
-    def reply_committed(self, committed: list[CommittedWrite], now: int, *, acked: bool) -> None:
-        """Answer durable writes (``acked``: those without wait_replicas were answered)."""
-        registry = self.node.registry
-        for c in committed:
-            w = c.write
-            if w.wait_replicas:
-                token = _WaitToken(w.peer, w.request_id, c.first_lsn, c.last_lsn)
-                done = registry.wait_for(token, c.last_lsn, w.wait_replicas, now + w.timeout_ms)
-                if done is not None:
-                    self._answer_wait(done)
-            elif not acked:
-                self._send(w.peer, encode_write_reply(w.request_id, c.first_lsn, c.last_lsn))
-        self.reads.release(now)
-
-    def fail_writes(
-        self, writes: list[PendingWrite], code: pb.ErrorCode.ValueType, msg: str
-    ) -> None:
-        for w in writes:
-            self._send(w.peer, error_response(w.request_id, code, msg))
-
-    def _answer_wait(self, done: WaitResult) -> None:
-        token = done.token
-        assert isinstance(token, _WaitToken)
-        write = pb.WriteResponse(
-            lsn=token.last_lsn,
-            first_lsn=token.first_lsn,
-            replicas_applied=done.replicas_applied,
-            wait_timed_out=done.timed_out,
-        )
-        self._reply(token.peer, pb.Response(request_id=token.request_id, write=write))
 
     # ---- replication -------------------------------------------------------------------------
 
@@ -254,8 +138,9 @@ class PrimaryRequests:
             msg = f"this key belongs to replica {key_name!r}, not {reg.replica_id!r}"
             self._send(peer, error_response(rid, pb.ERROR_UNAUTHORIZED, msg))
             return
+        theirs = chain_from_wire(reg.history, reg.history_id)
         try:
-            node.registry.register(
+            node.followers.register(
                 reg.replica_id, peer, reg.address[:512], reg.role, reg.applied_lsn, now
             )
         except DuplicateReplicaError as exc:
@@ -264,31 +149,40 @@ class PrimaryRequests:
         except RegistryFullError as exc:
             self._send(peer, error_response(rid, pb.ERROR_UNAVAILABLE, str(exc)))
             return
+        ours = node.state.chain
         wal = node.wal
-        foreign = bool(reg.history_id) and reg.history_id != wal.history_id
-        required = (
-            foreign
-            or reg.applied_lsn > node.committed_lsn
-            or reg.applied_lsn + 1 < wal.retained_from_lsn
-        )
+        uncovered = reg.applied_lsn + 1 < wal.retained_from_lsn
+        on_our_line = not theirs or ours.shared_lsn(theirs) is not None
         node.log.info(
             "replica_registered",
             replica_id=reg.replica_id,
             address=reg.address,
             applied_lsn=reg.applied_lsn,
-            bootstrap_required=required,
+            history=theirs.describe(),
+            bootstrap_required=uncovered and on_our_line,
         )
         resp = pb.RegisterResponse(
-            primary_lsn=node.committed_lsn,
+            primary_lsn=node.visible_lsn,
             retained_from_lsn=wal.retained_from_lsn,
-            history_id=wal.history_id,
-            bootstrap_required=required,
+            history_id=ours.current,
+            bootstrap_required=uncovered and on_our_line,
+            history=chain_to_wire(ours),
+            role=node.role,  # type: ignore[arg-type]
+            primary=self.primary_address(),
         )
         self._reply(peer, pb.Response(request_id=rid, register=resp))
 
+    def primary_address(self) -> str:
+        """Where writes go: this node if it is the primary, else what its upstream said."""
+        if self.node.role == pb.ROLE_PRIMARY:
+            return self.node.address
+        status = pb.StatusResponse()
+        self.node.source.describe(status)
+        return status.primary
+
     def _heartbeat(self, peer: bytes, rid: int, hb: pb.HeartbeatRequest, now: int) -> None:
         status = Status(hb.status) if hb.status in Status._value2member_map_ else Status.ERROR
-        registry = self.node.registry
+        registry = self.node.followers
         try:
             r, done = registry.heartbeat(
                 peer,
@@ -305,10 +199,9 @@ class PrimaryRequests:
         if r is None:
             self._send(peer, error_response(rid, pb.ERROR_NOT_REGISTERED, "register first"))
             return
-        for d in done:
-            self._answer_wait(d)
+        self.node.source.released(done)
         resp = pb.HeartbeatResponse(
-            primary_lsn=self.node.committed_lsn,
+            primary_lsn=self.node.visible_lsn,
             lag_entries=registry.lag_entries(r),
             lag_ms=registry.lag_ms(r, now),
         )
@@ -316,18 +209,17 @@ class PrimaryRequests:
 
     def _ack(self, peer: bytes, rid: int, ack: pb.AckRequest, now: int) -> None:
         try:
-            r, done = self.node.registry.ack(peer, ack.applied_lsn, ack.durable_lsn, now)
+            r, done = self.node.followers.ack(peer, ack.applied_lsn, ack.durable_lsn, now)
         except ImpossiblePositionError as exc:
             self._impossible(peer, rid, exc, now)
             return
         if r is None:
             self._send(peer, error_response(rid, pb.ERROR_NOT_REGISTERED, "register first"))
-        for d in done:
-            self._answer_wait(d)
+        self.node.source.released(done)
 
     def _impossible(self, peer: bytes, rid: int, exc: ImpossiblePositionError, now: int) -> None:
         """A forged or broken position: refused, logged (rate-limited), nothing changed."""
-        r = self.node.registry.get(peer)
+        r = self.node.followers.get(peer)
         who = r.replica_id if r is not None else peer.hex()
         self.refusals.refused("impossible_position", now, replica_id=who, error=str(exc))
         self._send(peer, error_response(rid, pb.ERROR_BAD_REQUEST, str(exc)))
@@ -335,9 +227,9 @@ class PrimaryRequests:
     def _wal_sync(self, peer: bytes, rid: int, req: pb.WalSyncRequest, now: int) -> None:
         node = self.node
         wal = node.wal
-        committed = node.committed_lsn  # records still syncing are not served yet
-        if req.from_lsn < 1 or req.from_lsn > committed + 1:
-            raise WireError(f"wal_sync: from_lsn {req.from_lsn} outside 1..{committed + 1}")
+        visible = node.visible_lsn  # records still syncing are not served yet
+        if req.from_lsn < 1 or req.from_lsn > visible + 1:
+            raise WireError(f"wal_sync: from_lsn {req.from_lsn} outside 1..{visible + 1}")
         room = node.serving.budget.room(peer)
         if room < MIN_SYNC_BYTES:
             msg = f"{node.serving.budget.unread_bytes(peer)} bytes of earlier replies are unread"
@@ -346,7 +238,7 @@ class PrimaryRequests:
         records: list[bytes] = []
         try:
             for record in wal.read_from(req.from_lsn, max_bytes):
-                if peek_lsns(record)[1] > committed:
+                if peek_lsns(record)[1] > visible:
                     break
                 records.append(record)
         except TooOldError:
@@ -357,14 +249,14 @@ class PrimaryRequests:
             )
             self._send(peer, frame)
             return
-        if node.registry.get(peer) is not None:  # a replica, not a tail or a tool
-            node.registry.note_catchup(peer, now)
+        if node.followers.get(peer) is not None:  # a replica, not a tail or a tool
+            node.followers.note_catchup(peer, now)
             node.counters.catchups_served += 1
         resp = pb.WalSyncResponse(
             records=records,
-            primary_lsn=committed,
+            primary_lsn=visible,
             retained_from_lsn=wal.retained_from_lsn,
-            history_id=wal.history_id,
+            history_id=node.state.chain.current,
         )
         node.serving.reply_or_refuse(peer, pb.Response(request_id=rid, wal_sync=resp))
 
@@ -374,7 +266,7 @@ class PrimaryRequests:
             if not node.sessions.grant(peer, req.session_id, req.credit, now):
                 raise WireError(f"bootstrap: unknown session {req.session_id}", pb.ERROR_CREDIT)
             return
-        if node.registry.get(peer) is None:
+        if node.followers.get(peer) is None:
             self._send(peer, error_response(rid, pb.ERROR_NOT_REGISTERED, "register first"))
             return
         try:
@@ -382,7 +274,7 @@ class PrimaryRequests:
         except SessionsFullError as exc:
             self._send(peer, error_response(rid, pb.ERROR_UNAVAILABLE, str(exc)))
             return
-        node.registry.note_bootstrap(peer, session.snapshot.lsn, now)
+        node.followers.note_bootstrap(peer, session.snapshot.lsn, now)
         node.counters.bootstraps_served += 1
         node.log.info(
             "bootstrap_serving",
@@ -393,35 +285,38 @@ class PrimaryRequests:
 
     # ---- status and timers -------------------------------------------------------------------
 
-    def _status(self, now: int) -> pb.StatusResponse:
+    def status(self, now: int) -> pb.StatusResponse:
         node = self.node
-        reg = node.registry
-        return pb.StatusResponse(
-            role=pb.ROLE_PRIMARY,
-            history_id=node.wal.history_id,
-            lsn=node.committed_lsn,
+        reg = node.followers
+        status = pb.StatusResponse(
+            role=node.role,  # type: ignore[arg-type]
+            history_id=node.state.chain.current,
+            history=chain_to_wire(node.state.chain),
+            lsn=node.store.applied_lsn,
             durable_lsn=node.wal.durable_lsn,
             retained_from_lsn=node.wal.retained_from_lsn,
             replicas=[replica_info(r, reg, now) for r in reg.replicas()],
-            status=pb.STATUS_READY,
             node_id=node.config.node_id,
-            primary=node.address,  # what this primary advertises to clients and replicas
             retention_held_by=node.retention_held_by,
             wal_bytes=node.wal.size_bytes,
         )
+        node.source.describe(status)
+        return status
 
     def tick(self, now: int) -> None:
-        stale, expired = self.node.registry.tick(now)
+        stale, expired = self.node.followers.tick(now)
         for r in stale:
             self.node.log.warning("replica_disconnected", replica_id=r.replica_id)
-        for d in expired:
-            self._answer_wait(d)
+        self.node.source.released(expired)
         self.reads.release(now)
         self.refusals.flush(now)
 
     def send_digests(self) -> None:
         for peer, resp in self.digests.ready():
             self._reply(peer, resp)
+
+    def close(self) -> None:
+        self.digests.close()
 
     # ---- sending -----------------------------------------------------------------------------
 

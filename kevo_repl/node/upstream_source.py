@@ -1,0 +1,352 @@
+"""A replica's records: its upstream's, appended byte for byte to its own WAL, applied, synced.
+
+The ``Follower`` decides; this carries its actions out, in order. Records arriving in one
+drain are appended to the WAL as received (the same bytes, so they can be served on to this
+node's own followers), applied to the store in one transaction per history, and the WAL is
+fdatasynced on a helper thread. Only once that sync is done is a record *visible*: this
+node's durable LSN (what it acks to its upstream), published on its own PUB, served by its
+WalSync. A bootstrap installs a snapshot and starts the WAL afresh past it. A tail that has
+diverged from the upstream's line is written to a file for the operator and never served.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import zmq
+
+from kevo_repl.adapters.clock import monotonic_ms
+from kevo_repl.adapters.security import ClientCurve
+from kevo_repl.adapters.state_lmdb import Batch, BootstrapWriter, StateStore
+from kevo_repl.core.errors import KevoError, ProtocolError, StorageError
+from kevo_repl.core.follower import Follower
+from kevo_repl.core.follower_types import (
+    Action,
+    ApplyRecord,
+    BeginBootstrap,
+    DiscardTail,
+    FollowerConfig,
+    InstallBootstrap,
+    Reconnect,
+    SaveChain,
+    Status,
+    WriteChunk,
+)
+from kevo_repl.core.record import peek_lsns
+from kevo_repl.core.registry import WaitResult
+from kevo_repl.node.upstream_link import Decoded, UpstreamLink
+from kevo_repl.wire import pb
+from kevo_repl.wire.batch import WireError
+from kevo_repl.wire.envelope import error_response
+
+if TYPE_CHECKING:
+    from kevo_repl.node.node import Node
+
+__all__ = ["UpstreamSource"]
+
+STORAGE_RETRY_MS = 1000
+_WARNINGS = frozenset(
+    {"disconnected", "storage_failed", "foreign_history", "request_refused", "primary_refused"}
+)
+
+
+class UpstreamSource:
+    role: int = pb.ROLE_REPLICA
+
+    def __init__(self, node: Node, upstream: str) -> None:
+        self.node = node
+        config = node.config
+        store = node.store
+        self.follower = Follower(
+            FollowerConfig(
+                replica_id=config.node_id,
+                address=node.address,
+                heartbeat_interval_ms=config.heartbeat_interval_ms,
+                primary_timeout_ms=config.primary_timeout_ms,
+                request_timeout_ms=config.request_timeout_ms,
+                backoff_max_ms=config.backoff_max_ms,
+                allow_bootstrap=config.allow_bootstrap,
+                allow_unrelated_history=config.allow_unrelated_history,
+                bootstrap_chunk_bytes=config.bootstrap_chunk_bytes,
+            ),
+            applied_lsn=store.applied_lsn,
+            durable_lsn=min(store.applied_lsn, node.wal.durable_lsn),
+            history_id=store.history_id or b"",
+            chain=node.state.chain,
+        )
+        curve = None
+        if node.security is not None and config.keys_dir is not None:
+            curve = ClientCurve.from_dir(config.keys_dir, config.own_key_name, config.upstream_key)
+        self.link = UpstreamLink(
+            node.ctx, upstream, config.limits, curve, config.node_id, node.address, node.log
+        )
+        self._to_apply: list[Decoded] = []
+        self._unsynced: list[tuple[int, int, bytes]] = []  # written here, not yet durable
+        self._visible = self.follower.durable_lsn
+        self._sync: tuple[Future[int], int] | None = None
+        self._syncer = ThreadPoolExecutor(1, thread_name_prefix="wal-sync")
+        self._writer: BootstrapWriter | None = None
+        self._progress_logged = 0
+        self.diverged = False  # the store holds a tail off the upstream's line: serve nothing
+        self.run(self.follower.start(monotonic_ms()))
+
+    # ---- the node's questions ----------------------------------------------------------------
+
+    @property
+    def visible_lsn(self) -> int:
+        return self._visible
+
+    @property
+    def blocked(self) -> bool:
+        return False
+
+    @property
+    def upstream(self) -> str:
+        return self.link.upstream
+
+    @property
+    def primary(self) -> str:
+        """Where writes go: the primary at the top of our upstream's line."""
+        return self.link.upstream_info.primary or self.link.upstream
+
+    def sockets(self) -> list[zmq.Socket[bytes]]:
+        return [self.link.sub, self.link.dealer]
+
+    def read_fence(self, key: bytes) -> int:
+        if self.diverged:
+            msg = "this node's data diverged from its upstream's; it is being copied again"
+            raise WireError(msg, pb.ERROR_UNAVAILABLE)
+        return 0
+
+    def queue_write(self, peer: bytes, req: pb.Request, kind: str) -> bool:
+        msg = f"this node is a replica; send writes to the primary at {self.primary}"
+        frame = error_response(req.request_id, pb.ERROR_NOT_PRIMARY, msg, primary=self.primary)
+        self.node.serving.send(peer, frame)
+        return False
+
+    def released(self, waits: list[WaitResult]) -> None:
+        return None  # only a primary has writes waiting for followers
+
+    def describe(self, status: pb.StatusResponse) -> None:
+        f = self.follower
+        status.status = f.status.value  # type: ignore[assignment]
+        status.primary = self.primary
+        status.upstream = self.upstream
+        status.bootstrap_progress = f.bootstrap_progress
+        status.error_message = f.error_message
+        status.bootstraps = f.counters.bootstraps
+        status.catchups = f.counters.catchups
+        status.gaps = f.counters.gaps
+
+    # ---- each turn ---------------------------------------------------------------------------
+
+    def on_ready(self, ready: dict[Any, int]) -> None:
+        limit = self.node.config.drain_max
+        link = self.link
+        if link.sub in ready:
+            link.drain(link.sub, self.follower, self.run, self._bad_input, limit)
+        if link.dealer in ready:  # not the one a reconnect while draining the stream replaced
+            link.drain(link.dealer, self.follower, self.run, self._bad_input, limit)
+        self.flush()
+
+    def turn(self, now_ms: int) -> None:
+        self._finish_sync(now_ms)
+
+    def tick(self, now_ms: int) -> None:
+        self.run(self.follower.tick(now_ms))
+        self.run(self.follower.take_ack())
+
+    def _bad_input(self, event: str, exc: ProtocolError) -> None:
+        self.node.requests.refusals.refused(event, monotonic_ms(), error=str(exc))
+
+    # ---- carrying out the follower's actions -------------------------------------------------
+
+    def run(self, actions: list[Action]) -> None:
+        follower = self.follower
+        for action in actions:
+            if isinstance(action, ApplyRecord):
+                self._to_apply.append(self.link.decoded.pop(action.first_lsn))
+            elif isinstance(action, Reconnect):
+                self.flush()
+                self.link.reconnect()
+                self.node.sockets_changed()
+                self.node.log.info("reconnecting", reason=action.reason)
+            elif isinstance(action, SaveChain):
+                self.flush()
+                self._storage(lambda a=action: self.node.state.save_chain(a.chain))
+            elif isinstance(action, BeginBootstrap | WriteChunk | InstallBootstrap | DiscardTail):
+                self.flush()
+                self._storage(lambda a=action: self._storage_step(a))
+            else:
+                if self.node.wal.failed:  # a request means a new attempt: recover the WAL
+                    self._storage(self.node.state.reopen_wal)
+                self.link.send(action)
+            if follower.status == Status.ERROR and self._to_apply:
+                self._to_apply.clear()
+        self._log_events()
+
+    def flush(self) -> None:
+        """Append queued records to the WAL, apply them (one transaction per history), ack
+        what is applied, and start the fdatasync that will make them visible."""
+        if not self._to_apply:
+            self.link.decoded.clear()
+            return
+        queued, self._to_apply = self._to_apply, []
+        self.link.decoded.clear()
+        node = self.node
+        wal, store = node.wal, node.store
+        try:
+            for _first, last, batch, record in queued:
+                if last > wal.last_lsn:  # a store that failed to apply may have it logged
+                    wal.append_record(record, batch.history_id)
+            groups: list[tuple[bytes, list[Batch]]] = []
+            for first, last, batch, _record in queued:
+                if not groups or groups[-1][0] != batch.history_id:
+                    groups.append((batch.history_id, []))
+                groups[-1][1].append((first, last, batch.ops, batch.keys, batch.values))
+            for history, batches in groups:
+                store.apply_many(batches, history, new_history=history != store.history_id)
+        except KevoError as exc:
+            self._storage_failed(str(exc))
+            return
+        self._unsynced += [(first, last, record) for first, last, _b, record in queued]
+        self._start_sync()
+        self.run(self.follower.take_ack())
+
+    def _start_sync(self) -> None:
+        if self._sync is not None or not self._unsynced:
+            return
+        future = self._syncer.submit(self.node.wal.sync)
+        future.add_done_callback(lambda _: self.node.wake())
+        self._sync = (future, self._unsynced[-1][1])
+
+    def _finish_sync(self, now: int, wait: bool = False) -> None:
+        if self._sync is None or not (wait or self._sync[0].done()):
+            return
+        future, _target = self._sync
+        self._sync = None
+        try:
+            durable = future.result()
+        except StorageError as exc:
+            self._storage_failed(f"fdatasync failed: {exc}")
+            return
+        ready = [r for r in self._unsynced if r[1] <= durable]
+        self._unsynced = self._unsynced[len(ready) :]
+        if ready:
+            self._visible = ready[-1][1]
+            self.node.publish(ready, now)
+        self.follower.durable(durable)
+        self.run(self.follower.take_ack())
+        self._start_sync()
+
+    # ---- storage steps -----------------------------------------------------------------------
+
+    def _storage(self, step: Any) -> None:
+        try:
+            step()
+        except (KevoError, ValueError) as exc:
+            self._storage_failed(str(exc))
+
+    def _storage_step(self, action: Action) -> None:
+        node = self.node
+        if isinstance(action, DiscardTail):
+            self._discard_tail(action.after_lsn, action.applied_lsn)
+        elif isinstance(action, BeginBootstrap):
+            if node.store.applied_lsn:  # never silently: say what is discarded
+                node.log.warning(
+                    "bootstrap_replaces_data",
+                    keys=node.store.key_count,
+                    applied_lsn=node.store.applied_lsn,
+                    history_id=(node.store.history_id or b"").hex(),
+                )
+            if self._writer is not None:
+                self._writer.abort()
+            self._writer = StateStore.begin_bootstrap(node.store.path)
+            self._progress_logged = 0
+        elif isinstance(action, WriteChunk):
+            if self._writer is None:
+                raise StorageError("bootstrap chunk without a bootstrap in progress")
+            self._writer.add(action.keys, action.values)
+            self._log_progress()
+        elif isinstance(action, InstallBootstrap):
+            if self._writer is None:
+                raise StorageError("bootstrap install without a bootstrap in progress")
+            self._writer.finish(action.snapshot_lsn, action.history_id)
+            self._writer = None
+            self._finish_sync(monotonic_ms(), wait=True)
+            node.sessions.close_all()  # our own followers' snapshots of the old store
+            node.store.replace_with_bootstrap()
+            # The old log does not lead to the snapshot: start one right after it.
+            node.state.reset_wal(action.snapshot_lsn + 1, action.history_id)
+            self._unsynced.clear()
+            self._visible = action.snapshot_lsn
+            self.diverged = False
+            node.followers.note_commit(action.snapshot_lsn, monotonic_ms())
+
+    def _discard_tail(self, after_lsn: int, applied_lsn: int) -> None:
+        """Keep our records past ``after_lsn`` in a file (an operator may recover writes a
+        failover lost from it), then serve nothing of them: they are off the line."""
+        node = self.node
+        self.diverged = True
+        self._visible = min(self._visible, after_lsn)
+        records: list[bytes] = []
+        try:
+            for record in node.wal.read_from(after_lsn + 1):
+                if peek_lsns(record)[1] > after_lsn:
+                    records.append(record)
+        except KevoError:
+            pass  # retained away or unreadable: the summary says how much was kept
+        folder = node.state.data_dir / "discarded"
+        folder.mkdir(exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        path = folder / f"{stamp}-lsn-{after_lsn + 1}-{applied_lsn}.records"
+        Path(path).write_bytes(b"".join(records))
+        summary = {
+            "from_lsn": after_lsn + 1,
+            "to_lsn": applied_lsn,
+            "entries": applied_lsn - after_lsn,
+            "records_kept": len(records),
+            "history_id": (node.store.history_id or b"").hex(),
+        }
+        path.with_suffix(".json").write_text(json.dumps(summary) + "\n")
+        node.log.warning("tail_discarded", file=str(path), **summary)
+
+    def _log_progress(self) -> None:
+        """One line per tenth of a bootstrap, not one per chunk."""
+        tenth = int(self.follower.bootstrap_progress * 10)
+        if tenth > self._progress_logged:
+            self._progress_logged = tenth
+            keys = self._writer.keys_added if self._writer else 0
+            self.node.log.info("bootstrap_progress", progress=tenth / 10, keys=keys)
+
+    def _storage_failed(self, message: str) -> None:
+        node = self.node
+        node.log.error("storage_failed", error=message)
+        self._to_apply.clear()
+        store = node.store
+        self.run(
+            self.follower.storage_failed(
+                message, store.applied_lsn, STORAGE_RETRY_MS, store.history_id or b""
+            )
+        )
+
+    def _log_events(self) -> None:
+        log = self.node.log
+        for event, fields in self.follower.drain_events():
+            if event in _WARNINGS:
+                log.warning(event, **fields)
+            else:
+                log.info("status_changed" if event == "status" else event, **fields)
+
+    def close(self) -> None:
+        self.flush()
+        self._finish_sync(monotonic_ms(), wait=True)
+        self._syncer.shutdown(wait=True)
+        if self._writer is not None:
+            self._writer.abort()
+            self._writer = None
+        self.link.close()

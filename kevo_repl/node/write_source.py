@@ -1,0 +1,251 @@
+"""A primary's records: client writes, validated, group-committed, answered.
+
+Writes are checked and queued (``queue_write``); each loop turn the group whose fdatasync
+finished is applied and published and its writers answered (now, or once enough followers
+have it: ``wait_replicas``), and the next group is written (``GroupCommitter``). With
+``--fsync interval`` a writer is answered when its record is written, before the
+fdatasync; its record still reaches followers only once durable, and a read of a key such a
+write touched waits until it is applied (``read_fence``). A failed WAL write or fdatasync
+answers every waiting writer ``ERROR_OUTCOME_UNKNOWN`` and stops the node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import zmq
+
+from kevo_repl.adapters.clock import monotonic_ms, wall_us
+from kevo_repl.core.errors import StorageError
+from kevo_repl.core.ops import OP_DELETE, OP_PUT
+from kevo_repl.core.registry import WaitResult
+from kevo_repl.node.group_commit import (
+    RECORD_OVERHEAD_BYTES,
+    CommittedWrite,
+    GroupCommitter,
+    PendingWrite,
+)
+from kevo_repl.node.parked_reads import MAX_WAIT_MS
+from kevo_repl.wire import pb
+from kevo_repl.wire.batch import WireError, WireLimits, encode_single, parse_client_batch
+from kevo_repl.wire.envelope import encode_write_reply, error_response
+
+if TYPE_CHECKING:
+    from kevo_repl.node.node import Node
+
+__all__ = ["WriteSource"]
+
+
+@dataclass(frozen=True, slots=True)
+class _WaitToken:
+    peer: bytes
+    request_id: int
+    first_lsn: int
+    last_lsn: int
+
+
+def _check_entry(key: bytes, value: bytes, limits: WireLimits) -> None:
+    if not key:
+        raise WireError("empty key")
+    if len(key) > limits.max_key_bytes:
+        msg = f"key of {len(key)} bytes, over the limit of {limits.max_key_bytes}"
+        raise WireError(msg, pb.ERROR_TOO_LARGE)
+    if len(value) > limits.max_value_bytes:
+        msg = f"value of {len(value)} bytes, over the limit of {limits.max_value_bytes}"
+        raise WireError(msg, pb.ERROR_TOO_LARGE)
+
+
+class WriteSource:
+    role: int = pb.ROLE_PRIMARY
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        limits = node.config.limits
+        self.committer = GroupCommitter(
+            node.wal,
+            node.store,
+            wall_us,
+            ack_before_sync=node.config.fsync != "always",
+            record_target_bytes=limits.max_stream_record_bytes - RECORD_OVERHEAD_BYTES,
+        )
+        self.committer.committed_lsn = node.wal.last_lsn
+
+    # ---- the node's questions ----------------------------------------------------------------
+
+    @property
+    def visible_lsn(self) -> int:
+        return self.committer.committed_lsn
+
+    @property
+    def blocked(self) -> bool:
+        return self.committer.backlogged
+
+    def sockets(self) -> list[zmq.Socket[bytes]]:
+        return []
+
+    def on_ready(self, ready: dict[Any, int]) -> None:
+        return None
+
+    def read_fence(self, key: bytes) -> int:
+        """An acknowledged write to ``key`` not yet applied (--fsync interval): wait for it."""
+        return self.committer.unapplied.get(key, 0)
+
+    def describe(self, status: pb.StatusResponse) -> None:
+        status.status = pb.STATUS_READY
+        status.primary = self.node.address  # what this primary advertises
+
+    # ---- writes ------------------------------------------------------------------------------
+
+    def queue_write(self, peer: bytes, req: pb.Request, kind: str) -> bool:
+        """Check and queue one write; True when a full group is pending (commit it now)."""
+        node = self.node
+        limits = node.config.limits
+        body: pb.PutRequest | pb.DeleteRequest | pb.BatchRequest
+        if kind == "batch":
+            body = req.batch
+            payload = body.batch
+            batch = parse_client_batch(
+                payload,
+                max_key_bytes=limits.max_key_bytes,
+                max_value_bytes=limits.max_value_bytes,
+                max_entries=limits.max_entries,
+            )
+            ops: Sequence[int] = batch.ops
+            keys: Sequence[bytes] = batch.keys
+            values: Sequence[bytes] = batch.values
+        else:  # one put or delete: checked and encoded directly, the common hot path
+            body = req.put if kind == "put" else req.delete
+            op = OP_PUT if kind == "put" else OP_DELETE
+            key = body.key
+            value = req.put.value if kind == "put" else b""
+            _check_entry(key, value, limits)
+            payload = encode_single(op, key, value)
+            ops, keys, values = (op,), (key,), (value,)
+        if len(payload) > limits.max_write_bytes:
+            limit = limits.max_write_bytes
+            msg = f"write of {len(payload)} bytes, over the record limit of {limit}"
+            raise WireError(msg, pb.ERROR_TOO_LARGE)
+        wait = min(body.wait_replicas, 1000)
+        if wait:
+            waiting = node.followers.waiters + self.committer.waiting_writes
+            if waiting >= node.followers.max_waiters:
+                raise WireError(
+                    f"{waiting} writes already wait for replicas (the limit is "
+                    f"{node.followers.max_waiters}); retry later or send fewer with "
+                    "wait_replicas",
+                    pb.ERROR_UNAVAILABLE,
+                )
+        write = PendingWrite(
+            peer,
+            req.request_id,
+            payload,
+            len(keys),
+            wait,
+            min(body.timeout_ms or 1000, MAX_WAIT_MS),
+            ops,
+            keys,
+            values,
+        )
+        return self.committer.add(write)
+
+    # ---- each turn ---------------------------------------------------------------------------
+
+    def turn(self, now_ms: int) -> None:
+        self._finish_groups()  # frees the slot the next group needs
+        self._start_group()
+
+    def tick(self, now_ms: int) -> None:
+        """Repair a store behind the WAL after a failed apply (the WAL is the truth)."""
+        if not self.committer.store_error:
+            return
+        try:
+            self.committer.catch_up_store()
+            self.node.log.info("store_recovered", lsn=self.node.store.applied_lsn)
+        except StorageError as exc:
+            self.node.log.error("store_apply_failed", error=str(exc))
+
+    def _start_group(self) -> None:
+        try:
+            flight = self.committer.start(self.node.wake)
+        except StorageError as exc:
+            self._wal_failed("wal_write_failed", exc)
+            return
+        if flight is not None and self.committer.ack_before_sync:
+            for c in flight.committed():  # writes that wait for no follower: answered now
+                if not c.write.wait_replicas:
+                    self._send(c.write.peer, encode_write_reply(c.write.request_id, *c.lsns))
+
+    def _finish_groups(self, wait: bool = False) -> None:
+        try:
+            done = self.committer.finish_ready(wait)
+        except StorageError as exc:
+            self._wal_failed("wal_sync_failed", exc)
+            return
+        for flight in done:
+            now = monotonic_ms()
+            self.node.publish(
+                [
+                    (r.appended.first_lsn, r.appended.last_lsn, r.appended.record)
+                    for r in flight.records
+                ],
+                now,
+            )
+            self._answer(flight.committed(), now)
+
+    def _answer(self, committed: list[CommittedWrite], now: int) -> None:
+        registry = self.node.followers
+        acked = self.committer.ack_before_sync
+        for c in committed:
+            w = c.write
+            if w.wait_replicas:
+                token = _WaitToken(w.peer, w.request_id, c.first_lsn, c.last_lsn)
+                done = registry.wait_for(token, c.last_lsn, w.wait_replicas, now + w.timeout_ms)
+                if done is not None:
+                    self.released([done])
+            elif not acked:
+                self._send(w.peer, encode_write_reply(w.request_id, *c.lsns))
+
+    def released(self, waits: list[WaitResult]) -> None:
+        """Writes that enough followers applied, or whose wait timed out: answer them."""
+        for done in waits:
+            token = done.token
+            assert isinstance(token, _WaitToken)
+            write = pb.WriteResponse(
+                lsn=token.last_lsn,
+                first_lsn=token.first_lsn,
+                replicas_applied=done.replicas_applied,
+                wait_timed_out=done.timed_out,
+            )
+            resp = pb.Response(request_id=token.request_id, write=write)
+            self.node.serving.reply_or_refuse(token.peer, resp)
+
+    def _wal_failed(self, event: str, exc: StorageError) -> None:
+        """The WAL refused a write or a sync: the records written may or may not survive a
+        restart, so every writer waiting is told the outcome is unknown, and the node stops
+        (the WAL refuses all further work; a restart recovers it, as PostgreSQL does)."""
+        msg = (
+            f"the WAL failed ({exc}); this write may or may not have been committed: read it "
+            "back once the primary is restarted"
+        )
+        writes = [w for f in self.committer.drop_in_flight() for w in f.writes()]
+        writes += self.committer.take_pending()
+        for w in writes:
+            self._send(w.peer, error_response(w.request_id, pb.ERROR_OUTCOME_UNKNOWN, msg))
+        self.node.log.error(event, error=str(exc), writes_with_unknown_outcome=len(writes))
+        self.node.fail(f"{event}: {exc}")
+
+    def _send(self, peer: bytes, frame: bytes) -> None:
+        self.node.serving.send(peer, frame)
+
+    def close(self) -> None:
+        """Finish what is in flight and commit what is pending (a clean stop)."""
+        try:
+            if not self.node.failure:
+                self._finish_groups(wait=True)
+                while self.committer.pending and not self.node.failure:
+                    self._start_group()
+                    self._finish_groups(wait=True)
+        finally:
+            self.committer.close()
