@@ -175,8 +175,8 @@ def test_wait_released_by_acks() -> None:
     beat(r, b"pa", Status.SYNCING, 0, 0, 0)
     beat(r, b"pb", Status.SYNCING, 0, 0, 0)
     assert r.wait_for("w", 10, 2, 1000) is None
-    assert r.ack(b"pa", 10, 0, 10)[1] == []
-    _, done = r.ack(b"pb", 12, 0, 20)
+    assert r.ack(b"pa", 10, 10, 10)[1] == []
+    _, done = r.ack(b"pb", 12, 12, 20)
     assert done == [WaitResult("w", 2, timed_out=False)]
 
 
@@ -223,13 +223,13 @@ def test_waiters_of_different_counts_are_released_in_lsn_order() -> None:
         assert r.wait_for(("three", lsn), lsn, 3, 1000) is None
     assert r.wait_for(("one", 7), 7, 1, 1000) is None  # out of commit order: still found
     assert r.waiters == 201
-    _, done = r.ack(b"a", 50, 0, 1)
+    _, done = r.ack(b"a", 50, 50, 1)
     tokens = [d.token for d in done]
     assert sorted(tokens) == sorted([("one", i) for i in range(1, 51)] + [("one", 7)])  # type: ignore[type-var]
     assert all(d.replicas_applied == 1 and not d.timed_out for d in done)
-    _, done = r.ack(b"b", 60, 0, 2)
+    _, done = r.ack(b"b", 60, 60, 2)
     assert [d.token for d in done] == [("one", i) for i in range(51, 61)]
-    _, done = r.ack(b"c", 40, 0, 3)
+    _, done = r.ack(b"c", 40, 40, 3)
     assert [d.token for d in done] == [("three", i) for i in range(1, 41)]
     assert all(d.replicas_applied == 3 for d in done)
     assert r.waiters == 201 - 51 - 10 - 40
@@ -246,7 +246,7 @@ def test_finished_waiters_do_not_accumulate() -> None:
     for lsn in range(1, 20_001):
         r.wait_for(lsn, lsn, 1, 60_000)
         if lsn % 100 == 0:
-            r.ack(b"pa", lsn, 0, lsn)
+            r.ack(b"pa", lsn, lsn, lsn)
             r.tick(lsn)
     assert r.waiters == 0
     assert len(r._deadlines) < 2000  # released waiters are compacted away, not kept 60 s
@@ -279,3 +279,12 @@ def test_the_number_of_replicas_is_capped() -> None:
     join(r, "r0", b"p0")  # re-registering a known one is fine
     join(r, "r9", b"p1")  # so is a known peer taking another id (it drops its old one)
     assert sorted(x.replica_id for x in r.replicas()) == ["r0", "r2", "r9"]
+
+
+def test_a_write_counts_a_replica_only_once_it_is_on_its_disk() -> None:
+    r = reg()
+    join(r, "a", b"pa")
+    beat(r, b"pa", Status.SYNCING, 0, 0, 0)
+    assert r.wait_for("w", 10, 1, 1000) is None
+    assert r.ack(b"pa", 10, 5, 1)[1] == []  # applied, not yet durable: it could lose it
+    assert r.ack(b"pa", 10, 10, 2)[1] == [WaitResult("w", 1, timed_out=False)]

@@ -84,6 +84,12 @@ class _Waiter:
 _COUNTED = (Status.SYNCING, Status.READY)
 
 
+def _holds(r: ReplicaState) -> int:
+    """What a replica has applied *and* on disk: a write it holds survives its crash, so it
+    survives a failover to it (PostgreSQL's synchronous_commit = on counts the flush)."""
+    return min(r.applied_lsn, r.durable_lsn)
+
+
 @dataclass(slots=True)
 class Registry:
     """Per-replica progress. All times are milliseconds from the driver's monotonic clock."""
@@ -226,12 +232,13 @@ class Registry:
     # ---- waiting for replicas ----------------------------------------------------------------
 
     def replicas_applied(self, lsn: int) -> int:
-        """Live replicas following this history (SYNCING or READY) that have applied ``lsn``.
+        """Live replicas following this history (SYNCING or READY) that have ``lsn`` applied
+        and durable.
 
         A CONNECTING or BOOTSTRAPPING replica reports its old store's LSN, which may belong
         to another history until its snapshot is installed, so it does not count.
         """
-        return sum(1 for r in self._by_id.values() if r.applied_lsn >= lsn and r.status in _COUNTED)
+        return sum(1 for r in self._by_id.values() if _holds(r) >= lsn and r.status in _COUNTED)
 
     def wait_for(
         self, token: object, lsn: int, replicas: int, deadline_ms: int
@@ -336,7 +343,7 @@ class Registry:
 
     def _release(self) -> list[WaitResult]:
         """Waiters whose LSN enough replicas have applied: the front of each count's queue."""
-        applied = sorted(r.applied_lsn for r in self._by_id.values() if r.status in _COUNTED)
+        applied = sorted(_holds(r) for r in self._by_id.values() if r.status in _COUNTED)
         done: list[WaitResult] = []
         for wanted, queue in self._waiting.items():
             if wanted > len(applied):
