@@ -244,6 +244,22 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     lg.add_argument("--format", choices=["text", "json"], default="text")
     lg.add_argument("--lines", type=_count(0), default=0, help="only the last N lines first")
 
+    pm = add("promote", "a replica stops following and becomes a primary (a new history)")
+    _node_flags(pm)
+    pm.add_argument("--force", action="store_true", help="even if its upstream still answers")
+    pm.add_argument("--json", action="store_true")
+
+    rpt = add("repoint", "a node follows another node from its current position")
+    _node_flags(rpt)
+    rpt.add_argument("--primary", required=True, type=_node_arg, help="HOST:PORT to follow")
+
+    sw = add("switchover", "a planned handover from a primary to one of its replicas")
+    _node_flags(sw)
+    sw.add_argument("--to", required=True, type=_node_arg, help="HOST:PORT of the replica")
+    sw.add_argument(
+        "--timeout-ms", type=_count(1), default=30_000, help="for the replica to catch up"
+    )
+
     bn = add("bench", "benchmarks side by side with Redis (runs bench/ of the source tree)")
     bn.add_argument("bench_args", nargs=argparse.REMAINDER, help="see: kevo-repl bench --help")
 

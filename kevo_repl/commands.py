@@ -229,6 +229,13 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(args.data, args.replicas, args.port, args.count, exit_after=args.exit)
 
 
+def _failover(name: str, args: argparse.Namespace) -> int:
+    from kevo_repl import failover
+
+    command: Callable[[argparse.Namespace], int] = getattr(failover, name)
+    return command(args)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "primary": run_primary,
     "replica": run_replica,
@@ -243,5 +250,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "tail": _tail,
     "logs": _logs,
     "keygen": _keygen,
+    "promote": lambda a: _failover("promote_command", a),
+    "repoint": lambda a: _failover("repoint_command", a),
+    "switchover": lambda a: _failover("switchover_command", a),
     "bench": _bench,
 }

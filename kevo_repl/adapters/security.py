@@ -50,7 +50,7 @@ ROLE_REQUESTS: Final[dict[str, frozenset[str]]] = {
     "replica": frozenset({"register", "heartbeat", "ack", "wal_sync", "bootstrap"}),
     "client-ro": _READ,
     "client-rw": _READ | {"put", "delete", "batch"},
-    "admin": _READ | {"status"},
+    "admin": _READ | {"status", "promote", "repoint", "handover"},
 }
 ROLE_STREAM: Final = frozenset(ROLE_REQUESTS)  # every listed role may follow the stream
 

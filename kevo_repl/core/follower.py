@@ -99,6 +99,11 @@ class Follower:
         return self._boot.progress if self.status == Status.BOOTSTRAPPING else 0.0
 
     @property
+    def last_heard_ms(self) -> int:
+        """When the upstream was last heard (a record, a beacon or a reply)."""
+        return self._last_heard_ms
+
+    @property
     def pending_request(self) -> str:
         return self._pending
 

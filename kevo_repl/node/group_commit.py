@@ -259,13 +259,10 @@ class GroupCommitter:
             if decoded.last_lsn <= self.store.applied_lsn:
                 continue
             batch = decode_batch(decoded.payload)
-            self.store.apply(
-                decoded.first_lsn,
-                decoded.last_lsn,
-                self.wal.history_id,
-                batch.ops,
-                batch.keys,
-                batch.values,
+            self.store.apply_many(
+                [(decoded.first_lsn, decoded.last_lsn, batch.ops, batch.keys, batch.values)],
+                batch.history_id,
+                new_history=batch.history_id != self.store.history_id,
             )
             replayed += decoded.last_lsn - decoded.first_lsn + 1
         self.store_error = ""
@@ -292,8 +289,9 @@ class GroupCommitter:
                     values.extend(w.values)
             a = record.appended
             batches.append((a.first_lsn, a.last_lsn, ops, keys, values))
+        history = self.wal.history_id  # a promotion's first group starts a new history
         try:
-            self.store.apply_many(batches, self.wal.history_id)
+            self.store.apply_many(batches, history, new_history=history != self.store.history_id)
         except KevoError as exc:
             self.store_error = str(exc)
 

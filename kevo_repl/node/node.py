@@ -90,6 +90,9 @@ class Node:
         self._closed = False
         self._pollers_dirty = True
         self.failure = ""  # why the node stopped itself, if it did
+        self.upstream = config.upstream  # "" while this node is the primary
+        self.fenced = ""  # a primary that accepts no writes now: why (node/roles.py)
+        self.fence_primary = ""  # and where the writes should go, if known
         self.retention_held_by = ""  # the follower whose position keeps the oldest segment
         self.counters = Counters()
         self.last_publish_ms = self._last_tick_ms = self._last_retain_ms = 0
@@ -119,7 +122,7 @@ class Node:
                 log=self.log,
             )
             self.requests = ServingRequests(self)
-            self.source: Source = self._make_source(config.upstream)
+            self.source: Source = self._make_source(self.upstream)
         except BaseException:
             self._close_parts(clean=True)
             raise

@@ -28,6 +28,7 @@ from kevo_repl.node.bootstrap_stream import SessionsFullError
 from kevo_repl.node.digests import DigestQueue
 from kevo_repl.node.parked_reads import ParkedReads
 from kevo_repl.node.refusals import RefusalLog
+from kevo_repl.node.roles import fence, handover, promote, repoint
 from kevo_repl.wire import pb
 from kevo_repl.wire.batch import WireError
 from kevo_repl.wire.envelope import decode_request, error_response
@@ -125,6 +126,14 @@ class ServingRequests:
             self._reply(peer, pb.Response(request_id=rid, status=self.status(now)))
         elif kind == "digest":
             self.digests.submit(peer, rid)
+        elif kind == "promote":
+            self._reply(peer, pb.Response(request_id=rid, promote=promote(node, req.promote.force)))
+        elif kind == "repoint":
+            resp = repoint(node, req.repoint.upstream)
+            self._reply(peer, pb.Response(request_id=rid, repoint=resp))
+        elif kind == "handover":
+            resp_h = handover(node, req.handover.to, req.handover.cancel)
+            self._reply(peer, pb.Response(request_id=rid, handover=resp_h))
 
     # ---- replication -------------------------------------------------------------------------
 
@@ -150,6 +159,12 @@ class ServingRequests:
             self._send(peer, error_response(rid, pb.ERROR_UNAVAILABLE, str(exc)))
             return
         ours = node.state.chain
+        if node.role == pb.ROLE_PRIMARY and theirs.descends_from(ours):
+            why = (
+                f"replica {reg.replica_id} follows history {theirs.current.hex()}, forked from "
+                f"ours at LSN {theirs.end_of(ours.current)}: another node was promoted"
+            )
+            fence(node, why, reg.primary)
         wal = node.wal
         uncovered = reg.applied_lsn + 1 < wal.retained_from_lsn
         on_our_line = not theirs or ours.shared_lsn(theirs) is not None
@@ -200,10 +215,12 @@ class ServingRequests:
             self._send(peer, error_response(rid, pb.ERROR_NOT_REGISTERED, "register first"))
             return
         self.node.source.released(done)
+        peers = [x.address for x in registry.replicas()[:64] if x is not r and x.address]
         resp = pb.HeartbeatResponse(
             primary_lsn=self.node.visible_lsn,
             lag_entries=registry.lag_entries(r),
             lag_ms=registry.lag_ms(r, now),
+            peers=peers,
         )
         self._reply(peer, pb.Response(request_id=rid, heartbeat=resp))
 

@@ -74,6 +74,7 @@ class UpstreamLink:
         self._read_token = 0  # of the upstream's last large reply: echoed as proof we read it
         self.decoded: dict[int, Decoded] = {}  # records offered to the follower, by first LSN
         self.upstream_info = pb.RegisterResponse()  # the upstream's last Register answer
+        self.peers: list[str] = []  # the upstream's other followers, as it last said
         prepare = curve.apply if curve else None
         self.sub = connect_socket(ctx, zmq.SUB, self._host, self._port, self._sub_opts, prepare)
         self.sub.setsockopt(zmq.SUBSCRIBE, TOPIC_WAL)
@@ -138,6 +139,7 @@ class UpstreamLink:
         kind = resp.WhichOneof("body")
         mine = resp.request_id == self._pending_id
         if kind == "heartbeat":
+            self.peers = list(resp.heartbeat.peers)
             return follower.on_heartbeat_reply(resp.heartbeat.primary_lsn)
         if kind == "register" and mine:
             r = resp.register
@@ -227,6 +229,7 @@ class UpstreamLink:
                     history_id=action.history_id,
                     applied_lsn=action.applied_lsn,
                     history=chain_to_wire(action.chain),
+                    primary=self.upstream_info.primary or self.upstream,
                 )
             )
             pending = True

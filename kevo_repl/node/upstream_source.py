@@ -141,6 +141,7 @@ class UpstreamSource:
         status.bootstraps = f.counters.bootstraps
         status.catchups = f.counters.catchups
         status.gaps = f.counters.gaps
+        status.peers.extend(self.link.peers)
 
     # ---- each turn ---------------------------------------------------------------------------
 

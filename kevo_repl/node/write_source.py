@@ -94,13 +94,22 @@ class WriteSource:
 
     def describe(self, status: pb.StatusResponse) -> None:
         status.status = pb.STATUS_READY
-        status.primary = self.node.address  # what this primary advertises
+        status.primary = self.node.fence_primary or self.node.address
+        status.fenced = self.node.fenced
 
     # ---- writes ------------------------------------------------------------------------------
 
     def queue_write(self, peer: bytes, req: pb.Request, kind: str) -> bool:
         """Check and queue one write; True when a full group is pending (commit it now)."""
         node = self.node
+        if node.fenced:
+            where = node.fence_primary
+            msg = f"this primary accepts no writes: {node.fenced}" + (
+                f"; send them to {where}" if where else ""
+            )
+            frame = error_response(req.request_id, pb.ERROR_NOT_PRIMARY, msg, primary=where)
+            node.serving.send(peer, frame)
+            return False
         limits = node.config.limits
         body: pb.PutRequest | pb.DeleteRequest | pb.BatchRequest
         if kind == "batch":
@@ -239,13 +248,17 @@ class WriteSource:
     def _send(self, peer: bytes, frame: bytes) -> None:
         self.node.serving.send(peer, frame)
 
-    def close(self) -> None:
-        """Finish what is in flight and commit what is pending (a clean stop)."""
-        try:
-            if not self.node.failure:
+    def drain(self) -> None:
+        """Commit and answer every write accepted so far (waiting for the syncs)."""
+        if not self.node.failure:
+            self._finish_groups(wait=True)
+            while self.committer.pending and not self.node.failure:
+                self._start_group()
                 self._finish_groups(wait=True)
-                while self.committer.pending and not self.node.failure:
-                    self._start_group()
-                    self._finish_groups(wait=True)
+
+    def close(self) -> None:
+        """Finish what is in flight and commit what is pending (a clean stop, a demotion)."""
+        try:
+            self.drain()
         finally:
             self.committer.close()

@@ -356,6 +356,7 @@ class RegisterRequest(_message.Message):
     HISTORY_ID_FIELD_NUMBER: _builtins.int
     APPLIED_LSN_FIELD_NUMBER: _builtins.int
     HISTORY_FIELD_NUMBER: _builtins.int
+    PRIMARY_FIELD_NUMBER: _builtins.int
     replica_id: _builtins.str
     address: _builtins.str
     """where the replica serves (its PUB endpoint)"""
@@ -363,6 +364,8 @@ class RegisterRequest(_message.Message):
     history_id: _builtins.bytes
     """empty when the replica has no state yet"""
     applied_lsn: _builtins.int
+    primary: _builtins.str
+    """where the follower's line has its primary (for fencing)"""
     @_builtins.property
     def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___HistoryEntry]:
         """the follower's chain"""
@@ -376,10 +379,11 @@ class RegisterRequest(_message.Message):
         history_id: _builtins.bytes = ...,
         applied_lsn: _builtins.int = ...,
         history: _abc.Iterable[Global___HistoryEntry] | None = ...,
+        primary: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "applied_lsn", b"applied_lsn", "history", b"history", "history_id", b"history_id", "replica_id", b"replica_id", "role", b"role"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "applied_lsn", b"applied_lsn", "history", b"history", "history_id", b"history_id", "primary", b"primary", "replica_id", b"replica_id", "role", b"role"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -469,19 +473,25 @@ class HeartbeatResponse(_message.Message):
     PRIMARY_LSN_FIELD_NUMBER: _builtins.int
     LAG_ENTRIES_FIELD_NUMBER: _builtins.int
     LAG_MS_FIELD_NUMBER: _builtins.int
+    PEERS_FIELD_NUMBER: _builtins.int
     primary_lsn: _builtins.int
     lag_entries: _builtins.int
     lag_ms: _builtins.int
+    @_builtins.property
+    def peers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the addresses of the upstream's other followers"""
+
     def __init__(
         self,
         *,
         primary_lsn: _builtins.int = ...,
         lag_entries: _builtins.int = ...,
         lag_ms: _builtins.int = ...,
+        peers: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lag_entries", b"lag_entries", "lag_ms", b"lag_ms", "primary_lsn", b"primary_lsn"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lag_entries", b"lag_entries", "lag_ms", b"lag_ms", "peers", b"peers", "primary_lsn", b"primary_lsn"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -700,6 +710,8 @@ class StatusResponse(_message.Message):
     BOOTSTRAPS_FIELD_NUMBER: _builtins.int
     CATCHUPS_FIELD_NUMBER: _builtins.int
     GAPS_FIELD_NUMBER: _builtins.int
+    FENCED_FIELD_NUMBER: _builtins.int
+    PEERS_FIELD_NUMBER: _builtins.int
     role: Global___Role.ValueType
     history_id: _builtins.bytes
     lsn: _builtins.int
@@ -726,11 +738,17 @@ class StatusResponse(_message.Message):
     """replica: WalSync requests it sent"""
     gaps: _builtins.int
     """replica: gaps it found in its stream"""
+    fenced: _builtins.str
+    """primary: why it accepts no writes now ("" if it does)"""
     @_builtins.property
     def replicas(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReplicaInfo]: ...
     @_builtins.property
     def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___HistoryEntry]:
         """the node's chain"""
+
+    @_builtins.property
+    def peers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """replica: the other followers of its upstream, as last heard"""
 
     def __init__(
         self,
@@ -753,14 +771,158 @@ class StatusResponse(_message.Message):
         bootstraps: _builtins.int = ...,
         catchups: _builtins.int = ...,
         gaps: _builtins.int = ...,
+        fenced: _builtins.str = ...,
+        peers: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bootstrap_progress", b"bootstrap_progress", "bootstraps", b"bootstraps", "catchups", b"catchups", "durable_lsn", b"durable_lsn", "error_message", b"error_message", "gaps", b"gaps", "history", b"history", "history_id", b"history_id", "lsn", b"lsn", "node_id", b"node_id", "primary", b"primary", "replicas", b"replicas", "retained_from_lsn", b"retained_from_lsn", "retention_held_by", b"retention_held_by", "role", b"role", "status", b"status", "upstream", b"upstream", "wal_bytes", b"wal_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bootstrap_progress", b"bootstrap_progress", "bootstraps", b"bootstraps", "catchups", b"catchups", "durable_lsn", b"durable_lsn", "error_message", b"error_message", "fenced", b"fenced", "gaps", b"gaps", "history", b"history", "history_id", b"history_id", "lsn", b"lsn", "node_id", b"node_id", "peers", b"peers", "primary", b"primary", "replicas", b"replicas", "retained_from_lsn", b"retained_from_lsn", "retention_held_by", b"retention_held_by", "role", b"role", "status", b"status", "upstream", b"upstream", "wal_bytes", b"wal_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StatusResponse: _TypeAlias = StatusResponse  # noqa: Y015
+
+@_typing.final
+class PromoteRequest(_message.Message):
+    """---- Administration (the admin role) ---------------------------------------------------
+
+    A replica stops following and becomes a primary on the same ports, on a new history
+    forked at its last LSN.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FORCE_FIELD_NUMBER: _builtins.int
+    force: _builtins.bool
+    """even though its upstream still answers"""
+    def __init__(
+        self,
+        *,
+        force: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["force", b"force"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PromoteRequest: _TypeAlias = PromoteRequest  # noqa: Y015
+
+@_typing.final
+class PromoteResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FORK_LSN_FIELD_NUMBER: _builtins.int
+    HISTORY_ID_FIELD_NUMBER: _builtins.int
+    HISTORY_FIELD_NUMBER: _builtins.int
+    fork_lsn: _builtins.int
+    history_id: _builtins.bytes
+    """the new history"""
+    @_builtins.property
+    def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___HistoryEntry]: ...
+    def __init__(
+        self,
+        *,
+        fork_lsn: _builtins.int = ...,
+        history_id: _builtins.bytes = ...,
+        history: _abc.Iterable[Global___HistoryEntry] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fork_lsn", b"fork_lsn", "history", b"history", "history_id", b"history_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PromoteResponse: _TypeAlias = PromoteResponse  # noqa: Y015
+
+@_typing.final
+class RepointRequest(_message.Message):
+    """Follow another node from the current position (a primary becomes a replica)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UPSTREAM_FIELD_NUMBER: _builtins.int
+    upstream: _builtins.str
+    """HOST:PORT"""
+    def __init__(
+        self,
+        *,
+        upstream: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["upstream", b"upstream"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RepointRequest: _TypeAlias = RepointRequest  # noqa: Y015
+
+@_typing.final
+class RepointResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PREVIOUS_FIELD_NUMBER: _builtins.int
+    previous: _builtins.str
+    """what it followed before ("" for a primary)"""
+    def __init__(
+        self,
+        *,
+        previous: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["previous", b"previous"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RepointResponse: _TypeAlias = RepointResponse  # noqa: Y015
+
+@_typing.final
+class HandoverRequest(_message.Message):
+    """A primary stops accepting writes (they are refused, naming the new primary) and says its
+    last LSN: the first step of a switchover.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TO_FIELD_NUMBER: _builtins.int
+    CANCEL_FIELD_NUMBER: _builtins.int
+    to: _builtins.str
+    """HOST:PORT of the node that will be the primary"""
+    cancel: _builtins.bool
+    """take writes again (a switchover that could not finish)"""
+    def __init__(
+        self,
+        *,
+        to: _builtins.str = ...,
+        cancel: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "to", b"to"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HandoverRequest: _TypeAlias = HandoverRequest  # noqa: Y015
+
+@_typing.final
+class HandoverResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LAST_LSN_FIELD_NUMBER: _builtins.int
+    last_lsn: _builtins.int
+    def __init__(
+        self,
+        *,
+        last_lsn: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_lsn", b"last_lsn"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HandoverResponse: _TypeAlias = HandoverResponse  # noqa: Y015
 
 @_typing.final
 class PutRequest(_message.Message):
@@ -1012,6 +1174,9 @@ class Request(_message.Message):
     BATCH_FIELD_NUMBER: _builtins.int
     GET_FIELD_NUMBER: _builtins.int
     DIGEST_FIELD_NUMBER: _builtins.int
+    PROMOTE_FIELD_NUMBER: _builtins.int
+    REPOINT_FIELD_NUMBER: _builtins.int
+    HANDOVER_FIELD_NUMBER: _builtins.int
     request_id: _builtins.int
     read_token: _builtins.int
     """The read_token of the last reply that carried one: proof that its bytes were read, which
@@ -1039,6 +1204,12 @@ class Request(_message.Message):
     def get(self) -> Global___GetRequest: ...
     @_builtins.property
     def digest(self) -> Global___DigestRequest: ...
+    @_builtins.property
+    def promote(self) -> Global___PromoteRequest: ...
+    @_builtins.property
+    def repoint(self) -> Global___RepointRequest: ...
+    @_builtins.property
+    def handover(self) -> Global___HandoverRequest: ...
     def __init__(
         self,
         *,
@@ -1055,12 +1226,15 @@ class Request(_message.Message):
         batch: Global___BatchRequest | None = ...,
         get: Global___GetRequest | None = ...,
         digest: Global___DigestRequest | None = ...,
+        promote: Global___PromoteRequest | None = ...,
+        repoint: Global___RepointRequest | None = ...,
+        handover: Global___HandoverRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "batch", b"batch", "body", b"body", "bootstrap", b"bootstrap", "delete", b"delete", "digest", b"digest", "get", b"get", "heartbeat", b"heartbeat", "put", b"put", "register", b"register", "status", b"status", "wal_sync", b"wal_sync"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "batch", b"batch", "body", b"body", "bootstrap", b"bootstrap", "delete", b"delete", "digest", b"digest", "get", b"get", "handover", b"handover", "heartbeat", b"heartbeat", "promote", b"promote", "put", b"put", "register", b"register", "repoint", b"repoint", "status", b"status", "wal_sync", b"wal_sync"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "batch", b"batch", "body", b"body", "bootstrap", b"bootstrap", "delete", b"delete", "digest", b"digest", "get", b"get", "heartbeat", b"heartbeat", "put", b"put", "read_token", b"read_token", "register", b"register", "request_id", b"request_id", "status", b"status", "wal_sync", b"wal_sync"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "batch", b"batch", "body", b"body", "bootstrap", b"bootstrap", "delete", b"delete", "digest", b"digest", "get", b"get", "handover", b"handover", "heartbeat", b"heartbeat", "promote", b"promote", "put", b"put", "read_token", b"read_token", "register", b"register", "repoint", b"repoint", "request_id", b"request_id", "status", b"status", "wal_sync", b"wal_sync"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["register", "heartbeat", "ack", "wal_sync", "bootstrap", "status", "put", "delete", "batch", "get", "digest"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["register", "heartbeat", "ack", "wal_sync", "bootstrap", "status", "put", "delete", "batch", "get", "digest", "promote", "repoint", "handover"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
@@ -1080,6 +1254,9 @@ class Response(_message.Message):
     WRITE_FIELD_NUMBER: _builtins.int
     GET_FIELD_NUMBER: _builtins.int
     DIGEST_FIELD_NUMBER: _builtins.int
+    PROMOTE_FIELD_NUMBER: _builtins.int
+    REPOINT_FIELD_NUMBER: _builtins.int
+    HANDOVER_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     request_id: _builtins.int
     read_token: _builtins.int
@@ -1101,6 +1278,12 @@ class Response(_message.Message):
     @_builtins.property
     def digest(self) -> Global___DigestResponse: ...
     @_builtins.property
+    def promote(self) -> Global___PromoteResponse: ...
+    @_builtins.property
+    def repoint(self) -> Global___RepointResponse: ...
+    @_builtins.property
+    def handover(self) -> Global___HandoverResponse: ...
+    @_builtins.property
     def error(self) -> Global___Error: ...
     def __init__(
         self,
@@ -1115,13 +1298,16 @@ class Response(_message.Message):
         write: Global___WriteResponse | None = ...,
         get: Global___GetResponse | None = ...,
         digest: Global___DigestResponse | None = ...,
+        promote: Global___PromoteResponse | None = ...,
+        repoint: Global___RepointResponse | None = ...,
+        handover: Global___HandoverResponse | None = ...,
         error: Global___Error | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "bootstrap", b"bootstrap", "digest", b"digest", "error", b"error", "get", b"get", "heartbeat", b"heartbeat", "register", b"register", "status", b"status", "wal_sync", b"wal_sync", "write", b"write"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "bootstrap", b"bootstrap", "digest", b"digest", "error", b"error", "get", b"get", "handover", b"handover", "heartbeat", b"heartbeat", "promote", b"promote", "register", b"register", "repoint", b"repoint", "status", b"status", "wal_sync", b"wal_sync", "write", b"write"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "bootstrap", b"bootstrap", "digest", b"digest", "error", b"error", "get", b"get", "heartbeat", b"heartbeat", "read_token", b"read_token", "register", b"register", "request_id", b"request_id", "status", b"status", "wal_sync", b"wal_sync", "write", b"write"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "bootstrap", b"bootstrap", "digest", b"digest", "error", b"error", "get", b"get", "handover", b"handover", "heartbeat", b"heartbeat", "promote", b"promote", "read_token", b"read_token", "register", b"register", "repoint", b"repoint", "request_id", b"request_id", "status", b"status", "wal_sync", b"wal_sync", "write", b"write"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["register", "heartbeat", "wal_sync", "bootstrap", "status", "write", "get", "digest", "error"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["register", "heartbeat", "wal_sync", "bootstrap", "status", "write", "get", "digest", "promote", "repoint", "handover", "error"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
