@@ -16,11 +16,13 @@ from kevo_repl.core.follower_types import (
     FollowerConfig,
     InstallBootstrap,
     Reconnect,
+    RewindStore,
     SaveChain,
     SendAck,
     SendBootstrap,
     SendHeartbeat,
     SendRegister,
+    SendRewind,
     SendWalSync,
     Status,
     WriteChunk,
@@ -448,12 +450,40 @@ def test_a_record_of_the_wrong_history_for_its_lsn_is_refused() -> None:
     assert ApplyRecord(4, 6, b"4-6") not in out and f.applied_lsn == 3
 
 
-def test_a_tail_past_the_fork_is_discarded_then_copied() -> None:
+def test_a_tail_past_the_fork_is_set_aside_and_rewound_from_the_upstream() -> None:
     f = make(applied_lsn=9, history_id=H)  # the old primary: 6..9 written on H
     f.start(0)
-    out = f.on_register_reply(12, 1, PROMOTED, False)
-    assert out == [DiscardTail(5, 9), BeginBootstrap(), SendBootstrap(0, 4, 64)]
-    assert f.chain == CHAIN  # not the upstream's until the snapshot is installed
+    assert f.on_register_reply(12, 1, PROMOTED, False) == [DiscardTail(5, 9)]
+    assert f.chain == CHAIN and not f.consistent  # not the upstream's until rewound
+    out = f.on_tail_set_aside([b"b", b"a", b"b"])
+    assert out == [SendRewind([b"a", b"b"])]
+    out = f.on_rewind_reply(12, [b"a", b"b"], [b"A", b""], [True, False])
+    assert out == [
+        RewindStore(5, H, [(b"a", b"A"), (b"b", None)]),
+        SaveChain(PROMOTED),
+        SendWalSync(6, MAX),
+    ]
+    assert f.applied_lsn == 5 and status(f) == Status.SYNCING and not f.consistent
+    f.on_wal_sync_reply([rec(6, 12, OTHER)], primary_lsn=12)
+    assert f.consistent and f.counters.bootstraps == 0 and f.counters.rewinds == 1
+
+
+def test_a_tail_the_wal_no_longer_holds_is_copied_by_a_bootstrap() -> None:
+    f = make(applied_lsn=9, history_id=H)
+    f.start(0)
+    f.on_register_reply(12, 1, PROMOTED, False)
+    assert f.on_tail_set_aside(None) == [BeginBootstrap(), SendBootstrap(0, 4, 64)]
+
+
+def test_a_rewind_answer_below_the_fork_falls_back_to_a_bootstrap() -> None:
+    f = make(applied_lsn=9, history_id=H)
+    f.start(0)
+    f.on_register_reply(12, 1, PROMOTED, False)
+    f.on_tail_set_aside([b"a"])
+    assert f.on_rewind_reply(4, [b"a"], [b"x"], [True]) == [
+        BeginBootstrap(),
+        SendBootstrap(0, 4, 64),
+    ]
 
 
 def test_an_upstream_on_a_history_we_left_is_refused() -> None:

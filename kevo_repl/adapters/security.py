@@ -47,7 +47,7 @@ AUTHORIZED_KEYS: Final = "authorized_keys"
 ZAP_DOMAIN: Final = "kevo"
 _READ: Final = frozenset({"get", "digest", "wal_sync"})
 ROLE_REQUESTS: Final[dict[str, frozenset[str]]] = {
-    "replica": frozenset({"register", "heartbeat", "ack", "wal_sync", "bootstrap"}),
+    "replica": frozenset({"register", "heartbeat", "ack", "wal_sync", "bootstrap", "rewind"}),
     "client-ro": _READ,
     "client-rw": _READ | {"put", "delete", "batch"},
     "admin": _READ | {"status", "promote", "repoint", "handover"},

@@ -300,6 +300,56 @@ class StateStore:
         finally:
             self._gate.leave()
 
+    def read_many(self, keys: Sequence[bytes], max_bytes: int) -> tuple[list[bytes | None], int]:
+        """Values of a prefix of ``keys`` (None: absent) from one read transaction, stopping
+        before ``max_bytes`` of values (at least one), and the ``applied_lsn`` they reflect."""
+        env = self._require_env()
+        out: list[bytes | None] = []
+        size = 0
+        self._gate.enter()
+        try:
+            with env.begin() as txn:
+                lsn = read_meta(txn, self._meta)[0]
+                for key in keys:
+                    try:
+                        value = txn.get(key, db=self._data)
+                    except lmdb.BadValsizeError:
+                        value = None
+                    size += len(key) + len(value or b"")
+                    if out and size > max_bytes:
+                        break
+                    out.append(value)
+                return out, lsn
+        except lmdb.Error as exc:
+            raise storage_error(self._path, "read", exc) from exc
+        finally:
+            self._gate.leave()
+
+    def rewind(
+        self, puts: Sequence[tuple[bytes, bytes | None]], lsn: int, history_id: bytes
+    ) -> None:
+        """In one transaction: set these keys (None: delete them) and ``applied_lsn`` back to
+        ``lsn`` of ``history_id`` (a diverged tail replaced: ``core/rewind.py``)."""
+        env = self._require_env()
+        data, meta = self._data, self._meta
+
+        def body(txn: lmdb.Transaction[bytes]) -> None:
+            for key, value in puts:
+                if value is None:
+                    txn.delete(key, db=data)
+                else:
+                    txn.put(key, value, db=data)
+            write_meta(txn, meta, lsn, history_id or None)
+
+        with self._write_lock:
+            try:
+                write_txn(env, body, self._grow)
+            except (lmdb.Error, OSError) as exc:
+                raise storage_error(self._path, "rewind", exc) from exc
+            self._applied_lsn = lsn
+            self._history_id = history_id or self._history_id
+            self._durable_lsn = min(self._durable_lsn, lsn)
+
     def scan(
         self, start: bytes = b"", end: bytes | None = None, limit: int | None = None
     ) -> list[tuple[bytes, bytes]]:

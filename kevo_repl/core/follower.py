@@ -13,27 +13,13 @@ another history is never applied. Status changes go through ``TRANSITIONS`` and 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-from kevo_repl.core.bootstrap_receiver import BootstrapReceiver, ChunkVerdict
+from kevo_repl.core.follower_copy import FollowerCopy
 from kevo_repl.core.follower_types import (
-    TRANSITIONS,
     Action,
     ApplyRecord,
-    BeginBootstrap,
-    DiscardTail,
-    FollowerConfig,
-    InstallBootstrap,
-    InvariantError,
     Reconnect,
-    SaveChain,
     SendAck,
-    SendBootstrap,
-    SendHeartbeat,
-    SendRegister,
-    SendWalSync,
     Status,
-    WriteChunk,
 )
 from kevo_repl.core.history import HistoryChain
 from kevo_repl.core.join import JoinStep, plan_join
@@ -41,17 +27,7 @@ from kevo_repl.core.join import JoinStep, plan_join
 __all__ = ["Follower"]
 
 
-@dataclass(slots=True)
-class _Counters:
-    bootstraps: int = 0
-    catchups: int = 0
-    gaps: int = 0
-    dropped_duplicates: int = 0
-    foreign_records: int = 0
-
-
-@dataclass(slots=True)
-class Follower:
+class Follower(FollowerCopy):
     """Replica-side protocol state. Every public method returns the actions to carry out.
 
     ``applied_lsn`` advances when an ``ApplyRecord`` is emitted: the driver carries actions
@@ -59,55 +35,7 @@ class Follower:
     real position, so the follower never believes in a batch the store does not hold.
     """
 
-    config: FollowerConfig
-    applied_lsn: int = 0
-    durable_lsn: int = 0
-    history_id: bytes = b""  # of the last record applied: what the store holds
-    chain: HistoryChain = field(default_factory=HistoryChain)  # ours (saved by the driver)
-    status: Status = Status.CONNECTING
-    primary_lsn: int = 0  # the upstream's last LSN (a primary or a replica)
-    upstream_chain: HistoryChain = field(default_factory=HistoryChain)
-    upstream_is_primary: bool = True
-    error_message: str = ""
-    counters: _Counters = field(default_factory=_Counters)
-    _events: list[tuple[str, dict[str, object]]] = field(default_factory=list)
-    _now_ms: int = 0
-    _last_heard_ms: int = 0
-    _last_stream_ms: int = 0  # last record or beacon on SUB
-    _last_heartbeat_ms: int = -(10**12)
-    _retry_at_ms: int = 0
-    _backoff_ms: int = 0
-    _pending: str = ""  # the one request in flight: "register" | "wal_sync" | "bootstrap" | ""
-    _pending_deadline_ms: int = 0
-    _ack_due: bool = False
-    _boot: BootstrapReceiver = field(default_factory=lambda: BootstrapReceiver(credit=0))
-    _started: bool = False
-    _refused_history: bytes = b""  # the primary history we refused to follow (ERROR)
-    _chain_before_install: HistoryChain = field(default_factory=HistoryChain)
-
-    def __post_init__(self) -> None:
-        if not self.chain and self.history_id:  # a store from before chains: one history
-            self.chain = HistoryChain.root(self.history_id)
-
-    @property
-    def primary_history(self) -> bytes:
-        """The upstream's current history (its beacons and new records carry it)."""
-        return self.upstream_chain.current
-
-    @property
-    def bootstrap_progress(self) -> float:
-        return self._boot.progress if self.status == Status.BOOTSTRAPPING else 0.0
-
-    @property
-    def last_heard_ms(self) -> int:
-        """When the upstream was last heard (a record, a beacon or a reply)."""
-        return self._last_heard_ms
-
-    @property
-    def pending_request(self) -> str:
-        return self._pending
-
-    # ---- lifecycle ------------------------------------------------------------------------
+    __slots__ = ()
 
     def start(self, now_ms: int) -> list[Action]:
         """Begin the join (the driver has subscribed already): Register."""
@@ -154,8 +82,6 @@ class Follower:
         events, self._events = self._events, []
         return events
 
-    # ---- replies --------------------------------------------------------------------------
-
     def on_register_reply(
         self,
         primary_lsn: int,
@@ -192,11 +118,7 @@ class Follower:
         if plan.step is JoinStep.REWIND:
             # Our tail past the shared LSN is on another branch: set it aside (the driver
             # keeps its records in a file for the operator), then copy the upstream.
-            self._note("diverged", shared_lsn=plan.rewind_to, applied_lsn=self.applied_lsn)
-            if not self.config.allow_bootstrap:
-                return self._begin_bootstrap(f"diverged: {plan.reason}")  # refused: kept
-            discard = DiscardTail(plan.rewind_to, self.applied_lsn)
-            return [discard, *self._begin_bootstrap(f"diverged: {plan.reason}")]
+            return self._begin_rewind(plan.rewind_to, plan.reason)
         if plan.step is JoinStep.BOOTSTRAP:  # its chain becomes ours once installed
             return self._begin_bootstrap(plan.reason)
         if bootstrap_required:  # the upstream cannot serve our position (its own view)
@@ -210,12 +132,6 @@ class Follower:
             return out
         self._move(Status.SYNCING)
         return out + self._wal_sync()
-
-    def _adopt(self, chain: HistoryChain) -> list[Action]:
-        if chain == self.chain:
-            return []
-        self.chain = chain
-        return [SaveChain(chain)]
 
     def on_wal_sync_reply(
         self, records: list[tuple[int, int, bytes, bytes]], primary_lsn: int
@@ -241,52 +157,6 @@ class Follower:
             return out
         return out + self._wal_sync()
 
-    def on_too_old(self, retained_from_lsn: int) -> list[Action]:
-        if self._pending != "wal_sync":
-            return []
-        self._pending = ""
-        self._heard(self.primary_lsn)
-        self._note("too_old", applied_lsn=self.applied_lsn, retained_from_lsn=retained_from_lsn)
-        return self._begin_bootstrap("WAL too old")
-
-    def on_bootstrap_chunk(
-        self,
-        session_id: int,
-        seq: int,
-        keys: list[bytes],
-        values: list[bytes],
-        progress: float,
-        is_last: bool,
-        snapshot_lsn: int,
-        history_id: bytes,
-    ) -> list[Action]:
-        if self.status != Status.BOOTSTRAPPING or self._pending != "bootstrap":
-            return []
-        self._heard(self.primary_lsn)
-        verdict = self._boot.accept(session_id, seq, progress, is_last)
-        if verdict is ChunkVerdict.BROKEN:
-            self._note("bootstrap_broken", expected_seq=self._boot.next_seq, got_seq=seq)
-            return [Reconnect("bootstrap stream out of order"), *self._begin_bootstrap("restart")]
-        self._pending_deadline_ms = self._now_ms + self.config.request_timeout_ms
-        out: list[Action] = [WriteChunk(keys, values)]
-        if verdict is ChunkVerdict.LAST:
-            self._pending = ""
-            self.history_id = history_id
-            self.applied_lsn = snapshot_lsn
-            self.durable_lsn = snapshot_lsn
-            self._heard(snapshot_lsn)
-            self._note("bootstrap_done", snapshot_lsn=snapshot_lsn)
-            self._chain_before_install = self.chain
-            out.append(InstallBootstrap(snapshot_lsn, history_id))
-            out += self._adopt(self.upstream_chain)
-            self._move(Status.SYNCING)
-            return out + self._wal_sync()
-        grant = self._boot.grant()
-        if grant:
-            session = self._boot.session_id
-            out.append(SendBootstrap(session, grant, self.config.bootstrap_chunk_bytes))
-        return out
-
     def on_request_refused(self, code: str, message: str) -> list[Action]:
         """The pending request got an Error reply: log it, back off, register again."""
         self._note("request_refused", code=code, message=message, request=self._pending)
@@ -304,8 +174,6 @@ class Follower:
         self._note("primary_forgot_us", applied_lsn=self.applied_lsn)
         self._move(Status.CONNECTING)
         return self._register()
-
-    # ---- stream ---------------------------------------------------------------------------
 
     def on_record(
         self, first_lsn: int, last_lsn: int, history_id: bytes, record: bytes
@@ -350,8 +218,6 @@ class Follower:
             return self._gap(primary_lsn)
         return []
 
-    # ---- driver feedback ------------------------------------------------------------------
-
     def durable(self, lsn: int) -> None:
         """The store synced everything up to ``lsn`` (checkpoint); never beyond applied."""
         lsn = min(lsn, self.applied_lsn)
@@ -390,8 +256,6 @@ class Follower:
         self._retry_at_ms = self._now_ms + retry_after_ms
         return [self._heartbeat()]
 
-    # ---- internals ------------------------------------------------------------------------
-
     def _offer(self, first: int, last: int, history: bytes, record: bytes) -> list[Action]:
         if history != self.upstream_chain.at(last) or history != self.upstream_chain.at(first):
             self.counters.foreign_records += 1
@@ -411,107 +275,9 @@ class Follower:
             return self._disconnect(f"record {first}..{last} straddles applied {self.applied_lsn}")
         return [] if self._pending else self._gap(first - 1)
 
-    def _gap(self, seen_lsn: int) -> list[Action]:
-        self.counters.gaps += 1
-        self._note("gap_detected", applied_lsn=self.applied_lsn, seen_lsn=seen_lsn)
-        if self.status == Status.READY:
-            self._move(Status.SYNCING)
-        return self._wal_sync()
-
-    def _wal_sync(self) -> list[Action]:
-        if self._pending:
-            return []
-        self.counters.catchups += 1
-        self._request("wal_sync")
-        return [SendWalSync(self.applied_lsn + 1, self.config.wal_sync_max_bytes)]
-
-    def _refuse_upstream(self, reason: str, upstream_history: bytes, lsn: int) -> list[Action]:
-        """Stay in ERROR, keep serving reads, and look again when the upstream's stream shows
-        another history (``on_beacon``)."""
-        self.error_message = reason
-        self._refused_history = upstream_history
-        self._retry_at_ms = 0
-        self._note("primary_refused", primary_history=upstream_history.hex(), primary_lsn=lsn)
-        self._move(Status.ERROR)
-        return []
-
-    def _begin_bootstrap(self, why: str) -> list[Action]:
-        if not self.config.allow_bootstrap:
-            self.error_message = f"a bootstrap is needed ({why}) but --no-bootstrap forbids it"
-            self._pending = ""
-            self._retry_at_ms = 0
-            self._note("bootstrap_refused", reason=why, applied_lsn=self.applied_lsn)
-            self._move(Status.ERROR)
-            return []
-        self.counters.bootstraps += 1
-        self._note("bootstrap_start", reason=why, applied_lsn=self.applied_lsn)
-        if self.status != Status.BOOTSTRAPPING:
-            self._move(Status.BOOTSTRAPPING)
-        credit = self.config.bootstrap_credit
-        self._boot = BootstrapReceiver(credit)
-        self._request("bootstrap")
-        return [BeginBootstrap(), SendBootstrap(0, credit, self.config.bootstrap_chunk_bytes)]
-
-    def _register(self) -> list[Action]:
-        self._request("register")
-        return [SendRegister(self.applied_lsn, self.history_id, self.chain)]
-
-    def _request(self, kind: str) -> None:
-        self._pending = kind
-        self._pending_deadline_ms = self._now_ms + self.config.request_timeout_ms
-
     def _on_request_timeout(self) -> list[Action]:
         kind, self._pending = self._pending, ""
         self._note("request_timeout", request=kind)
         if kind in ("register", "bootstrap"):
             return self._disconnect(f"{kind} timed out")
         return [Reconnect(f"{kind} timed out"), *self._wal_sync()]
-
-    def _disconnect(self, why: str) -> list[Action]:
-        self._pending = ""
-        if self.status != Status.DISCONNECTED:
-            self._move(Status.DISCONNECTED)
-            self._note("disconnected", reason=why)
-        self._retry_at_ms = self._now_ms + self._backoff_ms
-        self._backoff_ms = min(self._backoff_ms * 2, self.config.backoff_max_ms)
-        return [Reconnect(why)]
-
-    def _foreign_history(self) -> list[Action]:
-        self._note("foreign_history", ours=self.history_id.hex())
-        self._move(Status.CONNECTING)
-        return [Reconnect("stream of another history"), *self._register()]
-
-    def _heard(self, primary_lsn: int) -> None:
-        self._last_heard_ms = self._now_ms
-        if primary_lsn > self.primary_lsn:
-            self.primary_lsn = primary_lsn
-
-    def _maybe_heartbeat(self) -> list[Action]:
-        if self._now_ms - self._last_heartbeat_ms < self.config.heartbeat_interval_ms:
-            return []
-        self._last_heartbeat_ms = self._now_ms
-        return [self._heartbeat()]
-
-    def _heartbeat(self) -> SendHeartbeat:
-        return SendHeartbeat(
-            self.status,
-            self.applied_lsn,
-            self.durable_lsn,
-            self.bootstrap_progress,
-            self.error_message,
-        )
-
-    def _move(self, to: Status) -> None:
-        if (self.status, to) not in TRANSITIONS:
-            raise InvariantError(f"illegal transition {self.status.name} -> {to.name}")
-        if to == Status.ERROR:
-            self._note("status", old=self.status.name, new=to.name, error=self.error_message)
-        else:
-            self._note("status", old=self.status.name, new=to.name)
-        self.status = to
-        self._last_heartbeat_ms = -(10**12)  # tell the primary at the next tick
-        if to != Status.ERROR:
-            self.error_message = ""
-
-    def _note(self, event: str, **fields: object) -> None:
-        self._events.append((event, fields))

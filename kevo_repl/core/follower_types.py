@@ -21,11 +21,13 @@ __all__ = [
     "InstallBootstrap",
     "InvariantError",
     "Reconnect",
+    "RewindStore",
     "SaveChain",
     "SendAck",
     "SendBootstrap",
     "SendHeartbeat",
     "SendRegister",
+    "SendRewind",
     "SendWalSync",
     "Status",
     "WriteChunk",
@@ -145,6 +147,23 @@ class ApplyRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class SendRewind:
+    """Ask the upstream for the current values of these keys (a diverged tail's)."""
+
+    keys: list[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class RewindStore:
+    """In one transaction: set these keys (None: delete) and the applied LSN back to
+    ``lsn`` of ``history_id``; then start the WAL afresh after ``lsn``."""
+
+    lsn: int
+    history_id: bytes
+    puts: list[tuple[bytes, bytes | None]]
+
+
+@dataclass(frozen=True, slots=True)
 class SaveChain:
     """Store this history chain as ours before anything of its newer histories is written."""
 
@@ -196,6 +215,8 @@ Action = (
     | BeginBootstrap
     | DiscardTail
     | SaveChain
+    | SendRewind
+    | RewindStore
     | WriteChunk
     | InstallBootstrap
     | Reconnect

@@ -44,7 +44,7 @@ def promote(node: Node, force: bool) -> pb.PromoteResponse:
     if not isinstance(source, UpstreamSource):
         raise WireError("this node is a primary already")
     f = source.follower
-    if f.status == Status.BOOTSTRAPPING or source.diverged:
+    if not f.consistent:
         raise WireError(
             "this node is copying its upstream's data (a bootstrap, or a diverged tail being "
             "replaced): its store is no state of the history yet, so it cannot be promoted",

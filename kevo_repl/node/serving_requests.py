@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 __all__ = ["ServingRequests", "replica_info"]
 
 MIN_SYNC_BYTES = 64 * 1024
+REWIND_MAX_KEYS = 1024
+REWIND_MAX_BYTES = 8 * 1024 * 1024
 MAX_SYNC_BYTES = 16 * 1024 * 1024
 
 
@@ -126,6 +128,8 @@ class ServingRequests:
             self._reply(peer, pb.Response(request_id=rid, status=self.status(now)))
         elif kind == "digest":
             self.digests.submit(peer, rid)
+        elif kind == "rewind":
+            self._rewind(peer, rid, req.rewind)
         elif kind == "promote":
             self._reply(peer, pb.Response(request_id=rid, promote=promote(node, req.promote.force)))
         elif kind == "repoint":
@@ -299,6 +303,21 @@ class ServingRequests:
             snapshot_lsn=session.snapshot.lsn,
             keys=session.snapshot.key_count,
         )
+
+    def _rewind(self, peer: bytes, rid: int, req: pb.RewindRequest) -> None:
+        """Current values of the keys a rewinding follower's tail touched, from one read."""
+        keys = list(req.keys[:REWIND_MAX_KEYS])
+        limit = self.node.config.limits.max_key_bytes
+        if any(not k or len(k) > limit for k in keys):
+            raise WireError(f"rewind: keys must be 1..{limit} bytes", pb.ERROR_TOO_LARGE)
+        values, lsn = self.node.store.read_many(keys, REWIND_MAX_BYTES)
+        resp = pb.RewindResponse(
+            snapshot_lsn=lsn,
+            keys=keys[: len(values)],
+            values=[v or b"" for v in values],
+            found=[v is not None for v in values],
+        )
+        self._reply(peer, pb.Response(request_id=rid, rewind=resp))
 
     # ---- status and timers -------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from kevo_repl.core.follower_types import (
     SendBootstrap,
     SendHeartbeat,
     SendRegister,
+    SendRewind,
     SendWalSync,
 )
 from kevo_repl.core.record import verify_wire_record
@@ -169,6 +170,11 @@ class UpstreamLink:
                 c.snapshot_lsn,
                 c.history_id,
             )
+        if kind == "rewind" and mine:
+            rw = resp.rewind
+            return follower.on_rewind_reply(
+                rw.snapshot_lsn, list(rw.keys), list(rw.values), list(rw.found)
+            )
         if kind == "error":
             return self._on_error(resp.error, mine, follower)
         return []
@@ -247,6 +253,9 @@ class UpstreamLink:
                 )
             )
             pending = action.session_id == 0
+        elif isinstance(action, SendRewind):
+            req.rewind.CopyFrom(pb.RewindRequest(keys=action.keys))
+            pending = True
         else:
             raise TypeError(f"not a request: {action!r}")
         req.request_id = next(self._ids)

@@ -32,15 +32,16 @@ from kevo_repl.core.follower_types import (
     FollowerConfig,
     InstallBootstrap,
     Reconnect,
+    RewindStore,
     SaveChain,
     Status,
     WriteChunk,
 )
-from kevo_repl.core.record import peek_lsns
+from kevo_repl.core.record import decode_record, peek_lsns
 from kevo_repl.core.registry import WaitResult
 from kevo_repl.node.upstream_link import Decoded, UpstreamLink
 from kevo_repl.wire import pb
-from kevo_repl.wire.batch import WireError
+from kevo_repl.wire.batch import WireError, decode_batch
 from kevo_repl.wire.envelope import error_response
 
 if TYPE_CHECKING:
@@ -50,7 +51,14 @@ __all__ = ["UpstreamSource"]
 
 STORAGE_RETRY_MS = 1000
 _WARNINGS = frozenset(
-    {"disconnected", "storage_failed", "foreign_history", "request_refused", "primary_refused"}
+    {
+        "disconnected",
+        "storage_failed",
+        "foreign_history",
+        "request_refused",
+        "primary_refused",
+        "diverged",
+    }
 )
 
 
@@ -91,7 +99,6 @@ class UpstreamSource:
         self._syncer = ThreadPoolExecutor(1, thread_name_prefix="wal-sync")
         self._writer: BootstrapWriter | None = None
         self._progress_logged = 0
-        self.diverged = False  # the store holds a tail off the upstream's line: serve nothing
         self.run(self.follower.start(monotonic_ms()))
 
     # ---- the node's questions ----------------------------------------------------------------
@@ -117,8 +124,8 @@ class UpstreamSource:
         return [self.link.sub, self.link.dealer]
 
     def read_fence(self, key: bytes) -> int:
-        if self.diverged:
-            msg = "this node's data diverged from its upstream's; it is being copied again"
+        if not self.follower.consistent:
+            msg = "this node is copying its upstream's data; it serves reads once consistent"
             raise WireError(msg, pb.ERROR_UNAVAILABLE)
         return 0
 
@@ -179,7 +186,9 @@ class UpstreamSource:
             elif isinstance(action, SaveChain):
                 self.flush()
                 self._storage(lambda a=action: self.node.state.save_chain(a.chain))
-            elif isinstance(action, BeginBootstrap | WriteChunk | InstallBootstrap | DiscardTail):
+            elif isinstance(
+                action, BeginBootstrap | WriteChunk | InstallBootstrap | DiscardTail | RewindStore
+            ):
                 self.flush()
                 self._storage(lambda a=action: self._storage_step(a))
             else:
@@ -255,7 +264,13 @@ class UpstreamSource:
     def _storage_step(self, action: Action) -> None:
         node = self.node
         if isinstance(action, DiscardTail):
-            self._discard_tail(action.after_lsn, action.applied_lsn)
+            self.run(self.follower.on_tail_set_aside(self._discard_tail(action)))
+        elif isinstance(action, RewindStore):
+            self._finish_sync(monotonic_ms(), wait=True)
+            node.store.rewind(action.puts, action.lsn, action.history_id)
+            node.state.reset_wal(action.lsn + 1, action.history_id or node.wal.history_id)
+            self._unsynced.clear()
+            self._visible = action.lsn
         elif isinstance(action, BeginBootstrap):
             if node.store.applied_lsn:  # never silently: say what is discarded
                 node.log.warning(
@@ -285,22 +300,31 @@ class UpstreamSource:
             node.state.reset_wal(action.snapshot_lsn + 1, action.history_id)
             self._unsynced.clear()
             self._visible = action.snapshot_lsn
-            self.diverged = False
             node.followers.note_commit(action.snapshot_lsn, monotonic_ms())
 
-    def _discard_tail(self, after_lsn: int, applied_lsn: int) -> None:
+    def _discard_tail(self, action: DiscardTail) -> list[bytes] | None:
         """Keep our records past ``after_lsn`` in a file (an operator may recover writes a
-        failover lost from it), then serve nothing of them: they are off the line."""
+        failover lost from it) and serve nothing of them; return the keys they touched
+        (None when the WAL no longer holds the whole tail: a rewind is impossible)."""
         node = self.node
-        self.diverged = True
+        after_lsn, applied_lsn = action.after_lsn, action.applied_lsn
         self._visible = min(self._visible, after_lsn)
         records: list[bytes] = []
+        keys: list[bytes] | None = []
         try:
             for record in node.wal.read_from(after_lsn + 1):
-                if peek_lsns(record)[1] > after_lsn:
-                    records.append(record)
+                first, last = peek_lsns(record)
+                if last <= after_lsn:
+                    continue
+                if first <= after_lsn:
+                    keys = None  # a record straddles the point of divergence
+                records.append(record)
+                if keys is not None:
+                    keys += decode_batch(decode_record(record).payload).keys
         except KevoError:
-            pass  # retained away or unreadable: the summary says how much was kept
+            keys = None  # retained away or unreadable: the summary says how much was kept
+        if not records or peek_lsns(records[0])[0] != after_lsn + 1:
+            keys = None
         folder = node.state.data_dir / "discarded"
         folder.mkdir(exist_ok=True)
         stamp = time.strftime("%Y%m%dT%H%M%S")
@@ -311,10 +335,12 @@ class UpstreamSource:
             "to_lsn": applied_lsn,
             "entries": applied_lsn - after_lsn,
             "records_kept": len(records),
+            "keys": len(set(keys)) if keys is not None else None,
             "history_id": (node.store.history_id or b"").hex(),
         }
         path.with_suffix(".json").write_text(json.dumps(summary) + "\n")
         node.log.warning("tail_discarded", file=str(path), **summary)
+        return keys
 
     def _log_progress(self) -> None:
         """One line per tenth of a bootstrap, not one per chunk."""

@@ -925,6 +925,61 @@ class HandoverResponse(_message.Message):
 Global___HandoverResponse: _TypeAlias = HandoverResponse  # noqa: Y015
 
 @_typing.final
+class RewindRequest(_message.Message):
+    """A rewinding follower asks for the current values of the keys its diverged tail touched."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEYS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
+    def __init__(
+        self,
+        *,
+        keys: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RewindRequest: _TypeAlias = RewindRequest  # noqa: Y015
+
+@_typing.final
+class RewindResponse(_message.Message):
+    """Values of a prefix of the keys asked, from one read at snapshot_lsn."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SNAPSHOT_LSN_FIELD_NUMBER: _builtins.int
+    KEYS_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    FOUND_FIELD_NUMBER: _builtins.int
+    snapshot_lsn: _builtins.int
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
+    @_builtins.property
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
+    @_builtins.property
+    def found(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bool]: ...
+    def __init__(
+        self,
+        *,
+        snapshot_lsn: _builtins.int = ...,
+        keys: _abc.Iterable[_builtins.bytes] | None = ...,
+        values: _abc.Iterable[_builtins.bytes] | None = ...,
+        found: _abc.Iterable[_builtins.bool] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["found", b"found", "keys", b"keys", "snapshot_lsn", b"snapshot_lsn", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RewindResponse: _TypeAlias = RewindResponse  # noqa: Y015
+
+@_typing.final
 class PutRequest(_message.Message):
     """---- Client requests -----------------------------------------------------------------"""
 
@@ -1177,6 +1232,7 @@ class Request(_message.Message):
     PROMOTE_FIELD_NUMBER: _builtins.int
     REPOINT_FIELD_NUMBER: _builtins.int
     HANDOVER_FIELD_NUMBER: _builtins.int
+    REWIND_FIELD_NUMBER: _builtins.int
     request_id: _builtins.int
     read_token: _builtins.int
     """The read_token of the last reply that carried one: proof that its bytes were read, which
@@ -1210,6 +1266,8 @@ class Request(_message.Message):
     def repoint(self) -> Global___RepointRequest: ...
     @_builtins.property
     def handover(self) -> Global___HandoverRequest: ...
+    @_builtins.property
+    def rewind(self) -> Global___RewindRequest: ...
     def __init__(
         self,
         *,
@@ -1229,12 +1287,13 @@ class Request(_message.Message):
         promote: Global___PromoteRequest | None = ...,
         repoint: Global___RepointRequest | None = ...,
         handover: Global___HandoverRequest | None = ...,
+        rewind: Global___RewindRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "batch", b"batch", "body", b"body", "bootstrap", b"bootstrap", "delete", b"delete", "digest", b"digest", "get", b"get", "handover", b"handover", "heartbeat", b"heartbeat", "promote", b"promote", "put", b"put", "register", b"register", "repoint", b"repoint", "status", b"status", "wal_sync", b"wal_sync"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "batch", b"batch", "body", b"body", "bootstrap", b"bootstrap", "delete", b"delete", "digest", b"digest", "get", b"get", "handover", b"handover", "heartbeat", b"heartbeat", "promote", b"promote", "put", b"put", "register", b"register", "repoint", b"repoint", "rewind", b"rewind", "status", b"status", "wal_sync", b"wal_sync"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "batch", b"batch", "body", b"body", "bootstrap", b"bootstrap", "delete", b"delete", "digest", b"digest", "get", b"get", "handover", b"handover", "heartbeat", b"heartbeat", "promote", b"promote", "put", b"put", "read_token", b"read_token", "register", b"register", "repoint", b"repoint", "request_id", b"request_id", "status", b"status", "wal_sync", b"wal_sync"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "batch", b"batch", "body", b"body", "bootstrap", b"bootstrap", "delete", b"delete", "digest", b"digest", "get", b"get", "handover", b"handover", "heartbeat", b"heartbeat", "promote", b"promote", "put", b"put", "read_token", b"read_token", "register", b"register", "repoint", b"repoint", "request_id", b"request_id", "rewind", b"rewind", "status", b"status", "wal_sync", b"wal_sync"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["register", "heartbeat", "ack", "wal_sync", "bootstrap", "status", "put", "delete", "batch", "get", "digest", "promote", "repoint", "handover"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["register", "heartbeat", "ack", "wal_sync", "bootstrap", "status", "put", "delete", "batch", "get", "digest", "promote", "repoint", "handover", "rewind"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
@@ -1257,6 +1316,7 @@ class Response(_message.Message):
     PROMOTE_FIELD_NUMBER: _builtins.int
     REPOINT_FIELD_NUMBER: _builtins.int
     HANDOVER_FIELD_NUMBER: _builtins.int
+    REWIND_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     request_id: _builtins.int
     read_token: _builtins.int
@@ -1284,6 +1344,8 @@ class Response(_message.Message):
     @_builtins.property
     def handover(self) -> Global___HandoverResponse: ...
     @_builtins.property
+    def rewind(self) -> Global___RewindResponse: ...
+    @_builtins.property
     def error(self) -> Global___Error: ...
     def __init__(
         self,
@@ -1301,13 +1363,14 @@ class Response(_message.Message):
         promote: Global___PromoteResponse | None = ...,
         repoint: Global___RepointResponse | None = ...,
         handover: Global___HandoverResponse | None = ...,
+        rewind: Global___RewindResponse | None = ...,
         error: Global___Error | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "bootstrap", b"bootstrap", "digest", b"digest", "error", b"error", "get", b"get", "handover", b"handover", "heartbeat", b"heartbeat", "promote", b"promote", "register", b"register", "repoint", b"repoint", "status", b"status", "wal_sync", b"wal_sync", "write", b"write"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "bootstrap", b"bootstrap", "digest", b"digest", "error", b"error", "get", b"get", "handover", b"handover", "heartbeat", b"heartbeat", "promote", b"promote", "register", b"register", "repoint", b"repoint", "rewind", b"rewind", "status", b"status", "wal_sync", b"wal_sync", "write", b"write"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "bootstrap", b"bootstrap", "digest", b"digest", "error", b"error", "get", b"get", "handover", b"handover", "heartbeat", b"heartbeat", "promote", b"promote", "read_token", b"read_token", "register", b"register", "repoint", b"repoint", "request_id", b"request_id", "status", b"status", "wal_sync", b"wal_sync", "write", b"write"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "bootstrap", b"bootstrap", "digest", b"digest", "error", b"error", "get", b"get", "handover", b"handover", "heartbeat", b"heartbeat", "promote", b"promote", "read_token", b"read_token", "register", b"register", "repoint", b"repoint", "request_id", b"request_id", "rewind", b"rewind", "status", b"status", "wal_sync", b"wal_sync", "write", b"write"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["register", "heartbeat", "wal_sync", "bootstrap", "status", "write", "get", "digest", "promote", "repoint", "handover", "error"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["register", "heartbeat", "wal_sync", "bootstrap", "status", "write", "get", "digest", "promote", "repoint", "handover", "rewind", "error"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
