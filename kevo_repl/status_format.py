@@ -59,7 +59,7 @@ def status_json(s: pb.StatusResponse) -> dict[str, Any]:
         "replicas": _replicas(s),
     }
     if s.role == pb.ROLE_PRIMARY:
-        return {"role": "primary", **common, "lsn": s.lsn}
+        return {"role": "primary", **common, "lsn": s.lsn, "fenced": s.fenced}
     return {
         "role": role_name(s.role),
         **common,
@@ -97,8 +97,10 @@ def status_text(s: pb.StatusResponse) -> str:
         lines = [
             f"primary {doc['node_id']}  history {doc['history_id']}",
             f"LSN {doc['lsn']} (durable {doc['durable_lsn']}), {wal}",
-            "",
         ]
+        if doc["fenced"]:
+            lines.append(f"accepts no writes: {doc['fenced']}")
+        lines.append("")
     header = ("ID", "ADDRESS", "ROLE", "STATUS", "APPLIED", "LAG", "LAG_MS", "SEEN_MS_AGO")
     rows = [header] + [
         (

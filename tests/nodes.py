@@ -134,7 +134,15 @@ class Cluster:
         node.wait_serving()
         return node
 
-    def replica(self, name: str, primary: Node | str, *extra: str, port: int = 0) -> Node:
+    def replica(
+        self,
+        name: str,
+        primary: Node | str,
+        *extra: str,
+        port: int = 0,
+        env: dict[str, str] | None = None,
+        wait: bool = True,
+    ) -> Node:
         port = port or free_port_pair()
         target = primary.address if isinstance(primary, Node) else primary
         argv = self._cmd(
@@ -151,9 +159,10 @@ class Cluster:
             "100",
             *extra,
         )
-        node = Node(name, port, argv, self.root / f"{name}.log").start()
+        node = Node(name, port, argv, self.root / f"{name}.log", env=env or {}).start()
         self.nodes.append(node)
-        node.wait_serving()
+        if wait:
+            node.wait_serving()
         return node
 
     def restart(self, node: Node) -> Node:

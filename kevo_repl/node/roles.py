@@ -91,11 +91,12 @@ def repoint(node: Node, upstream: str) -> pb.RepointResponse:
     if upstream in (node.address, f"{node.config.bind}:{node.config.port}"):
         raise WireError("repoint: a node cannot follow itself")
     previous = node.upstream
+    known_primary = node.requests.primary_address()  # our line's, as we last heard it
     node.source.close()
     node.upstream = upstream
     node.fenced = ""
     node.log = get_logger(node=node.config.node_id, role="replica")
-    node.source = UpstreamSource(node, upstream)
+    node.source = UpstreamSource(node, upstream, known_primary)
     node.sockets_changed()
     node.log.warning("repointed", upstream=upstream, previous=previous or "(was the primary)")
     return pb.RepointResponse(previous=previous)

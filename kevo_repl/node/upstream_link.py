@@ -235,7 +235,7 @@ class UpstreamLink:
                     history_id=action.history_id,
                     applied_lsn=action.applied_lsn,
                     history=chain_to_wire(action.chain),
-                    primary=self.upstream_info.primary or self.upstream,
+                    primary=self.upstream_info.primary,
                 )
             )
             pending = True

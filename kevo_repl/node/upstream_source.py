@@ -12,6 +12,7 @@ diverged from the upstream's line is written to a file for the operator and neve
 from __future__ import annotations
 
 import json
+import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -47,9 +48,10 @@ from kevo_repl.wire.envelope import error_response
 if TYPE_CHECKING:
     from kevo_repl.node.node import Node
 
-__all__ = ["UpstreamSource"]
+__all__ = ["CRASH_AFTER_APPEND_ENV", "UpstreamSource"]
 
 STORAGE_RETRY_MS = 1000
+CRASH_AFTER_APPEND_ENV = "KEVO_CRASH_AFTER_WAL_APPEND"  # an LSN: die once it is logged
 _WARNINGS = frozenset(
     {
         "disconnected",
@@ -65,7 +67,7 @@ _WARNINGS = frozenset(
 class UpstreamSource:
     role: int = pb.ROLE_REPLICA
 
-    def __init__(self, node: Node, upstream: str) -> None:
+    def __init__(self, node: Node, upstream: str, known_primary: str = "") -> None:
         self.node = node
         config = node.config
         store = node.store
@@ -92,6 +94,7 @@ class UpstreamSource:
         self.link = UpstreamLink(
             node.ctx, upstream, config.limits, curve, config.node_id, node.address, node.log
         )
+        self.link.upstream_info.primary = known_primary  # until the upstream says
         self._to_apply: list[Decoded] = []
         self._unsynced: list[tuple[int, int, bytes]] = []  # written here, not yet durable
         self._visible = self.follower.durable_lsn
@@ -99,6 +102,7 @@ class UpstreamSource:
         self._syncer = ThreadPoolExecutor(1, thread_name_prefix="wal-sync")
         self._writer: BootstrapWriter | None = None
         self._progress_logged = 0
+        self._crash_at = int(os.environ.get(CRASH_AFTER_APPEND_ENV, "0"))  # fault tests only
         self.run(self.follower.start(monotonic_ms()))
 
     # ---- the node's questions ----------------------------------------------------------------
@@ -213,6 +217,8 @@ class UpstreamSource:
             for _first, last, batch, record in queued:
                 if last > wal.last_lsn:  # a store that failed to apply may have it logged
                     wal.append_record(record, batch.history_id)
+            if self._crash_at and wal.last_lsn >= self._crash_at:
+                os._exit(70)  # fault tests: die between the WAL append and the store apply
             groups: list[tuple[bytes, list[Batch]]] = []
             for first, last, batch, _record in queued:
                 if not groups or groups[-1][0] != batch.history_id:
