@@ -39,9 +39,11 @@ def test_primary_and_replica_serve_metrics(cluster: Cluster) -> None:
 
     def primary_caught_up() -> Samples | None:
         s = scrape(pm)
-        return s if value(s, "kevo_replica_applied_lsn", replica="r1") == 50 else None
+        at = value(s, "kevo_replica_applied_lsn", replica="r1") == 50
+        ready = value(s, "kevo_replica_status", replica="r1", status="ready") == 1
+        return s if at and ready else None
 
-    p = wait_for("the primary's metrics show r1 at LSN 50", primary_caught_up, timeout_s=10)
+    p = wait_for("the primary's metrics show r1 ready at LSN 50", primary_caught_up, timeout_s=10)
     assert value(p, "kevo_lsn") == 50
     assert value(p, "kevo_applied_lsn") == 50
     assert value(p, "kevo_durable_lsn") == 50

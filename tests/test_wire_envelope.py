@@ -46,7 +46,7 @@ def test_request_without_body_is_refused() -> None:
 
 
 def test_request_with_a_newer_body_type_is_refused() -> None:
-    newer = pb.Request(request_id=3).SerializeToString() + b"\xfa\x01\x00"  # field 31, empty
+    newer = pb.Request(request_id=3).SerializeToString() + b"\xd2\x05\x00"  # field 90, empty
     with pytest.raises(WireError, match="no body"):
         decode_request(newer)
 
