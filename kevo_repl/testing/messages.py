@@ -9,10 +9,11 @@ does in production, and the replica decodes what it was actually sent before app
 from __future__ import annotations
 
 import marshal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 from kevo_repl.core.follower_types import Status
+from kevo_repl.core.history import HistoryChain
 
 __all__ = [
     "Ack",
@@ -29,6 +30,8 @@ __all__ = [
     "RegisterReply",
     "Reply",
     "Request",
+    "Rewind",
+    "RewindReply",
     "StreamMessage",
     "TooOld",
     "WalSync",
@@ -57,6 +60,7 @@ class ErrorCode(Enum):
     NOT_REGISTERED = "NOT_REGISTERED"
     DUPLICATE_REPLICA = "DUPLICATE_REPLICA"
     CREDIT = "CREDIT"
+    BAD_REQUEST = "BAD_REQUEST"
 
 
 # ---- stream (PUB -> SUB) ------------------------------------------------------------------
@@ -87,6 +91,7 @@ class Register:
     address: str
     history_id: bytes
     applied_lsn: int
+    chain: HistoryChain = field(default_factory=HistoryChain)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +124,12 @@ class Bootstrap:
     chunk_bytes: int
 
 
-Request = Register | Heartbeat | Ack | WalSync | Bootstrap
+@dataclass(frozen=True, slots=True)
+class Rewind:
+    keys: list[bytes]
+
+
+Request = Register | Heartbeat | Ack | WalSync | Bootstrap | Rewind
 
 # ---- replies (ROUTER -> DEALER) -----------------------------------------------------------
 
@@ -130,6 +140,8 @@ class RegisterReply:
     retained_from_lsn: int
     history_id: bytes
     bootstrap_required: bool
+    chain: HistoryChain = field(default_factory=HistoryChain)
+    upstream_is_primary: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,4 +178,20 @@ class ErrorReply:
     message: str
 
 
-Reply = RegisterReply | HeartbeatReply | WalSyncReply | TooOld | BootstrapChunk | ErrorReply
+@dataclass(frozen=True, slots=True)
+class RewindReply:
+    snapshot_lsn: int
+    keys: list[bytes]
+    values: list[bytes]
+    found: list[bool]
+
+
+Reply = (
+    RegisterReply
+    | HeartbeatReply
+    | WalSyncReply
+    | TooOld
+    | BootstrapChunk
+    | ErrorReply
+    | RewindReply
+)

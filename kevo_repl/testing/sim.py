@@ -24,11 +24,13 @@ from kevo_repl.core.follower import Follower
 from kevo_repl.core.follower_types import Status
 from kevo_repl.core.registry import WaitResult
 from kevo_repl.testing.broken import BROKEN_RULES
+from kevo_repl.testing.broken_failover import FAILOVER_RULES
 from kevo_repl.testing.checkers import INVARIANTS, Checker, Truth, Violation
 from kevo_repl.testing.disk import PrimaryWal, ReplicaStore, apply_entries
 from kevo_repl.testing.net import Network
 from kevo_repl.testing.profiles import Setup, make_setup
 from kevo_repl.testing.scheduler import Scheduler
+from kevo_repl.testing.sim_failover import FailoverResult, run_failover_seed
 from kevo_repl.testing.sim_primary import SimPrimary
 from kevo_repl.testing.sim_replica import SimReplica
 
@@ -360,18 +362,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     group.add_argument("--seed", type=int, help="replay one seed")
     group.add_argument("--seeds", type=_seed_range, help="run seeds A:B (B excluded)")
     ap.add_argument(
-        "--broken", choices=sorted(BROKEN_RULES), help="run a deliberately broken follower"
+        "--failover",
+        action="store_true",
+        help="the failover world: promotion, repoint, rejoin (testing/sim_failover.py)",
+    )
+    ap.add_argument(
+        "--broken",
+        choices=sorted({*BROKEN_RULES, *FAILOVER_RULES}),
+        help="run a deliberately broken rule",
     )
     ap.add_argument("--trace", type=int, default=12, help="trace lines to print for a failure")
     ap.add_argument(
         "-v", "--verbose", action="store_true", help="print a line for passing seeds too"
     )
     args = ap.parse_args(argv)
+    rules = FAILOVER_RULES if args.failover else BROKEN_RULES
+    if args.broken and args.broken not in rules:
+        ap.error(f"--broken {args.broken} is not a rule of this world: {', '.join(sorted(rules))}")
+    run = run_failover_seed if args.failover else run_seed
     seeds = [args.seed] if args.seed is not None else list(args.seeds)
     started = time.perf_counter()
     failed = 0
     for seed in seeds:
-        result = run_seed(seed, args.broken, args.trace)
+        result: SimResult | FailoverResult = run(seed, args.broken, args.trace)
         failed += not result.ok
         if not result.ok or args.verbose or args.seed is not None:
             print(result.report())
