@@ -459,13 +459,44 @@ def test_a_tail_past_the_fork_is_set_aside_and_rewound_from_the_upstream() -> No
     assert out == [SendRewind([b"a", b"b"])]
     out = f.on_rewind_reply(12, [b"a", b"b"], [b"A", b""], [True, False])
     assert out == [
-        RewindStore(5, H, [(b"a", b"A"), (b"b", None)]),
+        RewindStore(5, H, [(b"a", b"A"), (b"b", None)], 12),
         SaveChain(PROMOTED),
         SendWalSync(6, MAX),
     ]
     assert f.applied_lsn == 5 and status(f) == Status.SYNCING and not f.consistent
     f.on_wal_sync_reply([rec(6, 12, OTHER)], primary_lsn=12)
     assert f.consistent and f.counters.bootstraps == 0 and f.counters.rewinds == 1
+
+
+def test_a_rewound_node_counts_for_no_waiting_write_until_it_is_consistent() -> None:
+    """Found by the failover simulation (seed 85): a node replaying after a rewind acked
+    writes as durable, so a wait_replicas=1 write could be held only by a node that cannot
+    be promoted (its store is no state of the history until it passes the rewind's LSN)."""
+    f = make(applied_lsn=9, history_id=H)
+    f.start(0)
+    f.on_register_reply(12, 1, PROMOTED, False)
+    f.on_tail_set_aside([b"a"])
+    f.on_rewind_reply(12, [b"a"], [b"A"], [True])
+    f.on_wal_sync_reply([rec(6, 8, OTHER)], primary_lsn=12)
+    f.durable(8)
+    assert f.take_ack() == [SendAck(8, 0)] and not f.consistent
+    f.on_record(*rec(9, 12, OTHER))
+    f.durable(12)
+    assert f.consistent and f.take_ack() == [SendAck(12, 12)]
+
+
+def test_a_rewind_request_that_times_out_starts_the_join_over() -> None:
+    """Found by the failover simulation (seed 261): the timeout sent a WalSync while the
+    rewind was pending, whose replies a joining follower ignores, forever."""
+    f = make(applied_lsn=9, history_id=H)
+    f.start(0)
+    f.on_register_reply(12, 1, PROMOTED, False)
+    assert f.on_tail_set_aside([b"a"]) == [SendRewind([b"a"])]
+    out = f.tick(600)  # the request timed out, the upstream not yet silent
+    assert Reconnect in [type(a) for a in out] and SendWalSync not in [type(a) for a in out]
+    assert status(f) == Status.DISCONNECTED
+    f.tick(800)  # backoff over: Register again, diverged again, rewind again
+    assert f.on_register_reply(12, 1, PROMOTED, False) == [DiscardTail(5, 9)]
 
 
 def test_a_tail_the_wal_no_longer_holds_is_copied_by_a_bootstrap() -> None:
@@ -475,14 +506,27 @@ def test_a_tail_the_wal_no_longer_holds_is_copied_by_a_bootstrap() -> None:
     assert f.on_tail_set_aside(None) == [BeginBootstrap(), SendBootstrap(0, 4, 64)]
 
 
-def test_a_rewind_answer_below_the_fork_falls_back_to_a_bootstrap() -> None:
+def test_a_rewind_answer_below_the_fork_is_retried_not_bootstrapped() -> None:
     f = make(applied_lsn=9, history_id=H)
     f.start(0)
     f.on_register_reply(12, 1, PROMOTED, False)
     f.on_tail_set_aside([b"a"])
-    assert f.on_rewind_reply(4, [b"a"], [b"x"], [True]) == [
-        BeginBootstrap(),
-        SendBootstrap(0, 4, 64),
+    out = f.on_rewind_reply(4, [b"a"], [b"x"], [True])  # the upstream went back
+    assert [type(a) for a in out] == [Reconnect]
+    assert status(f) == Status.DISCONNECTED and f.counters.bootstraps == 0
+
+
+def test_an_upstream_behind_the_fork_is_waited_for_not_bootstrapped_from() -> None:
+    """Found by the failover simulation (seeds 155, 179): a diverged node registering with
+    a replica still below the fork could not get the values there and copied everything."""
+    f = make(applied_lsn=9, history_id=H)
+    f.start(0)
+    out = f.on_register_reply(4, 1, PROMOTED, False, upstream_is_primary=False)
+    assert len(out) == 1 and isinstance(out[0], Reconnect) and "pass the fork" in out[0].reason
+    assert status(f) == Status.DISCONNECTED and f.counters.bootstraps == 0
+    f.tick(10_000)  # backoff over: register again, and the upstream has passed the fork
+    assert f.on_register_reply(12, 1, PROMOTED, False, upstream_is_primary=False) == [
+        DiscardTail(5, 9)
     ]
 
 

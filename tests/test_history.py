@@ -20,11 +20,20 @@ def test_which_history_owns_an_lsn() -> None:
     assert chain.current == H3 and HistoryChain().current == b""
 
 
+def test_a_promotion_below_a_fork_it_holds_nothing_of_forks_from_the_older_history() -> None:
+    """Found by the failover simulation (double failover): a replica that took the new
+    primary's chain (H2 from 501) while still at LSN 442 was promoted when that primary was
+    lost too; extending the chain at 442 put a fork point behind H2's and failed."""
+    assert PROMOTED.extend(H3, 442) == HistoryChain(((H1, 0), (H3, 442)))
+    assert PROMOTED.extend(H3, 500) == HistoryChain(((H1, 0), (H3, 500)))
+    assert PROMOTED.extend(H3, 501) == HistoryChain(((H1, 0), (H2, 500), (H3, 501)))
+
+
 def test_malformed_chains_are_refused() -> None:
     with pytest.raises(HistoryError):
         HistoryChain(((H1, 5),))  # a root forks from nothing
     with pytest.raises(HistoryError):
-        PROMOTED.extend(H3, 400)  # fork points go forward
+        HistoryChain(((H1, 0), (H2, 500), (H3, 400)))  # fork points go forward
     with pytest.raises(HistoryError):
         PROMOTED.extend(H1, 900)  # an id appears once
     with pytest.raises(HistoryError):

@@ -89,3 +89,29 @@ def test_role_changes_need_the_admin_role_and_upstreams_need_their_key(
     ops = ClientCurve.from_dir(keys, "ops", keys / "r1.key")
     with Client(r1.address, curve=ops) as c:  # the admin key may
         assert c.call(pb.Request(promote=pb.PromoteRequest(force=True))).promote.fork_lsn == 0
+
+
+def test_a_rewound_store_stays_unserved_across_a_restart_until_it_passes_its_point(
+    cluster: Cluster,
+) -> None:
+    """A rewind writes the tail's keys at the upstream's LSN S and the applied LSN back to
+    the fork: a mixed state until replayed past S. The point is saved before the store
+    write, so a node killed in between does not serve that state after its restart (found
+    by the failover simulation, seed 208: the point lived only in memory)."""
+    primary = cluster.primary()
+    write_batches(primary, batches=2, size=100)  # LSN 200
+    replica = cluster.replica("r1", primary)
+    wait_for("caught up", lambda: converged(primary, replica), 30)
+    assert replica.stop() == 0
+    (cluster.root / "r1" / "CONSISTENT_AT").write_text("1000\n")  # as a rewind leaves it
+    cluster.restart(replica)
+    with replica.client() as c:
+        try:
+            c.get(b"k00000-0000")
+            raise AssertionError("a store short of its rewind's point served a read")
+        except RemoteError as exc:
+            assert "once consistent" in str(exc)
+    write_batches(primary, batches=9, size=100, prefix="more")  # LSN 1100: past the point
+    wait_for("converged", lambda: converged(primary, replica), 30)
+    with replica.client() as c:
+        assert c.get(b"more00000-0000") is not None  # served again

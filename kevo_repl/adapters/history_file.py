@@ -1,4 +1,5 @@
-"""A node's history chain on disk: ``DIR/HISTORY``, one ``<history id hex> <fork LSN>`` a line.
+"""A node's history chain on disk: ``DIR/HISTORY``, one ``<history id hex> <fork LSN>`` a line,
+and ``DIR/CONSISTENT_AT``, the LSN a rewound store must reach before it may be served.
 
 Like PostgreSQL's timeline history files: small, text, written whole to a temporary file,
 fsynced and renamed over the old one (then the directory is fsynced), so a crash leaves the
@@ -16,9 +17,17 @@ from kevo_repl.adapters.wal_segments import fsync_dir
 from kevo_repl.core.errors import StorageError
 from kevo_repl.core.history import HistoryChain, HistoryError
 
-__all__ = ["HISTORY_FILE", "load_chain", "save_chain"]
+__all__ = [
+    "CONSISTENT_AT_FILE",
+    "HISTORY_FILE",
+    "load_chain",
+    "load_consistent_at",
+    "save_chain",
+    "save_consistent_at",
+]
 
 HISTORY_FILE: Final = "HISTORY"
+CONSISTENT_AT_FILE: Final = "CONSISTENT_AT"
 
 
 def load_chain(data_dir: Path) -> HistoryChain | None:
@@ -47,9 +56,29 @@ def load_chain(data_dir: Path) -> HistoryChain | None:
 
 def save_chain(data_dir: Path, chain: HistoryChain) -> None:
     """Replace the stored chain durably (temp file, fsync, rename, directory fsync)."""
-    path = data_dir / HISTORY_FILE
-    tmp = path.with_name(HISTORY_FILE + ".tmp")
-    body = "".join(f"{h.hex()} {fork}\n" for h, fork in chain.entries)
+    _replace(data_dir, HISTORY_FILE, "".join(f"{h.hex()} {fork}\n" for h, fork in chain.entries))
+
+
+def load_consistent_at(data_dir: Path) -> int:
+    """The LSN a rewound store must reach before it is a state of its history (0: none)."""
+    path = data_dir / CONSISTENT_AT_FILE
+    try:
+        return int(path.read_text().strip() or 0)
+    except FileNotFoundError:
+        return 0
+    except (OSError, ValueError) as exc:
+        raise StorageError(f"reading {path}: {exc}") from None
+
+
+def save_consistent_at(data_dir: Path, lsn: int) -> None:
+    """Saved before a rewind's store write: a restart before ``lsn`` must not serve reads."""
+    if lsn or (data_dir / CONSISTENT_AT_FILE).exists():
+        _replace(data_dir, CONSISTENT_AT_FILE, f"{lsn}\n")
+
+
+def _replace(data_dir: Path, name: str, body: str) -> None:
+    path = data_dir / name
+    tmp = path.with_name(name + ".tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:

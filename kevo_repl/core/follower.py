@@ -75,7 +75,7 @@ class Follower(FollowerCopy):
         if not self._ack_due or self.status not in (Status.SYNCING, Status.READY):
             return []
         self._ack_due = False
-        return [SendAck(self.applied_lsn, self.durable_lsn)]
+        return [SendAck(self.applied_lsn, self.reported_durable_lsn)]
 
     def drain_events(self) -> list[tuple[str, dict[str, object]]]:
         """Notable events since the last call, for the driver to log once each."""
@@ -103,6 +103,13 @@ class Follower(FollowerCopy):
         self.upstream_chain = theirs
         self.upstream_is_primary = upstream_is_primary
         self._note("registered", primary_lsn=primary_lsn, applied_lsn=self.applied_lsn)
+        if self.serve_from_lsn > self.applied_lsn:  # replaying after a rewind
+            shared = self.chain.shared_lsn(theirs)
+            if shared is None or shared < self.serve_from_lsn:
+                return self._begin_bootstrap(
+                    f"a rewind took values at LSN {self.serve_from_lsn} of a branch the "
+                    f"upstream left at {shared}: no state of its history can follow"
+                )
         plan = plan_join(
             self.chain,
             self.applied_lsn,
@@ -116,6 +123,11 @@ class Follower(FollowerCopy):
         if plan.step is JoinStep.REFUSE:
             return self._refuse_upstream(plan.reason, theirs.current, primary_lsn)
         if plan.step is JoinStep.REWIND:
+            if primary_lsn < plan.rewind_to:  # a lagging replica cannot give the values at
+                return self._disconnect(  # the fork yet: a bootstrap would be needless
+                    f"diverged after LSN {plan.rewind_to}, and the upstream is only at "
+                    f"{primary_lsn}: waiting for it to pass the fork"
+                )
             # Our tail past the shared LSN is on another branch: set it aside (the driver
             # keeps its records in a file for the operator), then copy the upstream.
             return self._begin_rewind(plan.rewind_to, plan.reason)
@@ -278,6 +290,7 @@ class Follower(FollowerCopy):
     def _on_request_timeout(self) -> list[Action]:
         kind, self._pending = self._pending, ""
         self._note("request_timeout", request=kind)
-        if kind in ("register", "bootstrap"):
+        if kind in ("register", "bootstrap", "rewind"):
+            self._rewind = None  # a rewind starts over from the next Register
             return self._disconnect(f"{kind} timed out")
         return [Reconnect(f"{kind} timed out"), *self._wal_sync()]

@@ -62,6 +62,7 @@ class FollowerCopy(FollowerCore):
             self.history_id = history_id
             self.applied_lsn = snapshot_lsn
             self.durable_lsn = snapshot_lsn
+            self.serve_from_lsn = 0  # a snapshot is a state of its history
             self._heard(snapshot_lsn)
             self._note("bootstrap_done", snapshot_lsn=snapshot_lsn)
             self._chain_before_install = self.chain
@@ -123,6 +124,9 @@ class FollowerCopy(FollowerCore):
             return []
         self._pending = ""
         self._heard(snapshot_lsn)
+        if keys and snapshot_lsn < r.shared_lsn:  # the upstream went back (it lost a tail)
+            self._rewind = None
+            return self._disconnect(f"the rewind's answer at {snapshot_lsn} is before the fork")
         if not r.accept(snapshot_lsn, keys, values, found):
             self._rewind = None
             return self._begin_bootstrap(f"diverged: {r.reason}; the rewind could not finish")
@@ -140,7 +144,7 @@ class FollowerCopy(FollowerCore):
         self.history_id = history
         self.serve_from_lsn = r.snapshot_lsn
         self._note("rewound", lsn=r.shared_lsn, keys=len(r.puts), consistent_at=r.snapshot_lsn)
-        out: list[Action] = [RewindStore(r.shared_lsn, history, r.puts)]
+        out: list[Action] = [RewindStore(r.shared_lsn, history, r.puts, r.snapshot_lsn)]
         out += self._adopt(self.upstream_chain)
         self._move(Status.SYNCING)
         return out + self._wal_sync()

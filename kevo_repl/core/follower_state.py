@@ -159,11 +159,18 @@ class FollowerCore:
         self._last_heartbeat_ms = self._now_ms
         return [self._heartbeat()]
 
+    @property
+    def reported_durable_lsn(self) -> int:
+        """What we tell the upstream is durable here: nothing while our store is no state of
+        the history (mid-rewind). Its writes waiting for replicas count only nodes that could
+        be promoted with them; a rewound node cannot be until it is consistent again."""
+        return self.durable_lsn if self.consistent else 0
+
     def _heartbeat(self) -> SendHeartbeat:
         return SendHeartbeat(
             self.status,
             self.applied_lsn,
-            self.durable_lsn,
+            self.reported_durable_lsn,
             self.bootstrap_progress,
             self.error_message,
         )

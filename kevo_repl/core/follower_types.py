@@ -156,11 +156,13 @@ class SendRewind:
 @dataclass(frozen=True, slots=True)
 class RewindStore:
     """In one transaction: set these keys (None: delete) and the applied LSN back to
-    ``lsn`` of ``history_id``; then start the WAL afresh after ``lsn``."""
+    ``lsn`` of ``history_id``; then start the WAL afresh after ``lsn``. ``consistent_at`` is
+    saved first: a restart before it is reached must not serve the mixed state."""
 
     lsn: int
     history_id: bytes
     puts: list[tuple[bytes, bytes | None]]
+    consistent_at: int = 0  # not a state of the history (never served) until applied here
 
 
 @dataclass(frozen=True, slots=True)

@@ -102,8 +102,13 @@ class HistoryChain:
         return owner
 
     def extend(self, history_id: bytes, fork_lsn: int) -> HistoryChain:
-        """This chain with a new history forked at ``fork_lsn`` (a promotion)."""
-        return HistoryChain((*self.entries, (history_id, fork_lsn)))
+        """A new history forked at ``fork_lsn`` (a promotion) from the history owning it.
+
+        Histories of this chain forked at or past ``fork_lsn`` are dropped: a node that took
+        a newer primary's chain but holds none of its records yet forks from the older one.
+        """
+        kept = tuple(e for i, e in enumerate(self.entries) if i == 0 or e[1] < fork_lsn)
+        return HistoryChain((*kept, (history_id, fork_lsn)))
 
     def shared_lsn(self, other: HistoryChain) -> int | None:
         """The last LSN both chains assign to the same history: where they part (None if

@@ -28,7 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from kevo_repl.adapters.datadir import DataDirLock
-from kevo_repl.adapters.history_file import load_chain, save_chain
+from kevo_repl.adapters.history_file import (
+    load_chain,
+    load_consistent_at,
+    save_chain,
+    save_consistent_at,
+)
 from kevo_repl.adapters.state_check import check_store, quarantine_store
 from kevo_repl.adapters.state_lmdb import StateStore
 from kevo_repl.adapters.wal_files import FsyncPolicy, WriteAheadLog
@@ -53,6 +58,14 @@ class LocalState:
     chain: HistoryChain
     segment_bytes: int
     rebuilt: bool = False  # the store was rebuilt from the WAL (or started empty)
+
+    @property
+    def consistent_at(self) -> int:
+        """Not a state of its history (never served) before this LSN: a rewind's."""
+        return load_consistent_at(self.data_dir)
+
+    def save_consistent_at(self, lsn: int) -> None:
+        save_consistent_at(self.data_dir, lsn)
 
     def save_chain(self, chain: HistoryChain) -> None:
         """Make ``chain`` ours, durably, before any record of its new histories is written."""

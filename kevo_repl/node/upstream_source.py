@@ -87,6 +87,7 @@ class UpstreamSource:
             durable_lsn=min(store.applied_lsn, node.wal.durable_lsn),
             history_id=store.history_id or b"",
             chain=node.state.chain,
+            serve_from_lsn=node.state.consistent_at,  # a rewind not yet replayed past
         )
         curve = None
         if node.security is not None and config.keys_dir is not None:
@@ -273,6 +274,7 @@ class UpstreamSource:
             self.run(self.follower.on_tail_set_aside(self._discard_tail(action)))
         elif isinstance(action, RewindStore):
             self._finish_sync(monotonic_ms(), wait=True)
+            node.state.save_consistent_at(action.consistent_at)  # first: a restart must wait
             node.store.rewind(action.puts, action.lsn, action.history_id)
             node.state.reset_wal(action.lsn + 1, action.history_id or node.wal.history_id)
             self._unsynced.clear()
@@ -302,6 +304,7 @@ class UpstreamSource:
             self._finish_sync(monotonic_ms(), wait=True)
             node.sessions.close_all()  # our own followers' snapshots of the old store
             node.store.replace_with_bootstrap()
+            node.state.save_consistent_at(0)  # a snapshot is a state of its history
             # The old log does not lead to the snapshot: start one right after it.
             node.state.reset_wal(action.snapshot_lsn + 1, action.history_id)
             self._unsynced.clear()
