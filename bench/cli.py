@@ -2,7 +2,7 @@
 
     python -m bench throughput --clients 50 --pipeline 16 --requests 1000000 [--json]
     python -m bench lag --rate 5000 --seconds 10 [--json]
-    python -m bench fanout --replicas 1,4,8,16 --rate 5000
+    python -m bench fanout --replicas 1,4,8,16 --rate 5000 | fanout --tree 4x16[,4x64]
     python -m bench bootstrap --keys 1000000 | catchup --entries 1000000 | memory
     python -m bench redis | zmq --batch 1,16
     python -m bench all [--plots docs/img] [--save results.json] [--quick]
@@ -42,6 +42,20 @@ def _ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected N[,N...], got {text!r}") from None
 
 
+def _trees(text: str) -> list[tuple[int, int]]:
+    out = []
+    for part in (x for x in text.split(",") if x):
+        relays, _, leaves = part.lower().partition("x")
+        try:
+            shape = (int(relays), int(leaves))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected RxL[,RxL...], got {text!r}") from None
+        if min(shape) < 1:
+            raise argparse.ArgumentTypeError(f"relays and leaves must be >= 1, got {part!r}")
+        out.append(shape)
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="one JSON object on stdout")
@@ -61,8 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     lg = add("lag", "commit-to-replica-applied lag at a fixed open-loop rate")
     lg.add_argument("--rate", type=int, default=5000)
     lg.add_argument("--seconds", type=float, default=10)
-    f = add("fanout", "lag p99 per replica with R replicas at a fixed rate")
-    f.add_argument("--replicas", type=_ints, default=[1, 4, 8, 16])
+    f = add("fanout", "lag p99 per replica with R replicas (or a relay tree) at a fixed rate")
+    f.add_argument("--replicas", type=_ints, help="flat: R replicas of the primary (1,4,8,16)")
+    f.add_argument(
+        "--tree", type=_trees, default=[], help="1 primary -> R relays -> L leaves in all: RxL"
+    )
+    f.add_argument(
+        "--listener-procs", type=int, default=0, help="lag listener processes (0: one per node)"
+    )
     f.add_argument("--rate", type=int, default=5000)
     f.add_argument("--seconds", type=float, default=10)
     b = add("bootstrap", "a fresh replica of a large dataset: seconds, MB/s, peak RSS")
@@ -90,7 +110,8 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     if cmd == "lag":
         return suite.lag(args.rate, args.seconds, redis)
     if cmd == "fanout":
-        return suite.fanout(args.replicas, args.rate, args.seconds, redis)
+        flat = args.replicas if args.replicas is not None else [] if args.tree else [1, 4, 8, 16]
+        return suite.fanout(flat, args.rate, args.seconds, redis, args.tree, args.listener_procs)
     if cmd == "bootstrap":
         return suite.bootstrap(args.keys, redis)
     if cmd == "catchup":

@@ -72,11 +72,11 @@ def _lag(sections: dict[str, Any]) -> list[str]:
 def _fanout(s: dict[str, Any]) -> list[str]:
     rows = []
     for r in s["rows"]:
-        per = r["lag_p99_ms_per_replica"]
+        per = r.get("lag_p99_ms_per_replica") or r["lag_p99_ms_per_leaf"]
         rows.append(
             [
                 r["system"],
-                r["replicas"],
+                r.get("replicas", r.get("topology")),
                 r["lag_p99_ms_max"],
                 round(statistics.median(per), 3),
                 r.get("bootstraps", "-"),

@@ -66,7 +66,7 @@ class BenchCluster:
 
     def spawn(self, role: str, name: str, *args: str, port: int = 0) -> str:
         """Start a node process without waiting; returns its ``HOST:PORT``."""
-        port = port or free_port_pair()
+        port = port or self._fresh_port_pair()
         argv = [
             sys.executable,
             "-m",
@@ -86,6 +86,16 @@ class BenchCluster:
             proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         self.nodes.append(_Node(name, proc, port))
         return f"127.0.0.1:{port}"
+
+    def _fresh_port_pair(self) -> int:
+        """A free pair not given to another node of this cluster: nodes spawned together bind
+        late, so the kernel may offer a port (or its neighbour) twice before either binds."""
+        taken = {n.port + d for n in self.nodes for d in (-1, 0, 1)}
+        for _ in range(100):
+            port = free_port_pair()
+            if port not in taken:
+                return port
+        raise RuntimeError("no loopback port pair apart from this cluster's")
 
     def wait_serving(self, name: str, timeout: float = 30) -> None:
         """Until the node answers Status (it has bound its sockets)."""
@@ -107,6 +117,27 @@ class BenchCluster:
         address = self.spawn(role, name, *args, port=port)
         self.wait_serving(name)
         return address
+
+    def start_all(
+        self, role: str, specs: list[tuple[str, list[str]]], timeout: float = 30, tries: int = 3
+    ) -> list[str]:
+        """Spawn every (name, args) at once, then wait until each serves; returns addresses.
+
+        Ports are free when picked, not reserved: with dozens of nodes starting and connecting
+        at once, another socket can take one first. Such a node starts again on a new port.
+        """
+        addresses = {n: self.spawn(role, n, *args) for n, args in specs}
+        for n, args in specs:
+            for attempt in range(tries):
+                try:
+                    self.wait_serving(n, timeout)
+                    break
+                except RuntimeError as e:
+                    if "Address already in use" not in str(e) or attempt == tries - 1:
+                        raise
+                    self._node(n).stopped = True  # exited; check_alive must not count it
+                    addresses[n] = self.spawn(role, n, *args)
+        return [addresses[n] for n, _ in specs]
 
     def pid(self, name: str) -> int:
         return self._node(name).proc.pid

@@ -1,9 +1,11 @@
 """Commit-to-applied lag probes: listener processes and open-loop writers, kevo and Redis.
 
-A listener process per node timestamps (CLOCK_MONOTONIC, one clock for every process) each
-write as the node announces it: a kevo node's PUB frame (the primary publishes after commit,
-a replica after apply), a Redis node's ``__keyevent@0__:set`` notification (Redis writes both
-the notification and the replication stream after the AOF fsync of the same event-loop turn).
+A listener (a process per node, or for kevo one process holding several nodes' SUB sockets)
+timestamps (CLOCK_MONOTONIC, one clock for every process) each write as the node announces
+it: a kevo node's PUB frame (the primary publishes after commit, a replica after apply, on
+the PUB its own followers subscribe to), a Redis node's ``__keyevent@0__:set`` notification
+(Redis writes both the notification and the replication stream after the AOF fsync of the
+same event-loop turn).
 Lag = replica time - primary time; both sides cross one hop, so the hop cancels. Listeners do
 the least work per message (store the time and the raw bytes) and parse after the run.
 """
@@ -23,44 +25,58 @@ from typing import Any
 
 import zmq
 
-__all__ = ["lags_ms", "listeners", "paced"]
+__all__ = ["lags_ms", "listener_groups", "listeners", "paced"]
 
 _LSNS = struct.Struct("<QQ")
 _KEY = re.compile(rb"\$13\r\nlag:(\d{9})\r\n")
 
 
-def _kevo_listen(address: str, ready: Any, stop: Any, out: Any) -> None:
+def _kevo_listen(addresses: list[str], ready: Any, stop: Any, out: Any) -> None:
+    """One SUB socket per node; several nodes per process keep the probe's CPU bounded."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent ends us
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    sock = ctx.socket(zmq.SUB)
-    sock.setsockopt(zmq.RCVHWM, 0)
-    sock.setsockopt(zmq.SUBSCRIBE, b"")
-    sock.connect(f"tcp://{address}")
-    got: list[tuple[int, bytes]] = []
+    poller = zmq.Poller()
+    index: dict[Any, int] = {}
+    for i, address in enumerate(addresses):
+        sock = ctx.socket(zmq.SUB)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.SUBSCRIBE, b"")
+        sock.connect(f"tcp://{address}")
+        poller.register(sock, zmq.POLLIN)
+        index[sock] = i
+    got: list[list[tuple[int, bytes]]] = [[] for _ in addresses]
+    live: set[int] = set()
     clock = time.monotonic_ns
     while not stop.is_set():
-        if not sock.poll(50, zmq.POLLIN):
-            continue
-        while True:
-            try:
-                frame = sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            if frame[:1] == b"W":
-                got.append((clock(), frame[17:33]))
-            elif not ready.is_set():
-                ready.set()  # a beacon proves the subscription is live
-    seen: dict[int, int] = {}
-    for t, lsns in got:
-        first, last = _LSNS.unpack(lsns)
-        for lsn in range(first, last + 1):
-            seen.setdefault(lsn, t)
-    out.put(seen)
-    sock.close(0)
+        for sock, _ in poller.poll(50):
+            mine = got[index[sock]]
+            while True:
+                try:
+                    frame = sock.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                if frame[:1] == b"W":
+                    mine.append((clock(), frame[17:33]))
+                elif len(live) < len(addresses):
+                    live.add(index[sock])  # a beacon proves the subscription is live
+                    if len(live) == len(addresses):
+                        ready.set()
+    results: list[dict[int, int]] = []
+    for frames in got:
+        seen: dict[int, int] = {}
+        for t, lsns in frames:
+            first, last = _LSNS.unpack(lsns)
+            for lsn in range(first, last + 1):
+                seen.setdefault(lsn, t)
+        results.append(seen)
+    out.put(results)
+    for sock in index:
+        sock.close(0)
     ctx.term()
 
 
-def _redis_listen(port: int, ready: Any, stop: Any, out: Any) -> None:
+def _redis_listen(ports: list[int], ready: Any, stop: Any, out: Any) -> None:
+    (port,) = ports  # one node per process
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent ends us
     sock = socket.create_connection(("127.0.0.1", port))
     channel = b"__keyevent@0__:set"
@@ -92,37 +108,53 @@ def _redis_listen(port: int, ready: Any, stop: Any, out: Any) -> None:
     for m in _KEY.finditer(b"".join(chunks)):
         # a message is there once its last byte arrived: the chunk holding its end
         seen.setdefault(int(m.group(1)), times[bisect.bisect_left(ends, m.end())])
-    out.put(seen)
+    out.put([seen])
+
+
+def listener_groups(n: int, procs: int) -> list[list[int]]:
+    """Target indices per process: the first (the primary, the reference) alone, the rest
+    round-robin over the other processes; one each when ``procs`` is 0 or >= ``n``."""
+    if procs <= 0 or procs >= n:
+        return [[i] for i in range(n)]
+    rest = max(1, procs - 1)
+    return [[0], *(list(range(1 + k, n, rest)) for k in range(rest))]
 
 
 @contextmanager
-def listeners(kind: str, targets: list[Any]) -> Iterator[Callable[[], list[dict[int, int]]]]:
-    """Start one listener per target (kevo ``HOST:PORT`` or Redis port); yields ``collect``."""
+def listeners(
+    kind: str, targets: list[Any], procs: int = 0
+) -> Iterator[Callable[[], list[dict[int, int]]]]:
+    """Listeners on ``targets`` (kevo ``HOST:PORT`` or Redis port); yields ``collect``, which
+    returns one ``{lsn: ns}`` per target, in order. One process per target, or for kevo
+    ``procs`` processes (the first target alone in one, the others shared by the rest)."""
     spawn = mp.get_context("spawn")
     stop = spawn.Event()
     target = _kevo_listen if kind == "kevo" else _redis_listen
-    procs: list[tuple[Any, Any, Any]] = []
-    results: list[dict[int, int]] = []
+    groups = listener_groups(len(targets), procs if kind == "kevo" else 0)
+    running: list[tuple[Any, Any, Any]] = []
 
     def collect() -> list[dict[int, int]]:
         time.sleep(0.3)  # what is in flight arrives
         stop.set()
-        results.extend(out.get(timeout=60) for _, _, out in procs)
-        return results
+        by_target: dict[int, dict[int, int]] = {}
+        for group, (_, _, out) in zip(groups, running, strict=True):
+            by_target.update(zip(group, out.get(timeout=60), strict=True))
+        return [by_target[i] for i in range(len(targets))]
 
     try:
-        for t in targets:
+        for group in groups:
             ready, out = spawn.Event(), spawn.Queue()
-            proc = spawn.Process(target=target, args=(t, ready, stop, out), daemon=True)
+            args = ([targets[i] for i in group], ready, stop, out)
+            proc = spawn.Process(target=target, args=args, daemon=True)
             proc.start()
-            procs.append((proc, ready, out))
-        for _, ready, _ in procs:
+            running.append((proc, ready, out))
+        for _, ready, _ in running:
             if not ready.wait(60):
                 raise RuntimeError(f"a {kind} listener did not join the stream")
         yield collect
     finally:
         stop.set()
-        for proc, _, _ in procs:
+        for proc, _, _ in running:
             proc.join(10)
             if proc.is_alive():
                 proc.kill()

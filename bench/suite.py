@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from bench import dataset_bench as ds
@@ -98,11 +98,19 @@ def lag(rate: int, seconds: float, redis: bool = True, cdf: bool = False) -> dic
     return result("lag", rows, targets=targets, notes=notes)
 
 
-def fanout(replicas: list[int], rate: int, seconds: float, redis: bool = True) -> dict[str, Any]:
+def fanout(
+    replicas: list[int],
+    rate: int,
+    seconds: float,
+    redis: bool = True,
+    trees: Sequence[tuple[int, int]] = (),
+    listener_procs: int = 0,
+) -> dict[str, Any]:
+    """Flat rows (R replicas of the primary, each beside Redis's), then relay-tree rows."""
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
     for r in replicas:
-        rows.append(kb.run_fanout(r, rate, seconds))
+        rows.append(kb.run_fanout(r, rate, seconds, listener_procs))
         if redis:
             _redis(rows, notes, lambda r=r: rb.redis_fanout(True, r, rate, seconds))  # type: ignore[misc]
     targets = []
@@ -112,6 +120,8 @@ def fanout(replicas: list[int], rate: int, seconds: float, redis: bool = True) -
         measured = f"worst p99 {k16['lag_p99_ms_max']} ms, {k16['bootstraps']} bootstraps"
         text = f"16 replicas at {rate}/s: lag p99 <= 50 ms each, zero bootstraps"
         targets.append(_target(text, measured, ok))
+    for relays, leaves in trees:
+        rows.append(kb.run_tree(relays, leaves, rate, seconds, listener_procs))
     return result("fanout", rows, targets=targets, notes=notes)
 
 
