@@ -537,6 +537,15 @@ def test_an_upstream_on_a_history_we_left_is_refused() -> None:
     assert status(f) == Status.ERROR and "it must follow the newer history" in f.error_message
 
 
+def test_an_upstream_with_no_data_does_not_empty_our_chain() -> None:
+    """Found by the failover simulation (seed 709): an old primary following a replica that
+    held nothing yet took its empty chain, saved it, and lost track of its own history."""
+    f = make(applied_lsn=9, history_id=H, chain=CHAIN)
+    f.start(0)
+    out = f.on_register_reply(0, 1, HistoryChain(), False, upstream_is_primary=False)
+    assert not any(isinstance(a, SaveChain) for a in out) and f.chain == CHAIN
+
+
 def test_a_replica_upstream_behind_us_is_followed_not_refused() -> None:
     f = make(applied_lsn=9, history_id=H)
     f.start(0)

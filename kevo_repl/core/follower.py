@@ -138,8 +138,8 @@ class Follower(FollowerCopy):
         # Our position is on its line: its chain is ours from now on. An empty replica
         # takes the history with its first batch, as its store does: until then it has
         # none, so a primary wiped meanwhile is caught up from 1, not bootstrapped.
-        out = self._adopt(theirs)
-        if self.applied_lsn >= primary_lsn:
+        out = self._adopt(theirs) if theirs else []  # an upstream with no data yet has
+        if self.applied_lsn >= primary_lsn:  # no chain: ours is kept, not emptied
             self._move(Status.READY)
             return out
         self._move(Status.SYNCING)
