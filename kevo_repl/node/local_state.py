@@ -58,14 +58,11 @@ class LocalState:
     chain: HistoryChain
     segment_bytes: int
     rebuilt: bool = False  # the store was rebuilt from the WAL (or started empty)
-
-    @property
-    def consistent_at(self) -> int:
-        """Not a state of its history (never served) before this LSN: a rewind's."""
-        return load_consistent_at(self.data_dir)
+    consistent_at: int = 0  # not a state of its history (never served) before: a rewind's
 
     def save_consistent_at(self, lsn: int) -> None:
         save_consistent_at(self.data_dir, lsn)
+        self.consistent_at = lsn
 
     def save_chain(self, chain: HistoryChain) -> None:
         """Make ``chain`` ours, durably, before any record of its new histories is written."""
@@ -142,7 +139,16 @@ def open_local_state(data_dir: Path, role: str, segment_bytes: int, log: Any) ->
             raise
         if replayed:
             log.info("store_caught_up_from_wal", entries=replayed, lsn=store.applied_lsn)
-        return LocalState(data_dir, lock, store, wal, chain, segment_bytes, rebuilt=bool(damage))
+        return LocalState(
+            data_dir,
+            lock,
+            store,
+            wal,
+            chain,
+            segment_bytes,
+            rebuilt=bool(damage),
+            consistent_at=load_consistent_at(data_dir),
+        )
     except BaseException:
         if wal is not None:
             wal.close()
