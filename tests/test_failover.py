@@ -102,6 +102,30 @@ def test_failover_promotes_repoints_and_the_old_primary_rejoins_by_rewind(
     assert doc["primary"] == r1.address and doc["bootstraps"] == 0
 
 
+def test_a_primary_whose_whole_history_was_lost_rejoins_by_rewind(cluster: Cluster) -> None:
+    """Found by the failover simulation (seed 784): promoted before it held a record, r1
+    forks at LSN 0; the old primary's whole WAL is its tail, rewound, never bootstrapped."""
+    primary = cluster.primary()
+    r1 = cluster.replica("r1", primary)
+    wait_for("r1 registered", lambda: status(r1)["status"] == "ready", 30)
+    assert r1.stop() == 0
+    with Client(primary.address) as c:
+        c.batch([(b"only-old-%d" % i, b"lost") for i in range(30)])
+    primary.kill()
+    cluster.restart(r1)
+    out = kevo("promote", "--node", r1.address, "--json")
+    assert out.returncode == 0 and json.loads(out.stdout)["fork_lsn"] == 0, out.stderr
+    with Client(r1.address) as c:
+        c.put(b"new", b"1")
+    primary.argv[primary.argv.index("primary")] = "replica"
+    primary.argv += ["--primary", r1.address, "--id", "old-primary"]
+    cluster.restart(primary)
+    wait_for("converged", lambda: converged(r1, primary), 60)
+    assert bootstraps(primary) == 0 and count_events(primary.log_path, "rewind_start") == 1
+    with Client(primary.address) as c:
+        assert c.get(b"only-old-0") is None and c.get(b"new") == b"1"
+
+
 def test_promote_refuses_while_the_upstream_answers(cluster: Cluster) -> None:
     primary = cluster.primary()
     r1 = cluster.replica("r1", primary)
@@ -109,6 +133,19 @@ def test_promote_refuses_while_the_upstream_answers(cluster: Cluster) -> None:
     out = kevo("promote", "--node", r1.address)
     assert out.returncode == 1 and "reachable and answering" in out.stderr, out.stderr
     assert status(r1)["role"] == "replica"
+
+
+def test_promote_refuses_a_replica_that_never_followed_a_history(cluster: Cluster) -> None:
+    """Found by the failover simulation (seed 784): a replica promoted before it ever reached
+    its primary starts a root history that no node holding data can follow."""
+    primary = cluster.primary()
+    primary.stop()
+    lonely = cluster.replica("lonely", primary)  # its primary is gone: it never registers
+    out = kevo("promote", "--node", lonely.address)
+    assert out.returncode == 1 and "never followed a history" in out.stderr, out.stderr
+    assert status(lonely)["role"] == "replica"
+    out = kevo("promote", "--node", lonely.address, "--force")  # an empty database, asked for
+    assert out.returncode == 0 and status(lonely)["role"] == "primary", out.stderr
 
 
 def test_repoint_refuses_a_cycle(cluster: Cluster) -> None:

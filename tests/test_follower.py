@@ -468,6 +468,24 @@ def test_a_tail_past_the_fork_is_set_aside_and_rewound_from_the_upstream() -> No
     assert f.consistent and f.counters.bootstraps == 0 and f.counters.rewinds == 1
 
 
+def test_a_tail_that_is_the_whole_history_is_rewound_not_bootstrapped() -> None:
+    """Found by the failover simulation (seed 784): a replica promoted before it held any
+    record forks at LSN 0; the old primary's whole WAL is then its tail, which the upstream's
+    log covers from LSN 1, so a rewind of the keys it touched does, not a bootstrap."""
+    fork_at_0 = CHAIN.extend(OTHER, 0)
+    f = make(applied_lsn=9, history_id=H)
+    f.start(0)
+    assert f.on_register_reply(12, 1, fork_at_0, False) == [DiscardTail(0, 9)]
+    assert f.on_tail_set_aside([b"a"]) == [SendRewind([b"a"])]
+    out = f.on_rewind_reply(12, [b"a"], [b"A"], [True])
+    assert out == [
+        RewindStore(0, b"", [(b"a", b"A")], 12),
+        SaveChain(fork_at_0),
+        SendWalSync(1, MAX),
+    ]
+    assert f.counters.bootstraps == 0
+
+
 def test_a_rewound_node_counts_for_no_waiting_write_until_it_is_consistent() -> None:
     """Found by the failover simulation (seed 85): a node replaying after a rewind acked
     writes as durable, so a wait_replicas=1 write could be held only by a node that cannot

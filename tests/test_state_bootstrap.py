@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from kevo_repl.adapters.state_lmdb import StateStore, install_bootstrap
+from kevo_repl.adapters.state_lmdb import StateStore
 from kevo_repl.adapters.state_snapshot import digest_items
 from kevo_repl.core.errors import HistoryMismatchError, ProtocolError, StorageError
 from kevo_repl.core.ops import OP_PUT
@@ -46,7 +46,7 @@ def test_bootstrap_replaces_the_live_store(tmp_path: Path) -> None:
             assert writer.keys_added == 1000
             writer.finish(500, NEW)
         assert store.get(b"old-a") == b"1"  # untouched until the install
-        assert install_bootstrap(store) is store
+        store.replace_with_bootstrap()
         assert (store.applied_lsn, store.durable_lsn, store.history_id) == (500, 500, NEW)
         assert store.scan() == items
         assert store.digest().sha256 == digest_items(items)

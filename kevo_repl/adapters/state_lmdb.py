@@ -21,13 +21,15 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Final
 
 import lmdb
 
+from kevo_repl.adapters.state_batches import Batch, plan_batches
 from kevo_repl.adapters.state_bootstrap import BootstrapWriter, check_finished
 from kevo_repl.adapters.state_format import (
     LOCK_SUFFIX,
@@ -44,9 +46,10 @@ from kevo_repl.adapters.state_format import (
     write_meta,
     write_txn,
 )
+from kevo_repl.adapters.state_reads import read_one, read_prefix, scan_range
 from kevo_repl.adapters.state_snapshot import SnapshotLostError, StoreDigest, StoreSnapshot
-from kevo_repl.core.errors import HistoryMismatchError, LsnGapError, ProtocolError, StorageError
-from kevo_repl.core.ops import KNOWN_OPS, OP_PUT
+from kevo_repl.core.errors import HistoryMismatchError, ProtocolError, StorageError
+from kevo_repl.core.ops import OP_PUT
 
 __all__ = [
     "DEFAULT_MAP_BYTES",
@@ -57,15 +60,10 @@ __all__ = [
     "StateStore",
     "StoreDigest",
     "StoreSnapshot",
-    "install_bootstrap",
 ]
 
 DEFAULT_MAP_BYTES: Final = 64 * 1024 * 1024
 MAX_SNAPSHOTS: Final = 64  # of the 126 reader slots; the rest serve short reads
-_PUTS_ONLY: Final = frozenset({OP_PUT})
-
-Batch = tuple[int, int, Sequence[int], Sequence[bytes], Sequence[bytes]]
-"""``(first_lsn, last_lsn, ops, keys, values)``: one WAL batch, columnar."""
 
 
 class StateStore:
@@ -137,15 +135,8 @@ class StateStore:
 
     @property
     def key_count(self) -> int:
-        env = self._require_env()
-        self._gate.enter()
-        try:
-            with env.begin() as txn:
-                return txn.stat(self._data)["entries"]
-        except lmdb.Error as exc:
-            raise storage_error(self._path, "stat", exc) from exc
-        finally:
-            self._gate.leave()
+        with self._reading("stat") as txn:
+            return txn.stat(self._data)["entries"]
 
     @property
     def max_key_bytes(self) -> int:
@@ -196,7 +187,7 @@ class StateStore:
                 f"state store {self._path} holds history {self._history_id.hex()}, "
                 f"batch is of history {history_id.hex()}"
             )
-        pending = self._plan(batches)
+        pending = plan_batches(batches, self._applied_lsn)
         if not pending:
             return self._applied_lsn
         new_lsn = pending[-1][0]
@@ -229,33 +220,6 @@ class StateStore:
             self._durable_lsn = new_lsn
         return new_lsn
 
-    def _plan(
-        self, batches: Sequence[Batch]
-    ) -> list[tuple[int, bool, Sequence[int], Sequence[bytes], Sequence[bytes]]]:
-        """Validate every batch before touching the store; keep the ones not yet applied."""
-        pending: list[tuple[int, bool, Sequence[int], Sequence[bytes], Sequence[bytes]]] = []
-        expected = self._applied_lsn + 1
-        for first_lsn, last_lsn, ops, keys, values in batches:
-            count = len(keys)
-            if len(ops) != count or len(values) != count:
-                raise ProtocolError(
-                    f"ragged batch: {len(ops)} ops, {count} keys, {len(values)} values"
-                )
-            if count == 0 or first_lsn < 1 or last_lsn - first_lsn + 1 != count:
-                raise ProtocolError(
-                    f"batch LSNs {first_lsn}..{last_lsn} do not match {count} entries"
-                )
-            if last_lsn < expected:
-                continue  # already applied
-            if first_lsn != expected:
-                raise LsnGapError(expected, first_lsn)
-            kinds = frozenset(ops)
-            if not kinds <= KNOWN_OPS:
-                raise ProtocolError(f"unknown op in batch: {sorted(kinds - KNOWN_OPS)}")
-            pending.append((last_lsn, kinds == _PUTS_ONLY, ops, keys, values))
-            expected = last_lsn + 1
-        return pending
-
     def _grow(self) -> None:
         """Double the map. Call with the write lock held and no write transaction open."""
         env = self._require_env()
@@ -286,42 +250,25 @@ class StateStore:
 
     def read(self, key: bytes) -> tuple[bytes | None, int]:
         """The value of ``key`` and the ``applied_lsn`` it reflects, from one read transaction."""
-        env = self._require_env()
-        self._gate.enter()
-        try:
-            with env.begin() as txn:
-                lsn = read_meta(txn, self._meta)[0]
-                try:
-                    return txn.get(key, db=self._data), lsn
-                except lmdb.BadValsizeError:
-                    return None, lsn  # an empty key is never stored
-        except lmdb.Error as exc:
-            raise storage_error(self._path, "read", exc) from exc
-        finally:
-            self._gate.leave()
+        with self._reading("read") as txn:
+            return read_one(txn, self._data, self._meta, key)
 
     def read_many(self, keys: Sequence[bytes], max_bytes: int) -> tuple[list[bytes | None], int]:
         """Values of a prefix of ``keys`` (None: absent) from one read transaction, stopping
         before ``max_bytes`` of values (at least one), and the ``applied_lsn`` they reflect."""
+        with self._reading("read") as txn:
+            return read_prefix(txn, self._data, self._meta, keys, max_bytes)
+
+    @contextmanager
+    def _reading(self, what: str) -> Iterator[lmdb.Transaction[bytes]]:
+        """A short read transaction under the shared gate (a resize waits for it)."""
         env = self._require_env()
-        out: list[bytes | None] = []
-        size = 0
         self._gate.enter()
         try:
             with env.begin() as txn:
-                lsn = read_meta(txn, self._meta)[0]
-                for key in keys:
-                    try:
-                        value = txn.get(key, db=self._data)
-                    except lmdb.BadValsizeError:
-                        value = None
-                    size += len(key) + len(value or b"")
-                    if out and size > max_bytes:
-                        break
-                    out.append(value)
-                return out, lsn
+                yield txn
         except lmdb.Error as exc:
-            raise storage_error(self._path, "read", exc) from exc
+            raise storage_error(self._path, what, exc) from exc
         finally:
             self._gate.leave()
 
@@ -354,27 +301,8 @@ class StateStore:
         self, start: bytes = b"", end: bytes | None = None, limit: int | None = None
     ) -> list[tuple[bytes, bytes]]:
         """Pairs with ``start <= key < end`` in key order, at most ``limit`` of them."""
-        env = self._require_env()
-        out: list[tuple[bytes, bytes]] = []
-        if limit is not None and limit <= 0:
-            return out
-        self._gate.enter()
-        try:
-            with env.begin() as txn, txn.cursor(db=self._data) as cursor:
-                found = cursor.set_range(start) if start else cursor.first()
-                while found:
-                    key, value = cursor.item()
-                    if end is not None and key >= end:
-                        break
-                    out.append((key, value))
-                    if limit is not None and len(out) >= limit:
-                        break
-                    found = cursor.next()
-        except lmdb.Error as exc:
-            raise storage_error(self._path, "scan", exc) from exc
-        finally:
-            self._gate.leave()
-        return out
+        with self._reading("scan") as txn:
+            return scan_range(txn, self._data, start, end, limit)
 
     def snapshot(self) -> StoreSnapshot:
         """A consistent view at the current ``applied_lsn``; close it when done."""
@@ -469,9 +397,3 @@ class StateStore:
 
     def __repr__(self) -> str:
         return f"StateStore({str(self._path)!r}, applied_lsn={self._applied_lsn})"
-
-
-def install_bootstrap(live: StateStore) -> StateStore:
-    """Swap ``live``'s finished bootstrap into place (see ``replace_with_bootstrap``)."""
-    live.replace_with_bootstrap()
-    return live

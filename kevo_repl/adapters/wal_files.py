@@ -1,6 +1,7 @@
-"""The primary's write-ahead log: segment files, group commit, rotation, retention.
+"""A node's write-ahead log: segment files, group commit, rotation, retention.
 
-The WAL is the primary's durability point. ``append`` assigns LSNs, writes one record
+The WAL is every node's durability point (a primary's sealed writes, a replica's received
+records, byte for byte). ``append`` assigns LSNs, writes one record
 (``kevo_repl.core.record``) and, with ``FsyncPolicy.ALWAYS``, returns once an fdatasync covers
 it. Concurrent appenders share fdatasyncs (group commit): the first waiter becomes the leader
 and syncs everything written so far, the others wait on a condition variable; nobody holds
@@ -19,8 +20,6 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Final
 
@@ -32,6 +31,7 @@ from kevo_repl.adapters.wal_segments import (
     create_segment,
     open_for_append,
 )
+from kevo_repl.adapters.wal_types import Appended, FsyncPolicy, WalStats
 from kevo_repl.core.errors import KevoError, StorageError
 from kevo_repl.core.record import encode_record, peek_lsns
 
@@ -39,29 +39,6 @@ __all__ = ["Appended", "FsyncPolicy", "RecoveryReport", "WalStats", "WriteAheadL
 
 PREALLOC_BYTES = 4 * 1024 * 1024  # zero-fill step; not Final so bench.wal_bench can A/B it
 _ZEROS: Final = bytes(1024 * 1024)
-
-
-class FsyncPolicy(StrEnum):
-    ALWAYS = "always"  # append returns after an fdatasync covers the record
-    INTERVAL = "interval"  # a background thread syncs every fsync_interval_ms
-    NONE = "none"  # only sync() and close() sync
-
-
-@dataclass(frozen=True, slots=True)
-class Appended:
-    """A written batch: its LSN range and the exact stored record (publish it as-is)."""
-
-    first_lsn: int
-    last_lsn: int
-    record: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class WalStats:
-    appends: int
-    syncs: int  # fdatasync/fsync calls on segments (group commits and segment seals)
-    rotations: int
-    bytes_written: int  # record bytes
 
 
 class WriteAheadLog(SegmentedLog):

@@ -107,7 +107,7 @@ class FollowerCopy(FollowerCore):
         r = self._rewind
         if r is None:
             return []
-        if keys is None or len(set(keys)) > MAX_REWIND_KEYS or not r.shared_lsn:
+        if keys is None or len(set(keys)) > MAX_REWIND_KEYS:
             self._rewind = None
             count = "unknown" if keys is None else len(set(keys))
             return self._begin_bootstrap(f"diverged: {r.reason}; {count} keys to rewind")

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "HISTORY_ID_BYTES",
+    "NEVER_FOLLOWED",
     "HistoryChain",
     "HistoryError",
     "Relation",
@@ -31,6 +32,15 @@ __all__ = [
 ]
 
 HISTORY_ID_BYTES = 16
+
+# Why a node with an empty chain is not promoted: its new root history would be unrelated to
+# every node that holds data, so none of them could follow it without being wiped.
+NEVER_FOLLOWED = (
+    "this node has never followed a history and holds no data: promoting it would start an "
+    "empty database unrelated to every node holding data, which could then not follow it. "
+    "Promote a replica that holds data, wait for the primary, or pass --force to start "
+    "an empty database"
+)
 
 
 class HistoryError(ValueError):

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from kevo_repl.adapters.clock import monotonic_ms
 from kevo_repl.client import parse_node
 from kevo_repl.core.follower_types import Status
-from kevo_repl.core.history import HISTORY_ID_BYTES
+from kevo_repl.core.history import HISTORY_ID_BYTES, NEVER_FOLLOWED
 from kevo_repl.logs import get_logger
 from kevo_repl.wire import pb
 from kevo_repl.wire.batch import WireError
@@ -50,6 +50,8 @@ def promote(node: Node, force: bool) -> pb.PromoteResponse:
             "replaced): its store is no state of the history yet, so it cannot be promoted",
             pb.ERROR_UNAVAILABLE,
         )
+    if not node.state.chain and not force:
+        raise WireError(NEVER_FOLLOWED)
     heard = monotonic_ms() - f.last_heard_ms
     alive = f.status in (Status.SYNCING, Status.READY) and heard < node.config.primary_timeout_ms
     if alive and not force:

@@ -34,7 +34,7 @@ from kevo_repl.core.follower_types import (
     SendWalSync,
     WriteChunk,
 )
-from kevo_repl.core.history import HistoryChain
+from kevo_repl.core.history import NEVER_FOLLOWED, HistoryChain
 from kevo_repl.core.registry import WaitResult
 from kevo_repl.testing.checkers import Checker, Violation
 from kevo_repl.testing.disk import Batch, apply_entries
@@ -168,6 +168,8 @@ class SimNode:
             return "not a replica"
         if not f.consistent:
             return "copying its upstream's data"
+        if not self.disk.chain:
+            return NEVER_FOLLOWED
         self._sync_now()  # everything received is in the WAL, applied and synced
         fork = self.disk.last_lsn
         if not self.reuse_history:

@@ -41,6 +41,7 @@ class Operator:
             "switchover_ms": 0,
             "switchover_cancelled": 0,
             "second_loss_skipped": 0,
+            "failovers_abandoned": 0,
         }
 
     def busy_nodes(self) -> set[str]:
@@ -124,7 +125,7 @@ class Operator:
         ]
 
     def _best(self, nodes: list[SimNode]) -> SimNode | None:
-        ok = [n for n in nodes if n.follower is not None and n.follower.consistent]
+        ok = [n for n in nodes if n.follower is not None and n.follower.consistent and n.disk.chain]
         if not ok:
             return None
         pick = min if self.sim.broken == "promote_behind" else max
@@ -143,6 +144,9 @@ class Operator:
         # after a rewind counted for no waiting write, so promoting past it loses none)
         ahead = [n for n in cands if target is not None and n.consistent() and n.lsn > target.lsn]
         if target is None or (ahead and self.sim.broken != "promote_behind"):
+            if target is None and self.attempts > 30 and not old.up:
+                self._abandon(old)  # no replica ever followed: wait for the primary instead
+                return
             self.counts["promote_retries"] += 1
             self.sched.after(100, self._promote_step)
             return
@@ -158,6 +162,15 @@ class Operator:
             return
         self.counts["promotions"] += 1
         self._after_promotion(old, target)
+
+    def _abandon(self, old: SimNode) -> None:
+        """Nothing promotable for 3 s: the lost primary is brought back as the primary."""
+        self.counts["failovers_abandoned"] += 1
+        self.old, self.wants[old.name] = None, ""
+        self.busy.discard(old.name)
+        old.start("")
+        if self.failovers_left:
+            self.sched.after(self.rng.randint(1200, 2000), self._lose_primary)
 
     def _restart(self, n: SimNode) -> None:
         self.busy.discard(n.name)
