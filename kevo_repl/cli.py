@@ -13,10 +13,11 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from kevo_repl.client import NodeUnreachableError, RemoteError, parse_node
+from kevo_repl.client import NodeUnreachableError, RemoteError, UnresolvableHostError, parse_node
 from kevo_repl.config import CONFIGURABLE_COMMANDS, ConfigError, config_defaults
 from kevo_repl.core.errors import KevoError
 from kevo_repl.logs import configure_logging
+from kevo_repl.wire.batch import DEFAULT_LIMITS
 
 __all__ = ["EXIT_ABSENT", "EXIT_UNREACHABLE", "EXIT_USAGE", "build_parser", "main"]
 
@@ -202,11 +203,21 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     for name, text in (("put", "write KEY=VALUE"), ("delete", "delete KEY")):
         c = add(name, f"{text}; prints the committed LSN")
         _node_flags(c)
-        c.add_argument("key")
+        c.add_argument("key", help=f"up to {DEFAULT_LIMITS.max_key_bytes} bytes")
         if name == "put":
-            c.add_argument("value")
+            c.add_argument("value", nargs="?", help=f"up to {DEFAULT_LIMITS.max_value_bytes} bytes")
+            c.add_argument(
+                "--value-file",
+                type=Path,
+                help="read the value from a file, or - for stdin (argv caps values near 128 KB)",
+            )
         c.add_argument("--wait-replicas", type=_count(0), default=0)
         c.add_argument("--timeout-ms", type=_count(0), default=0, help="for --wait-replicas")
+        c.add_argument(
+            "--wait-anyway",
+            action="store_true",
+            help="wait for more replicas than the primary knows of (they may still join)",
+        )
 
     g = add("get", "print KEY's value; exit 1 if absent")
     _node_flags(g)
@@ -275,6 +286,8 @@ def _parse(
     parser, subs = build_parser()
     args = parser.parse_args(argv)
     sub = subs[args.command]
+    if args.command == "put" and (args.value is None) == (args.value_file is None):
+        sub.error("put needs a VALUE or --value-file F (- for stdin), exactly one of them")
     if args.command in CONFIGURABLE_COMMANDS and args.config is not None:
         try:
             sub.set_defaults(**config_defaults(args.config, args.command, subs))
@@ -297,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return COMMANDS[args.command](args)
-    except NodeUnreachableError as exc:
+    except (NodeUnreachableError, UnresolvableHostError) as exc:
         _say(str(exc))
         return EXIT_UNREACHABLE
     except (RemoteError, KevoError) as exc:

@@ -22,8 +22,9 @@ from types import TracebackType
 
 import zmq
 
+from kevo_repl.adapters.connect_watch import ConnectWatch, UnresolvableHostError, resolve
 from kevo_repl.adapters.security import ClientCurve
-from kevo_repl.adapters.zmq_io import SocketOptions, connect_socket
+from kevo_repl.adapters.zmq_io import SocketOptions, connect_socket, endpoint
 from kevo_repl.core.errors import KevoError
 from kevo_repl.core.ops import OP_DELETE, OP_PUT
 from kevo_repl.wire import pb
@@ -37,8 +38,11 @@ __all__ = [
     "PipelineTimeoutError",
     "RemoteError",
     "RequestTooLargeError",
+    "UnresolvableHostError",
+    "ValueTooLargeError",
     "WriteResult",
     "batch_request",
+    "check_entry",
     "parse_node",
 ]
 
@@ -60,13 +64,14 @@ class PipelineTimeoutError(NodeUnreachableError):
 
 
 class RemoteError(KevoError):
-    """The node answered with an ``Error``."""
+    """The node answered with an ``Error``: its message is the text; ``code`` (and
+    ``code_name``) say which kind, for programs (users never see enum names)."""
 
     def __init__(
         self, code: int, message: str, primary: str = "", retained_from_lsn: int = 0
     ) -> None:
         name = pb.ErrorCode.Name(code) if code in pb.ErrorCode.values() else str(code)  # type: ignore[arg-type]
-        super().__init__(f"{name}: {message}")
+        super().__init__(message or name.removeprefix("ERROR_").lower().replace("_", " "))
         self.code = code
         self.code_name = name
         self.message = message
@@ -77,6 +82,24 @@ class RemoteError(KevoError):
 class RequestTooLargeError(KevoError):
     """The request is over the node's frame limit: refused here, before sending (a node's
     socket would drop such a frame, and the connection with it, without an answer)."""
+
+
+class ValueTooLargeError(RequestTooLargeError):
+    """A key or value over the node's limits (``DEFAULT_LIMITS``), refused before sending."""
+
+
+def check_entry(key: bytes, value: bytes) -> None:
+    """``ValueTooLargeError`` naming the limit unless ``key`` and ``value`` fit a node's."""
+    limits = DEFAULT_LIMITS
+    if not key or len(key) > limits.max_key_bytes:
+        raise ValueTooLargeError(
+            f"key of {len(key)} bytes: keys must be 1 to {limits.max_key_bytes} bytes"
+        )
+    if len(value) > limits.max_value_bytes:
+        raise ValueTooLargeError(
+            f"value of {len(value)} bytes for key {key[:40]!r}: over the node's limit of "
+            f"{limits.max_value_bytes} bytes per value"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +133,7 @@ def batch_request(
     keys: list[bytes] = []
     values: list[bytes] = []
     for key, value in entries:
+        check_entry(key, value or b"")
         ops.append(OP_DELETE if value is None else OP_PUT)
         keys.append(key)
         values.append(b"" if value is None else value)
@@ -136,6 +160,7 @@ class Client:
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._ids = itertools.count(1)
         self._read_token = 0
+        self._watch: ConnectWatch | None = None
         self._sock = self._connect(node)
 
     # ---- context manager ---------------------------------------------------------------------
@@ -149,6 +174,8 @@ class Client:
         self.close()
 
     def close(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
         self._sock.close(0)
 
     # ---- writes ------------------------------------------------------------------------------
@@ -156,6 +183,7 @@ class Client:
     def put(
         self, key: bytes, value: bytes, *, wait_replicas: int = 0, timeout_ms: int = 0
     ) -> WriteResult:
+        check_entry(key, value)
         body = pb.PutRequest(
             key=key, value=value, wait_replicas=wait_replicas, timeout_ms=timeout_ms
         )
@@ -223,10 +251,9 @@ class Client:
         deadline_ms = self.timeout_ms + extra_ms
         while True:
             if not self._sock.poll(deadline_ms, zmq.POLLIN):
+                why = self._why_silent(deadline_ms)
                 self._reset()
-                raise NodeUnreachableError(
-                    f"no answer from {self.node} within {deadline_ms} ms (is it running?)"
-                )
+                raise NodeUnreachableError(why)
             resp = self._recv()
             if resp.request_id != req.request_id:
                 continue  # a late answer to an earlier, timed-out request
@@ -254,9 +281,10 @@ class Client:
                 self._send(req)
                 sent += 1
             if not self._sock.poll(self.timeout_ms, zmq.POLLIN):
+                why = self._why_silent(self.timeout_ms)
                 self._reset()
                 raise PipelineTimeoutError(
-                    f"no answer from {self.node} within {self.timeout_ms} ms",
+                    why,
                     [out.get(first_id + i) for i in range(sent)],
                 )
             resp = self._recv()
@@ -287,8 +315,20 @@ class Client:
 
     def _connect(self, node: str) -> zmq.Socket[bytes]:
         host, port = parse_node(node)
-        prepare = self.curve.apply if self.curve else None
+        resolve(host, port + 1)  # a name that does not resolve would only ever time out
+        where = endpoint(host, port + 1)
+
+        def prepare(sock: zmq.Socket[bytes]) -> None:  # watch from before the connect
+            if self.curve:
+                self.curve.apply(sock)
+            self._watch = ConnectWatch(sock, where, self.curve is not None)
+
         return connect_socket(self._ctx, zmq.DEALER, host, port + 1, SocketOptions(), prepare)
+
+    def _why_silent(self, waited_ms: int) -> str:
+        if self._watch is None:
+            return f"no answer from {self.node} within {waited_ms} ms"
+        return self._watch.explain(self.node, waited_ms)
 
     def _send(self, req: pb.Request) -> None:
         req.read_token = self._read_token  # proof we read the last large reply (see protocol)
@@ -313,5 +353,5 @@ class Client:
 
     def _reset(self) -> None:
         self._read_token = 0
-        self._sock.close(0)
+        self.close()
         self._sock = self._connect(self.node)

@@ -63,18 +63,47 @@ def _keygen(args: argparse.Namespace) -> int:
 
 
 def _put(args: argparse.Namespace) -> int:
+    value = _value(args)
     with _client(args) as c:
+        _check_wait(c, args)
         r = c.put(
-            args.key.encode(),
-            args.value.encode(),
-            wait_replicas=args.wait_replicas,
-            timeout_ms=args.timeout_ms,
+            args.key.encode(), value, wait_replicas=args.wait_replicas, timeout_ms=args.timeout_ms
         )
     return _print_write(r.lsn, args.wait_replicas, r.replicas_applied, r.wait_timed_out)
 
 
+def _value(args: argparse.Namespace) -> bytes:
+    """VALUE from argv, or ``--value-file`` (``-``: stdin)."""
+    if args.value is not None:  # exactly one of them: checked while parsing
+        return str(args.value).encode()
+    if str(args.value_file) == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return Path(args.value_file).read_bytes()
+    except OSError as exc:
+        raise KevoError(f"cannot read --value-file {args.value_file}: {exc.strerror}") from exc
+
+
+def _check_wait(c: Client, args: argparse.Namespace) -> None:
+    """Refuse at once a wait for more replicas than the primary knows: it could only time
+    out (``--wait-anyway`` waits all the same, for replicas about to join)."""
+    if not args.wait_replicas or args.wait_anyway:
+        return
+    primary = c.primary_address()
+    with Client(primary, timeout_ms=c.timeout_ms, curve=c.curve) as p:
+        known = [r.replica_id for r in p.status().replicas]
+    if args.wait_replicas > len(known):
+        names = f" ({', '.join(known)})" if known else ""
+        raise KevoError(
+            f"--wait-replicas {args.wait_replicas}, but the primary {primary} knows "
+            f"{len(known)} replica{'s' if len(known) != 1 else ''}{names}: the write could "
+            "only time out. Pass --wait-anyway to wait for replicas still to join"
+        )
+
+
 def _delete(args: argparse.Namespace) -> int:
     with _client(args) as c:
+        _check_wait(c, args)
         r = c.delete(
             args.key.encode(), wait_replicas=args.wait_replicas, timeout_ms=args.timeout_ms
         )

@@ -215,10 +215,8 @@ def _send(c: Client, pending: list[_Batch], result: LoadResult, progress: Progre
             unknown.append(i)
         else:
             err = resp.error if body == "error" else pb.Error()
-            name = RemoteError(err.code, err.message).code_name
-            refused.append(
-                f"lines {b.first_line}-{b.last_line} were refused ({name}: {err.message})"
-            )
+            why = str(RemoteError(err.code, err.message))
+            refused.append(f"lines {b.first_line}-{b.last_line} were refused ({why})")
     if not (refused or unknown):
         return
     parts = [*refused, _committed(result)]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from kevo_repl.client import RemoteError, RequestTooLargeError, batch_request
+from kevo_repl.client import RemoteError, RequestTooLargeError, ValueTooLargeError, batch_request
 from kevo_repl.wire import pb
 from tests.cli_support import kevo
 from tests.faults.checkers import count_events
@@ -68,7 +68,10 @@ def test_oversized_writes_are_refused_naming_the_limit(cluster: Cluster) -> None
     with primary.client() as c:
         with pytest.raises(RequestTooLargeError, match="16777216"):  # refused before sending
             c.batch([(b"k%d" % i, b"x" * (3 * MIB)) for i in range(6)])
-        with pytest.raises(RemoteError, match="4194304") as refused:  # one value too big
+        with pytest.raises(ValueTooLargeError, match="4194304"):  # one value too big: here
             c.batch([(b"a", b"x"), (b"b", b"x" * (4 * MIB + 1))])
+        big = pb.Request(put=pb.PutRequest(key=b"b", value=b"x" * (4 * MIB + 1)))
+        with pytest.raises(RemoteError, match="4194304") as refused:  # and by the node
+            c.call(big)
         assert refused.value.code == pb.ERROR_TOO_LARGE
         assert c.put(b"after", b"ok").lsn == 1  # nothing was written, the node serves on

@@ -57,7 +57,7 @@ def test_get_min_lsn_in_the_future_times_out_with_a_message(nodes: tuple[Node, N
     _, replica = nodes
     r = kevo("get", "--node", replica.address, "x", "--min-lsn", "999999999", "--timeout-ms", "200")
     assert r.returncode == 1
-    assert "ERROR_TIMEOUT" in r.stderr
+    assert "min_lsn 999999999 not reached in time" in r.stderr and "ERROR_" not in r.stderr
 
 
 def test_put_wait_replicas_reports_how_many_applied(nodes: tuple[Node, Node]) -> None:
@@ -76,8 +76,9 @@ def test_put_wait_replicas_reports_how_many_applied(nodes: tuple[Node, Node]) ->
     assert ok.returncode == 0, ok.stderr
     assert "replicas applied: 1 of 1 requested" in ok.stderr
     late = kevo(
-        "put", "--node", primary.address, "wr:k", "v", "--wait-replicas", "2", "--timeout-ms", "200"
-    )
+        "put", "--node", primary.address, "wr:k", "v", "--wait-replicas", "2", "--timeout-ms",
+        "200", "--wait-anyway",
+    )  # fmt: skip
     assert late.returncode == 1
     assert "1 of 2 requested (timed out)" in late.stderr
 
@@ -186,7 +187,7 @@ def test_unreachable_node_fails_fast_with_a_message(command: list[str]) -> None:
     )
     assert time.monotonic() - started < 10
     assert r.returncode == 3, (r.stdout, r.stderr)
-    assert f"no answer from {node} within 300 ms" in r.stderr
+    assert "connection refused by tcp://127.0.0.1:" in r.stderr and node in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize(
@@ -196,7 +197,7 @@ def test_unreachable_node_fails_fast_with_a_message(command: list[str]) -> None:
         (["nonsense"], "invalid choice"),
         (["get", "k"], "required: --node"),
         (["get", "--node", "no-port", "k"], "node address must be HOST:PORT"),
-        (["put", "--node", "127.0.0.1:7100", "only-key"], "required: value"),
+        (["put", "--node", "127.0.0.1:7100", "only-key"], "needs a VALUE or --value-file"),
         (["tail", "--node", "127.0.0.1:7100", "--from-lsn", "0"], "must be 1 or more"),
         (["status", "--node", "127.0.0.1:7100", "--interval", "0"], "between 0.1 and"),
         (["primary"], "--data is required"),

@@ -174,8 +174,8 @@ class Follower(FollowerCopy):
         self._note("request_refused", code=code, message=message, request=self._pending)
         if not self._pending:
             return []
-        self._pending = ""
-        return self._disconnect(f"{code}: {message}")
+        request, self._pending = self._pending, ""
+        return self._disconnect(f"the upstream refused our {request.replace('_', ' ')}: {message}")
 
     def on_not_registered(self) -> list[Action]:
         """The primary does not know us (it restarted): register again, keeping our data."""

@@ -345,6 +345,10 @@ class ServingRequests:
             self.node.log.warning("replica_disconnected", replica_id=r.replica_id)
         self.node.source.released(expired)
         self.reads.release(now)
+        refused = self.node.security.refused if self.node.security is not None else ()
+        while refused:
+            h = refused.popleft()
+            self.refusals.refused("handshake_refused", now, peer=h.peer, key=h.key, reason=h.reason)
         self.refusals.flush(now)
 
     def send_digests(self) -> None:
