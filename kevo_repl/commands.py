@@ -145,7 +145,15 @@ def _status(args: argparse.Namespace) -> int:
         show(s, clear=args.watch and sys.stdout.isatty())
         if args.watch:
             _watch(c, show, args.interval)
-    return 0 if not args.ready or _is_ready(s) else 1
+    if not args.ready or _is_ready(s):
+        return 0
+    if args.json or args.watch:
+        return 1
+    from kevo_repl.status_format import status_name
+
+    why = s.upstream_problem or s.error_message or f"status {status_name(s.status)}"
+    print(f"kevo-repl: not ready: {why}", file=sys.stderr)
+    return 1
 
 
 def _is_ready(s: pb.StatusResponse) -> bool:

@@ -72,6 +72,7 @@ def status_json(s: pb.StatusResponse) -> dict[str, Any]:
         "gaps": s.gaps,
         "bootstrap_progress": round(s.bootstrap_progress, 4),
         "error": s.error_message,
+        "upstream_problem": s.upstream_problem,
     }
 
 
@@ -90,6 +91,8 @@ def status_text(s: pb.StatusResponse) -> str:
         ]
         if doc["error"]:
             lines.append(f"error: {doc['error']}")
+        if doc["upstream_problem"]:
+            lines.append(str(doc["upstream_problem"]))
         if not doc["replicas"]:
             return "\n".join(lines)
         lines.append("")

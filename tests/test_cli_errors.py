@@ -10,7 +10,9 @@ import json
 import socket
 from pathlib import Path
 
+from kevo_repl.testing.ports import free_port_pair
 from tests.cli_support import kevo
+from tests.faults.checkers import count_events
 from tests.nodes import Cluster, wait_for
 from tests.test_security import _start_secure, keys  # noqa: F401  (keys: a fixture)
 
@@ -104,3 +106,27 @@ def test_put_takes_big_values_from_a_file_or_stdin_and_refuses_too_big_ones(
     out = kevo("put", "--node", primary.address, "k", "v", "--value-file", str(big))
     assert out.returncode == 2 and "exactly one of them" in out.stderr
     assert "up to 4194304 bytes" in kevo("put", "--help").stdout
+
+
+def test_a_replica_says_once_that_its_upstream_is_unreachable(cluster: Cluster) -> None:
+    port = free_port_pair()
+    replica = cluster.replica("r1", f"127.0.0.1:{port}", "--log-level", "debug")
+
+    def problem() -> str:
+        out = kevo("status", "--node", replica.address, "--json")
+        return str(json.loads(out.stdout)["upstream_problem"])
+
+    wait_for(
+        "status names the cause", lambda: problem() == "upstream unreachable: connection refused"
+    )
+    out = kevo("status", "--node", replica.address, "--ready")
+    assert out.returncode == 1 and "upstream unreachable: connection refused" in out.stdout
+    assert "not ready: upstream unreachable: connection refused" in out.stderr, out.stderr
+    wait_for("two retries", lambda: count_events(replica.log_path, "upstream_retry") >= 2, 30)
+    assert count_events(replica.log_path, "upstream_unreachable") == 1  # once, not per retry
+    assert count_events(replica.log_path, "disconnected") == 0
+    cluster.primary("primary", port=port)  # the upstream appears: said once, too
+    wait_for(
+        "ready", lambda: kevo("status", "--node", replica.address, "--ready").returncode == 0, 30
+    )
+    assert count_events(replica.log_path, "upstream_reachable") == 1 and problem() == ""

@@ -78,9 +78,10 @@ def test_role_changes_need_the_admin_role_and_upstreams_need_their_key(
             return int(c.status().status)
 
     wait_for("r2 serving", r2_status, 30)
-    wait_for(  # the handshake fails: its Register is never answered
-        "r2 gives up on r1", lambda: count_events(r2.log_path, "disconnected") >= 1, 30
+    wait_for(  # the handshake fails: its Register is never answered, and r2 says why
+        "r2 gives up on r1", lambda: count_events(r2.log_path, "upstream_unreachable") >= 1, 30
     )
+    assert '"cause": "wrong server key"' in r2.log_path.read_text()
     assert r2_status() != pb.STATUS_READY
     assert r2.stop() == 0
     r2.argv += ["--primary-key", str(keys / "r1.key")]

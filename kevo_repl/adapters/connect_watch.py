@@ -98,39 +98,47 @@ class ConnectWatch:
 
     def explain(self, node: str, waited_ms: int) -> str:
         """Why ``node`` gave no answer within ``waited_ms``, as far as the monitor knows."""
+        return self.diagnose(node, waited_ms)[1]
+
+    def diagnose(self, node: str, waited_ms: int) -> tuple[str, str]:
+        """``(cause, sentence)``: a few words for a status line, and the whole story."""
         s = self._drain()
         where = f"{node} (requests go to {self._endpoint})"
         if s.auth_status:
-            return (
+            return "our CURVE key was refused", (
                 f"{where} refused our CURVE key (ZAP status {s.auth_status}): it is not in the "
                 "node's authorized_keys, or was revoked there"
             )
         if s.mechanism_mismatch or (s.no_detail and not self._curve):
             if self._curve:
-                return f"{where} does not use CURVE, but we were given keys: drop --keys"
-            return (
+                return "it does not use CURVE", (
+                    f"{where} does not use CURVE, but we were given keys: drop --keys"
+                )
+            return "it requires CURVE", (
                 f"{where} requires CURVE: pass --keys DIR holding this client's key pair "
                 "(--key-name NAME) and the node's public key (--server-key, default "
                 "DIR/primary.key)"
             )
-        if s.no_detail and self._curve:
-            return (
+        if s.no_detail:
+            return "wrong server key", (
                 f"{where} failed the CURVE handshake: the server key we were given is not "
                 "this node's public key (check --server-key)"
             )
         if s.protocol_error or (s.connected and not s.handshake_ok):
-            return (
+            return "not a ZeroMQ port", (
                 f"{where} accepted the TCP connection but does not speak ZeroMQ: is it a "
                 "kevo-repl node's port (not its --metrics-port, nor its request port P+1)?"
             )
         if s.retried and not s.connected:
-            return (
+            return "connection refused", (
                 f"connection refused by {self._endpoint}: nothing listens there. Is the node "
                 f"running, and is {node} the --port it was started with (requests go to P+1)?"
             )
         if s.handshake_ok:
-            return f"{where} is connected but sent no answer within {waited_ms} ms (busy, stalled?)"
-        return f"no answer from {where} within {waited_ms} ms (is it running?)"
+            return "connected, no answer", (
+                f"{where} is connected but sent no answer within {waited_ms} ms (busy, stalled?)"
+            )
+        return "no answer", f"no answer from {where} within {waited_ms} ms (is it running?)"
 
     def reset(self) -> None:
         """Forget what was seen (the socket was replaced)."""

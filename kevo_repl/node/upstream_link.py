@@ -14,8 +14,15 @@ from typing import Any
 
 import zmq
 
+from kevo_repl.adapters.connect_watch import ConnectWatch
 from kevo_repl.adapters.security import ClientCurve
-from kevo_repl.adapters.zmq_io import SocketOptions, connect_socket, recv_frames_nowait, send_nowait
+from kevo_repl.adapters.zmq_io import (
+    SocketOptions,
+    connect_socket,
+    endpoint,
+    recv_frames_nowait,
+    send_nowait,
+)
 from kevo_repl.client import parse_node
 from kevo_repl.core.errors import ProtocolError
 from kevo_repl.core.follower import Follower
@@ -80,23 +87,38 @@ class UpstreamLink:
         self.sub = connect_socket(ctx, zmq.SUB, self._host, self._port, self._sub_opts, prepare)
         self.sub.setsockopt(zmq.SUBSCRIBE, TOPIC_WAL)
         self.sub.setsockopt(zmq.SUBSCRIBE, TOPIC_BEACON)
+        self._watch: ConnectWatch
         self.dealer = self._new_dealer()
 
     def _new_dealer(self) -> zmq.Socket[bytes]:
-        prepare = self._curve.apply if self._curve else None
+        where = endpoint(self._host, self._port + 1)
+
+        def prepare(sock: zmq.Socket[bytes]) -> None:  # watched from before the connect
+            if self._curve:
+                self._curve.apply(sock)
+            self._watch = ConnectWatch(sock, where, self._curve is not None)
+
         return connect_socket(
             self._ctx, zmq.DEALER, self._host, self._port + 1, self._opts, prepare
         )
 
+    def diagnose(self, waited_ms: int) -> tuple[str, str]:
+        """Why the upstream did not answer: ``(cause, sentence)`` (``adapters/connect_watch``)."""
+        return self._watch.diagnose(self.upstream, waited_ms)
+
     def reconnect(self) -> None:
         """A fresh DEALER: whatever the old one had in flight is dropped with it."""
-        self.dealer.close(0)
+        self._close_dealer()
         self.dealer = self._new_dealer()
         self._read_token = 0  # a new connection owes nothing
 
+    def _close_dealer(self) -> None:
+        self._watch.close()
+        self.dealer.close(0)
+
     def close(self) -> None:
         self.sub.close(0)
-        self.dealer.close(0)
+        self._close_dealer()
 
     # ---- inbound -----------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -64,6 +65,17 @@ _WARNINGS = frozenset(
 )
 
 
+_SILENCE = re.compile(r"silent|timed out")  # a Reconnect because the upstream said nothing
+_RETRY_EVENTS = frozenset({"disconnected", "request_timeout"})
+
+
+def _is_retry(event: str, fields: dict[str, object]) -> bool:
+    """One of the events each retry against a silent upstream repeats."""
+    if event == "status":
+        return fields.get("new") in ("CONNECTING", "DISCONNECTED")
+    return event in _RETRY_EVENTS
+
+
 class UpstreamSource:
     role: int = pb.ROLE_REPLICA
 
@@ -96,6 +108,7 @@ class UpstreamSource:
             node.ctx, upstream, config.limits, curve, config.node_id, node.address, node.log
         )
         self.link.upstream_info.primary = known_primary  # until the upstream says
+        self.unreachable = ""  # why the upstream does not answer, as logged ("" if it does)
         self._to_apply: list[Decoded] = []
         self._unsynced: list[tuple[int, int, bytes]] = []  # written here, not yet durable
         self._visible = self.follower.durable_lsn
@@ -154,6 +167,12 @@ class UpstreamSource:
         status.catchups = f.counters.catchups
         status.gaps = f.counters.gaps
         status.peers.extend(self.link.peers)
+        cause = self.unreachable
+        if not cause and f.status in (Status.CONNECTING, Status.DISCONNECTED):
+            cause = self.link.diagnose(0)[0]  # before the first timeout: what is known now
+            cause = "" if cause == "no answer" else cause
+        if cause:
+            status.upstream_problem = f"upstream unreachable: {cause}"
 
     # ---- each turn ---------------------------------------------------------------------------
 
@@ -185,9 +204,9 @@ class UpstreamSource:
                 self._to_apply.append(self.link.decoded.pop(action.first_lsn))
             elif isinstance(action, Reconnect):
                 self.flush()
+                self._note_reconnect(action.reason)
                 self.link.reconnect()
                 self.node.sockets_changed()
-                self.node.log.info("reconnecting", reason=action.reason)
             elif isinstance(action, SaveChain):
                 self.flush()
                 self._storage(lambda a=action: self.node.state.save_chain(a.chain))
@@ -370,9 +389,29 @@ class UpstreamSource:
             )
         )
 
+    def _note_reconnect(self, reason: str) -> None:
+        """An upstream that does not answer is logged once per cause, not once per retry
+        (a missing primary would otherwise log four lines every few seconds, forever)."""
+        if not _SILENCE.search(reason):
+            self.node.log.info("reconnecting", reason=reason)
+            return
+        cause, detail = self.link.diagnose(self.node.config.primary_timeout_ms)
+        if cause != self.unreachable:
+            self.node.log.warning(
+                "upstream_unreachable", upstream=self.upstream, cause=cause, detail=detail
+            )
+        else:
+            self.node.log.debug("upstream_retry", upstream=self.upstream, cause=cause)
+        self.unreachable = cause
+
     def _log_events(self) -> None:
         log = self.node.log
         for event, fields in self.follower.drain_events():
+            if self.unreachable and _is_retry(event, fields):
+                continue  # the retries of a silence already logged
+            if self.unreachable and event != "status":
+                log.info("upstream_reachable", upstream=self.upstream, after=self.unreachable)
+                self.unreachable = ""
             if event in _WARNINGS:
                 log.warning(event, **fields)
             else:

@@ -712,6 +712,7 @@ class StatusResponse(_message.Message):
     GAPS_FIELD_NUMBER: _builtins.int
     FENCED_FIELD_NUMBER: _builtins.int
     PEERS_FIELD_NUMBER: _builtins.int
+    UPSTREAM_PROBLEM_FIELD_NUMBER: _builtins.int
     role: Global___Role.ValueType
     history_id: _builtins.bytes
     lsn: _builtins.int
@@ -740,6 +741,8 @@ class StatusResponse(_message.Message):
     """replica: gaps it found in its stream"""
     fenced: _builtins.str
     """primary: why it accepts no writes now ("" if it does)"""
+    upstream_problem: _builtins.str
+    """replica: why its upstream does not answer ("" if it does)"""
     @_builtins.property
     def replicas(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReplicaInfo]: ...
     @_builtins.property
@@ -773,10 +776,11 @@ class StatusResponse(_message.Message):
         gaps: _builtins.int = ...,
         fenced: _builtins.str = ...,
         peers: _abc.Iterable[_builtins.str] | None = ...,
+        upstream_problem: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bootstrap_progress", b"bootstrap_progress", "bootstraps", b"bootstraps", "catchups", b"catchups", "durable_lsn", b"durable_lsn", "error_message", b"error_message", "fenced", b"fenced", "gaps", b"gaps", "history", b"history", "history_id", b"history_id", "lsn", b"lsn", "node_id", b"node_id", "peers", b"peers", "primary", b"primary", "replicas", b"replicas", "retained_from_lsn", b"retained_from_lsn", "retention_held_by", b"retention_held_by", "role", b"role", "status", b"status", "upstream", b"upstream", "wal_bytes", b"wal_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bootstrap_progress", b"bootstrap_progress", "bootstraps", b"bootstraps", "catchups", b"catchups", "durable_lsn", b"durable_lsn", "error_message", b"error_message", "fenced", b"fenced", "gaps", b"gaps", "history", b"history", "history_id", b"history_id", "lsn", b"lsn", "node_id", b"node_id", "peers", b"peers", "primary", b"primary", "replicas", b"replicas", "retained_from_lsn", b"retained_from_lsn", "retention_held_by", b"retention_held_by", "role", b"role", "status", b"status", "upstream", b"upstream", "upstream_problem", b"upstream_problem", "wal_bytes", b"wal_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
