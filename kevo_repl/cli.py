@@ -110,6 +110,12 @@ def _serving_flags(p: argparse.ArgumentParser, port: int) -> None:
     )
     p.add_argument("--segment-bytes", type=_count(0), default=0, help="0: derived")
     p.add_argument(
+        "--forget-after-s",
+        type=_count(1),
+        default=3600,
+        help="a follower silent this long leaves the status list (and its WAL hold) by itself",
+    )
+    p.add_argument(
         "--pub-hwm", type=_count(1), default=256, help="stream frames queued per subscriber"
     )
 
@@ -263,6 +269,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     rpt = add("repoint", "a node follows another node from its current position")
     _node_flags(rpt)
     rpt.add_argument("--primary", required=True, type=_node_arg, help="HOST:PORT to follow")
+
+    fg = add("forget", "remove a departed follower from a node's list (and its WAL hold)")
+    _node_flags(fg)
+    fg.add_argument("--replica", required=True, help="the follower's id, as status lists it")
 
     sw = add("switchover", "a planned handover from a primary to one of its replicas")
     _node_flags(sw)

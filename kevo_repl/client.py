@@ -306,8 +306,9 @@ class Client:
         except RemoteError as exc:
             if not (exc.code == pb.ERROR_NOT_PRIMARY and exc.primary and self.follow_redirects):
                 raise
+            curve = self.curve.for_node(exc.primary) if self.curve else None
             with Client(
-                exc.primary, timeout_ms=self.timeout_ms, follow_redirects=False, curve=self.curve
+                exc.primary, timeout_ms=self.timeout_ms, follow_redirects=False, curve=curve
             ) as c:
                 resp = c.call(req, extra_ms=timeout_ms)
         w = resp.write

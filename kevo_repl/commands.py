@@ -90,7 +90,8 @@ def _check_wait(c: Client, args: argparse.Namespace) -> None:
     if not args.wait_replicas or args.wait_anyway:
         return
     primary = c.primary_address()
-    with Client(primary, timeout_ms=c.timeout_ms, curve=c.curve) as p:
+    curve = c.curve.for_node(primary) if c.curve and primary != c.node else c.curve
+    with Client(primary, timeout_ms=c.timeout_ms, curve=curve) as p:
         known = [r.replica_id for r in p.status().replicas]
     if args.wait_replicas > len(known):
         names = f" ({', '.join(known)})" if known else ""
@@ -108,6 +109,16 @@ def _delete(args: argparse.Namespace) -> int:
             args.key.encode(), wait_replicas=args.wait_replicas, timeout_ms=args.timeout_ms
         )
     return _print_write(r.lsn, args.wait_replicas, r.replicas_applied, r.wait_timed_out)
+
+
+def _forget(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        resp = c.call(pb.Request(forget=pb.ForgetRequest(replica_id=args.replica))).forget
+    print(
+        f"forgot {args.replica} (last heard {resp.last_seen_ms / 1000:.1f} s ago, at LSN "
+        f"{resp.applied_lsn}); it no longer holds {args.node}'s WAL"
+    )
+    return 0
 
 
 def _print_write(lsn: int, wanted: int, applied: int, timed_out: bool) -> int:
@@ -290,5 +301,6 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "promote": lambda a: _failover("promote_command", a),
     "repoint": lambda a: _failover("repoint_command", a),
     "switchover": lambda a: _failover("switchover_command", a),
+    "forget": _forget,
     "bench": _bench,
 }

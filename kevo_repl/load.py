@@ -163,6 +163,8 @@ def load_lines(
     with Client(node, timeout_ms=timeout_ms, curve=curve) as c:
         target = c.primary_address()
     result = LoadResult()
+    if curve is not None and target != node:
+        curve = curve.for_node(target)  # the primary's key, not the one given for ``node``
     with Client(target, timeout_ms=timeout_ms, curve=curve) as c:
         pending: list[_Batch] = []
         batches = _batches(stream, batch)

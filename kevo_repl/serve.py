@@ -84,6 +84,7 @@ def _common(args: argparse.Namespace) -> dict[str, Any]:
         "segment_bytes": args.segment_bytes,
         "pub_hwm": args.pub_hwm,
         "keys_dir": args.keys,
+        "forget_after_ms": args.forget_after_s * 1000,
     }
 
 

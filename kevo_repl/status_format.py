@@ -56,6 +56,7 @@ def status_json(s: pb.StatusResponse) -> dict[str, Any]:
         "retained_from_lsn": s.retained_from_lsn,
         "wal_bytes": s.wal_bytes,
         "retention_held_by": s.retention_held_by,
+        "server_key": s.server_key,
         "replicas": _replicas(s),
     }
     if s.role == pb.ROLE_PRIMARY:

@@ -152,7 +152,10 @@ class StreamTail:
         try:
             sub.setsockopt(zmq.SUBSCRIBE, TOPIC_WAL)
             sub.setsockopt(zmq.SUBSCRIBE, TOPIC_BEACON)
-            with Client(self._source, timeout_ms=self.timeout_ms, curve=self.curve) as source:
+            curve = self.curve
+            if curve is not None and self._source != self.node:
+                curve = curve.for_node(self._source)  # the primary's key, not the replica's
+            with Client(self._source, timeout_ms=self.timeout_ms, curve=curve) as source:
                 yield from self._run(sub, source, need_sync=self.next_lsn <= lsn)
         finally:
             sub.close(0)

@@ -21,6 +21,8 @@ from kevo_repl.adapters.security import (
 from kevo_repl.client import Client, NodeUnreachableError, RemoteError
 from kevo_repl.testing.ports import free_port_pair
 from kevo_repl.wire import pb
+from tests.cli_support import kevo
+from tests.faults.checkers import count_events
 from tests.nodes import Cluster, Node, wait_for
 
 
@@ -108,14 +110,21 @@ def test_roles_identity_and_refusals(cluster: Cluster, keys: Path) -> None:
         "secured replica converges",
         lambda: _digest(replica, keys, "r1") == _digest(primary, keys, "primary"),
     )
-    # client-ro reads but may not write or see status
+    # client-ro reads (tail included) but may not write, nor see who follows the node
     with _client(primary, keys, "ro") as ro:
         assert ro.get(b"k7") == b"v7"
         with pytest.raises(RemoteError) as err:
             ro.put(b"x", b"y")
         assert err.value.code == pb.ERROR_UNAUTHORIZED
-        with pytest.raises(RemoteError):
-            ro.status()
+        seen = ro.status()
+        assert seen.lsn == lsn and len(seen.replicas) == 0
+    with _client(primary, keys, "ops") as ops:
+        assert [r.replica_id for r in ops.status().replicas] == ["r1"]
+    out = kevo(
+        "tail", "--node", primary.address, "--from-lsn", "1", "--count", "3", "--format", "json",
+        "--keys", str(keys), "--key-name", "ro",
+    )  # fmt: skip
+    assert out.returncode == 0 and len(out.stdout.splitlines()) == 3, out.stderr
     # a replica key cannot write as a client
     with _client(primary, keys, "r1") as rk:
         with pytest.raises(RemoteError) as err:
@@ -131,6 +140,14 @@ def test_roles_identity_and_refusals(cluster: Cluster, keys: Path) -> None:
         plain.get(b"k1")
     with _client(primary, keys, "app") as app:
         assert app.get(b"k99", min_lsn=lsn) == b"v99"
+        assert app.status().server_key == _key(keys, "primary")  # announced for key dirs
+    # Through the replica: a write and a tail are sent on to the primary, with the
+    # primary's key from the key dir (not the replica's, given for the first hop)
+    via_r1 = ("--node", replica.address, "--keys", str(keys), "--server-key", str(keys / "r1.key"))
+    out = kevo("put", *via_r1, "--key-name", "app", "through-r1", "v")
+    assert out.returncode == 0, out.stderr
+    out = kevo("tail", *via_r1, "--key-name", "ro", "--from-lsn", "1", "--count", "2")
+    assert out.returncode == 0 and len(out.stdout.splitlines()) == 2, out.stderr
 
 
 def _subscriber(
@@ -294,3 +311,18 @@ def test_keygen_writes_a_private_secret(tmp_path: Path) -> None:
         timeout=30,
     )
     assert again.returncode == 1 and "exists" in again.stderr
+
+
+def test_a_reload_that_revokes_nothing_keeps_every_session(cluster: Cluster, keys: Path) -> None:
+    primary = _start_secure(cluster, keys, "primary", "primary")
+    replica = _start_secure(
+        cluster, keys, "r1", "replica", "--primary", primary.address, "--id", "r1"
+    )
+    with _client(primary, keys, "app") as app:
+        assert app.put(b"a", b"1", wait_replicas=1, timeout_ms=10_000).replicas_applied == 1
+        primary.signal(signal.SIGHUP)
+        wait_for("reloaded", lambda: count_events(primary.log_path, "keys_reloaded") == 1)
+        # a cut session would make the replica register again before it could ack this
+        assert app.put(b"b", b"2", wait_replicas=1, timeout_ms=10_000).replicas_applied == 1
+    assert count_events(replica.log_path, "registered") == 1
+    assert count_events(replica.log_path, "primary_forgot_us") == 0

@@ -16,6 +16,7 @@ only under its name, so a ``replica`` line without one is malformed. SIGHUP relo
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ __all__ = [
     "AUTHORIZED_KEYS",
     "ROLE_REQUESTS",
     "ROLE_STREAM",
+    "SEES_FOLLOWERS",
     "ClientCurve",
     "KeyPair",
     "KeyRing",
@@ -41,20 +43,22 @@ __all__ = [
     "apply_client_keys",
     "load_keypair",
     "load_public_key",
+    "node_key_name",
     "parse_authorized_keys",
     "write_keypair",
 ]
 
 AUTHORIZED_KEYS: Final = "authorized_keys"
 ZAP_DOMAIN: Final = "kevo"
-_READ: Final = frozenset({"get", "digest", "wal_sync"})
+_READ: Final = frozenset({"get", "digest", "wal_sync", "status"})  # status: see SEES_FOLLOWERS
 ROLE_REQUESTS: Final[dict[str, frozenset[str]]] = {
     "replica": frozenset({"register", "heartbeat", "ack", "wal_sync", "bootstrap", "rewind"}),
     "client-ro": _READ,
     "client-rw": _READ | {"put", "delete", "batch"},
-    "admin": _READ | {"status", "promote", "repoint", "handover"},
+    "admin": _READ | {"status", "promote", "repoint", "handover", "forget"},
 }
 ROLE_STREAM: Final = frozenset(ROLE_REQUESTS)  # every listed role may follow the stream
+SEES_FOLLOWERS: Final = frozenset({"admin"})  # others get Status without the follower list
 
 
 class SecurityError(KevoError):
@@ -243,8 +247,17 @@ class ServerSecurity:
         role = self.ring.role(user_id)
         return role is not None and request_kind in ROLE_REQUESTS[role]
 
+    def sees_followers(self, user_id: str) -> bool:
+        """May this key see who follows the node (ids, addresses) in its Status?"""
+        return self.ring.role(user_id) in SEES_FOLLOWERS
+
     def close(self) -> None:
         self._auth.stop()
+
+
+def node_key_name(address: str) -> str:
+    """``HOST:PORT`` as a key file name (``HOST_PORT``): where a node's public key is found."""
+    return re.sub(r"[^A-Za-z0-9.-]", "_", address.strip("[]"))
 
 
 def apply_client_keys(sock: zmq.Socket[bytes], keys: KeyPair, server_public: bytes) -> None:
@@ -256,16 +269,28 @@ def apply_client_keys(sock: zmq.Socket[bytes], keys: KeyPair, server_public: byt
 
 @dataclass(frozen=True, slots=True)
 class ClientCurve:
-    """What a CURVE client needs: its own pair and the server's public key."""
+    """What a CURVE client needs: its own pair and the server's public key (and the key
+    directory, where the keys of the other nodes it may be sent to are found)."""
 
     keys: KeyPair
     server_public: bytes
+    keys_dir: Path | None = None
 
     @classmethod
     def from_dir(cls, keys_dir: Path, name: str, server_key: Path | None = None) -> ClientCurve:
         """``DIR/NAME.key_secret`` and the server's ``DIR/primary.key`` (or ``server_key``)."""
         keys = load_keypair(keys_dir / f"{name}.key_secret")
-        return cls(keys, load_public_key(server_key or keys_dir / "primary.key"))
+        return cls(keys, load_public_key(server_key or keys_dir / "primary.key"), keys_dir)
+
+    def for_node(self, address: str) -> ClientCurve:
+        """The same client against the node at ``address`` (a redirect to the primary): its
+        public key is ``DIR/HOST_PORT.key`` if the key dir has one, else ``DIR/primary.key``
+        (the server key given for the first node belongs to that node only)."""
+        if self.keys_dir is None:
+            return self
+        named = self.keys_dir / f"{node_key_name(address)}.key"
+        path = named if named.exists() else self.keys_dir / "primary.key"
+        return ClientCurve(self.keys, load_public_key(path), self.keys_dir)
 
     def apply(self, sock: zmq.Socket[bytes]) -> None:
         apply_client_keys(sock, self.keys, self.server_public)

@@ -231,6 +231,23 @@ class Registry:
 
     # ---- waiting for replicas ----------------------------------------------------------------
 
+    def forget(self, replica_id: str, now_ms: int) -> ReplicaState:
+        """Drop a departed follower (its hold on the WAL goes with it). A live one is
+        refused: it would only register again at its next heartbeat."""
+        r = self._by_id.get(replica_id)
+        if r is None:
+            known = ", ".join(sorted(self._by_id)) or "none"
+            raise KeyError(f"no follower {replica_id!r} is known (known: {known})")
+        silent = now_ms - r.last_seen_ms
+        if silent <= self.stale_after_ms:
+            raise ValueError(
+                f"{replica_id} is connected (heard {silent} ms ago): stop it first, or it "
+                "registers again at its next heartbeat"
+            )
+        self._by_id.pop(replica_id)
+        self._by_peer.pop(r.peer, None)
+        return r
+
     def replicas_applied(self, lsn: int) -> int:
         """Live replicas following this history (SYNCING or READY) that have ``lsn`` applied
         and durable.

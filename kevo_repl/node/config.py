@@ -39,6 +39,7 @@ class NodeConfig:
     # serving
     beacon_interval_ms: int = 200
     stale_after_ms: int = 1500
+    forget_after_ms: int = 3_600_000  # a follower silent this long leaves the list by itself
     checkpoint_interval_ms: int = 1000
     pub_hwm: int = 256  # per subscriber: 256 x 256 KiB stream records = 64 MiB at most
     limits: WireLimits = DEFAULT_LIMITS

@@ -98,7 +98,9 @@ class Node:
         self.last_publish_ms = self._last_tick_ms = self._last_retain_ms = 0
         self.state = open_local_state(Path(config.data_dir), role, config.segment_size, self.log)
         self.followers = Registry(
-            stale_after_ms=config.stale_after_ms, max_waiters=config.max_waiting_writes
+            stale_after_ms=config.stale_after_ms,
+            forget_after_ms=config.forget_after_ms,
+            max_waiters=config.max_waiting_writes,
         )
         self.sessions = BootstrapSessions(self.state.store)
         self.checkpointer = Checkpointer(self.state.store, config.checkpoint_interval_ms, self.log)

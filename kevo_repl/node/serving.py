@@ -144,6 +144,9 @@ class ServingSockets:
     def allowed(self, user: str, kind: str) -> bool:
         return self.security is None or self.security.allowed(user, kind)
 
+    def sees_followers(self, user: str) -> bool:
+        return self.security is None or self.security.sees_followers(user)
+
     def key_name(self, user: str) -> str:
         return self.security.ring.name(user) if self.security else ""
 

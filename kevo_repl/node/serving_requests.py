@@ -125,7 +125,10 @@ class ServingRequests:
         elif kind == "bootstrap":
             self._bootstrap(peer, rid, req.bootstrap, now)
         elif kind == "status":
-            self._reply(peer, pb.Response(request_id=rid, status=self.status(now)))
+            status = self.status(now)
+            if not node.serving.sees_followers(user):  # tail and read-only clients
+                del status.replicas[:], status.peers[:]
+            self._reply(peer, pb.Response(request_id=rid, status=status))
         elif kind == "digest":
             self.digests.submit(peer, rid)
         elif kind == "rewind":
@@ -135,6 +138,8 @@ class ServingRequests:
         elif kind == "repoint":
             resp = repoint(node, req.repoint.upstream)
             self._reply(peer, pb.Response(request_id=rid, repoint=resp))
+        elif kind == "forget":
+            self._forget(peer, rid, req.forget.replica_id, now)
         elif kind == "handover":
             resp_h = handover(node, req.handover.to, req.handover.cancel)
             self._reply(peer, pb.Response(request_id=rid, handover=resp_h))
@@ -304,6 +309,18 @@ class ServingRequests:
             keys=session.snapshot.key_count,
         )
 
+    def _forget(self, peer: bytes, rid: int, replica_id: str, now: int) -> None:
+        try:
+            r = self.node.followers.forget(replica_id, now)
+        except (KeyError, ValueError) as exc:
+            raise WireError(str(exc).strip('"')) from None
+        seen = now - r.last_seen_ms
+        self.node.log.warning(
+            "replica_forgotten", replica_id=replica_id, applied_lsn=r.applied_lsn, seen_ms=seen
+        )
+        resp = pb.ForgetResponse(applied_lsn=r.applied_lsn, last_seen_ms=seen)
+        self._reply(peer, pb.Response(request_id=rid, forget=resp))
+
     def _rewind(self, peer: bytes, rid: int, req: pb.RewindRequest) -> None:
         """Current values of the keys a rewinding follower's tail touched, from one read."""
         keys = list(req.keys[:REWIND_MAX_KEYS])
@@ -336,6 +353,8 @@ class ServingRequests:
             retention_held_by=node.retention_held_by,
             wal_bytes=node.wal.size_bytes,
         )
+        if node.security is not None:  # clients learn it here for their key dir
+            status.server_key = node.security.keys.public.decode("ascii")
         node.source.describe(status)
         return status
 

@@ -713,6 +713,7 @@ class StatusResponse(_message.Message):
     FENCED_FIELD_NUMBER: _builtins.int
     PEERS_FIELD_NUMBER: _builtins.int
     UPSTREAM_PROBLEM_FIELD_NUMBER: _builtins.int
+    SERVER_KEY_FIELD_NUMBER: _builtins.int
     role: Global___Role.ValueType
     history_id: _builtins.bytes
     lsn: _builtins.int
@@ -743,6 +744,8 @@ class StatusResponse(_message.Message):
     """primary: why it accepts no writes now ("" if it does)"""
     upstream_problem: _builtins.str
     """replica: why its upstream does not answer ("" if it does)"""
+    server_key: _builtins.str
+    """the node's CURVE public key (z85; "" without CURVE)"""
     @_builtins.property
     def replicas(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReplicaInfo]: ...
     @_builtins.property
@@ -777,10 +780,11 @@ class StatusResponse(_message.Message):
         fenced: _builtins.str = ...,
         peers: _abc.Iterable[_builtins.str] | None = ...,
         upstream_problem: _builtins.str = ...,
+        server_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bootstrap_progress", b"bootstrap_progress", "bootstraps", b"bootstraps", "catchups", b"catchups", "durable_lsn", b"durable_lsn", "error_message", b"error_message", "fenced", b"fenced", "gaps", b"gaps", "history", b"history", "history_id", b"history_id", "lsn", b"lsn", "node_id", b"node_id", "peers", b"peers", "primary", b"primary", "replicas", b"replicas", "retained_from_lsn", b"retained_from_lsn", "retention_held_by", b"retention_held_by", "role", b"role", "status", b"status", "upstream", b"upstream", "upstream_problem", b"upstream_problem", "wal_bytes", b"wal_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bootstrap_progress", b"bootstrap_progress", "bootstraps", b"bootstraps", "catchups", b"catchups", "durable_lsn", b"durable_lsn", "error_message", b"error_message", "fenced", b"fenced", "gaps", b"gaps", "history", b"history", "history_id", b"history_id", "lsn", b"lsn", "node_id", b"node_id", "peers", b"peers", "primary", b"primary", "replicas", b"replicas", "retained_from_lsn", b"retained_from_lsn", "retention_held_by", b"retention_held_by", "role", b"role", "server_key", b"server_key", "status", b"status", "upstream", b"upstream", "upstream_problem", b"upstream_problem", "wal_bytes", b"wal_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -882,11 +886,55 @@ class RepointResponse(_message.Message):
 Global___RepointResponse: _TypeAlias = RepointResponse  # noqa: Y015
 
 @_typing.final
-class HandoverRequest(_message.Message):
+class ForgetRequest(_message.Message):
     """A primary stops accepting writes (they are refused, naming the new primary) and says its
     last LSN: the first step of a switchover.
+    Remove a departed follower from the node's list (and its hold on the WAL).
     """
 
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLICA_ID_FIELD_NUMBER: _builtins.int
+    replica_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        replica_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["replica_id", b"replica_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForgetRequest: _TypeAlias = ForgetRequest  # noqa: Y015
+
+@_typing.final
+class ForgetResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPLIED_LSN_FIELD_NUMBER: _builtins.int
+    LAST_SEEN_MS_FIELD_NUMBER: _builtins.int
+    applied_lsn: _builtins.int
+    """its last known position"""
+    last_seen_ms: _builtins.int
+    """how long ago it was last heard"""
+    def __init__(
+        self,
+        *,
+        applied_lsn: _builtins.int = ...,
+        last_seen_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_lsn", b"applied_lsn", "last_seen_ms", b"last_seen_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForgetResponse: _TypeAlias = ForgetResponse  # noqa: Y015
+
+@_typing.final
+class HandoverRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TO_FIELD_NUMBER: _builtins.int
@@ -1237,6 +1285,7 @@ class Request(_message.Message):
     REPOINT_FIELD_NUMBER: _builtins.int
     HANDOVER_FIELD_NUMBER: _builtins.int
     REWIND_FIELD_NUMBER: _builtins.int
+    FORGET_FIELD_NUMBER: _builtins.int
     request_id: _builtins.int
     read_token: _builtins.int
     """The read_token of the last reply that carried one: proof that its bytes were read, which
@@ -1272,6 +1321,8 @@ class Request(_message.Message):
     def handover(self) -> Global___HandoverRequest: ...
     @_builtins.property
     def rewind(self) -> Global___RewindRequest: ...
+    @_builtins.property
+    def forget(self) -> Global___ForgetRequest: ...
     def __init__(
         self,
         *,
@@ -1292,12 +1343,13 @@ class Request(_message.Message):
         repoint: Global___RepointRequest | None = ...,
         handover: Global___HandoverRequest | None = ...,
         rewind: Global___RewindRequest | None = ...,
+        forget: Global___ForgetRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "batch", b"batch", "body", b"body", "bootstrap", b"bootstrap", "delete", b"delete", "digest", b"digest", "get", b"get", "handover", b"handover", "heartbeat", b"heartbeat", "promote", b"promote", "put", b"put", "register", b"register", "repoint", b"repoint", "rewind", b"rewind", "status", b"status", "wal_sync", b"wal_sync"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "batch", b"batch", "body", b"body", "bootstrap", b"bootstrap", "delete", b"delete", "digest", b"digest", "forget", b"forget", "get", b"get", "handover", b"handover", "heartbeat", b"heartbeat", "promote", b"promote", "put", b"put", "register", b"register", "repoint", b"repoint", "rewind", b"rewind", "status", b"status", "wal_sync", b"wal_sync"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "batch", b"batch", "body", b"body", "bootstrap", b"bootstrap", "delete", b"delete", "digest", b"digest", "get", b"get", "handover", b"handover", "heartbeat", b"heartbeat", "promote", b"promote", "put", b"put", "read_token", b"read_token", "register", b"register", "repoint", b"repoint", "request_id", b"request_id", "rewind", b"rewind", "status", b"status", "wal_sync", b"wal_sync"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "batch", b"batch", "body", b"body", "bootstrap", b"bootstrap", "delete", b"delete", "digest", b"digest", "forget", b"forget", "get", b"get", "handover", b"handover", "heartbeat", b"heartbeat", "promote", b"promote", "put", b"put", "read_token", b"read_token", "register", b"register", "repoint", b"repoint", "request_id", b"request_id", "rewind", b"rewind", "status", b"status", "wal_sync", b"wal_sync"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["register", "heartbeat", "ack", "wal_sync", "bootstrap", "status", "put", "delete", "batch", "get", "digest", "promote", "repoint", "handover", "rewind"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["register", "heartbeat", "ack", "wal_sync", "bootstrap", "status", "put", "delete", "batch", "get", "digest", "promote", "repoint", "handover", "rewind", "forget"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
@@ -1321,6 +1373,7 @@ class Response(_message.Message):
     REPOINT_FIELD_NUMBER: _builtins.int
     HANDOVER_FIELD_NUMBER: _builtins.int
     REWIND_FIELD_NUMBER: _builtins.int
+    FORGET_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     request_id: _builtins.int
     read_token: _builtins.int
@@ -1350,6 +1403,8 @@ class Response(_message.Message):
     @_builtins.property
     def rewind(self) -> Global___RewindResponse: ...
     @_builtins.property
+    def forget(self) -> Global___ForgetResponse: ...
+    @_builtins.property
     def error(self) -> Global___Error: ...
     def __init__(
         self,
@@ -1368,13 +1423,14 @@ class Response(_message.Message):
         repoint: Global___RepointResponse | None = ...,
         handover: Global___HandoverResponse | None = ...,
         rewind: Global___RewindResponse | None = ...,
+        forget: Global___ForgetResponse | None = ...,
         error: Global___Error | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "bootstrap", b"bootstrap", "digest", b"digest", "error", b"error", "get", b"get", "handover", b"handover", "heartbeat", b"heartbeat", "promote", b"promote", "register", b"register", "repoint", b"repoint", "rewind", b"rewind", "status", b"status", "wal_sync", b"wal_sync", "write", b"write"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "bootstrap", b"bootstrap", "digest", b"digest", "error", b"error", "forget", b"forget", "get", b"get", "handover", b"handover", "heartbeat", b"heartbeat", "promote", b"promote", "register", b"register", "repoint", b"repoint", "rewind", b"rewind", "status", b"status", "wal_sync", b"wal_sync", "write", b"write"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "bootstrap", b"bootstrap", "digest", b"digest", "error", b"error", "get", b"get", "handover", b"handover", "heartbeat", b"heartbeat", "promote", b"promote", "read_token", b"read_token", "register", b"register", "repoint", b"repoint", "request_id", b"request_id", "rewind", b"rewind", "status", b"status", "wal_sync", b"wal_sync", "write", b"write"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "bootstrap", b"bootstrap", "digest", b"digest", "error", b"error", "forget", b"forget", "get", b"get", "handover", b"handover", "heartbeat", b"heartbeat", "promote", b"promote", "read_token", b"read_token", "register", b"register", "repoint", b"repoint", "request_id", b"request_id", "rewind", b"rewind", "status", b"status", "wal_sync", b"wal_sync", "write", b"write"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["register", "heartbeat", "wal_sync", "bootstrap", "status", "write", "get", "digest", "promote", "repoint", "handover", "rewind", "error"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["register", "heartbeat", "wal_sync", "bootstrap", "status", "write", "get", "digest", "promote", "repoint", "handover", "rewind", "forget", "error"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
