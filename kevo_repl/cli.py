@@ -110,6 +110,23 @@ def _serving_flags(p: argparse.ArgumentParser, port: int) -> None:
     )
     p.add_argument("--segment-bytes", type=_count(0), default=0, help="0: derived")
     p.add_argument(
+        "--sync-replicas",
+        type=_count(0),
+        default=0,
+        help="as a primary: every write waits until this many followers applied it",
+    )
+    p.add_argument(
+        "--sync-timeout-ms",
+        type=_count(1),
+        default=1000,
+        help="how long such a wait lasts, for writes that give no timeout of their own",
+    )
+    p.add_argument(
+        "--sync-refuse",
+        action="store_true",
+        help="refuse writes (nothing written) while fewer followers are connected",
+    )
+    p.add_argument(
         "--forget-after-s",
         type=_count(1),
         default=3600,

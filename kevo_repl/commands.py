@@ -124,9 +124,10 @@ def _forget(args: argparse.Namespace) -> int:
 def _print_write(lsn: int, wanted: int, applied: int, timed_out: bool) -> int:
     """The LSN on stdout; with --wait-replicas, how many applied it (exit 1 if too few)."""
     print(lsn)
-    if wanted:
+    if wanted or applied or timed_out:  # asked for, or the primary's --sync-replicas
         note = " (timed out)" if timed_out else ""
-        print(f"replicas applied: {applied} of {wanted} requested{note}", file=sys.stderr)
+        of = f" of {wanted} requested" if wanted else " (the primary's policy)"
+        print(f"replicas applied: {applied}{of}{note}", file=sys.stderr)
     return 1 if timed_out else 0
 
 

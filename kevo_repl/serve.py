@@ -85,6 +85,9 @@ def _common(args: argparse.Namespace) -> dict[str, Any]:
         "pub_hwm": args.pub_hwm,
         "keys_dir": args.keys,
         "forget_after_ms": args.forget_after_s * 1000,
+        "sync_replicas": args.sync_replicas,
+        "sync_timeout_ms": args.sync_timeout_ms,
+        "sync_refuse": args.sync_refuse,
     }
 
 

@@ -60,7 +60,12 @@ def status_json(s: pb.StatusResponse) -> dict[str, Any]:
         "replicas": _replicas(s),
     }
     if s.role == pb.ROLE_PRIMARY:
-        return {"role": "primary", **common, "lsn": s.lsn, "fenced": s.fenced}
+        sync = {
+            "replicas": s.sync.replicas,
+            "timeout_ms": s.sync.timeout_ms,
+            "refuse": s.sync.refuse,
+        }
+        return {"role": "primary", **common, "lsn": s.lsn, "fenced": s.fenced, "sync": sync}
     return {
         "role": role_name(s.role),
         **common,
@@ -104,6 +109,13 @@ def status_text(s: pb.StatusResponse) -> str:
         ]
         if doc["fenced"]:
             lines.append(f"accepts no writes: {doc['fenced']}")
+        sync = doc["sync"]
+        if sync["replicas"]:
+            refuse = ", refused while fewer are connected" if sync["refuse"] else ""
+            lines.append(
+                f"every write waits for {sync['replicas']} replica(s), up to "
+                f"{sync['timeout_ms']} ms{refuse}"
+            )
         lines.append("")
     header = ("ID", "ADDRESS", "ROLE", "STATUS", "APPLIED", "LAG", "LAG_MS", "SEEN_MS_AGO")
     rows = [header] + [

@@ -28,6 +28,9 @@ class NodeConfig:
     retention_max_bytes: int = 0  # the hard cap (0: 4 x retention_bytes)
     segment_bytes: int = 0  # 0: derived from retention_bytes
     max_waiting_writes: int = 100_000  # primary: writes parked until replicas apply them
+    sync_replicas: int = 0  # primary: every write waits for this many followers
+    sync_timeout_ms: int = 1000  # ... this long, unless the write gives its own timeout
+    sync_refuse: bool = False  # ... and is refused while fewer followers are connected
     # following (a replica)
     heartbeat_interval_ms: int = 300
     primary_timeout_ms: int = 3000

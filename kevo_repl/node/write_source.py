@@ -19,6 +19,7 @@ import zmq
 
 from kevo_repl.adapters.clock import monotonic_ms, wall_us
 from kevo_repl.core.errors import StorageError
+from kevo_repl.core.follower_types import Status
 from kevo_repl.core.ops import OP_DELETE, OP_PUT
 from kevo_repl.core.registry import WaitResult
 from kevo_repl.node.group_commit import (
@@ -96,6 +97,12 @@ class WriteSource:
         status.status = pb.STATUS_READY
         status.primary = self.node.fence_primary or self.node.address
         status.fenced = self.node.fenced
+        c = self.node.config
+        status.sync.CopyFrom(
+            pb.SyncPolicy(
+                replicas=c.sync_replicas, timeout_ms=c.sync_timeout_ms, refuse=c.sync_refuse
+            )
+        )
 
     # ---- writes ------------------------------------------------------------------------------
 
@@ -136,7 +143,10 @@ class WriteSource:
             limit = limits.max_write_bytes
             msg = f"write of {len(payload)} bytes, over the record limit of {limit}"
             raise WireError(msg, pb.ERROR_TOO_LARGE)
-        wait = min(body.wait_replicas, 1000)
+        config = node.config
+        wait = max(min(body.wait_replicas, 1000), config.sync_replicas)
+        if config.sync_refuse and config.sync_replicas:
+            self._refuse_unconfirmable(config.sync_replicas)
         if wait:
             waiting = node.followers.waiters + self.committer.waiting_writes
             if waiting >= node.followers.max_waiters:
@@ -152,12 +162,27 @@ class WriteSource:
             payload,
             len(keys),
             wait,
-            min(body.timeout_ms or 1000, MAX_WAIT_MS),
+            min(body.timeout_ms or config.sync_timeout_ms, MAX_WAIT_MS),
             ops,
             keys,
             values,
         )
         return self.committer.add(write)
+
+    def _refuse_unconfirmable(self, needed: int) -> None:
+        """``--sync-refuse``: while fewer followers than ``needed`` are connected a write
+        could not be confirmed, so it is refused before anything is written (Redis's
+        ``min-replicas-to-write``); a write accepted whose wait then times out was
+        committed, and is answered so (``wait_timed_out``)."""
+        live = sum(
+            1 for r in self.node.followers.replicas() if r.status in (Status.SYNCING, Status.READY)
+        )
+        if live < needed:
+            raise WireError(
+                f"this primary confirms every write on {needed} replica(s) (--sync-replicas "
+                f"with --sync-refuse) and {live} are connected: nothing was written",
+                pb.ERROR_UNAVAILABLE,
+            )
 
     # ---- each turn ---------------------------------------------------------------------------
 

@@ -714,6 +714,7 @@ class StatusResponse(_message.Message):
     PEERS_FIELD_NUMBER: _builtins.int
     UPSTREAM_PROBLEM_FIELD_NUMBER: _builtins.int
     SERVER_KEY_FIELD_NUMBER: _builtins.int
+    SYNC_FIELD_NUMBER: _builtins.int
     role: Global___Role.ValueType
     history_id: _builtins.bytes
     lsn: _builtins.int
@@ -756,6 +757,10 @@ class StatusResponse(_message.Message):
     def peers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """replica: the other followers of its upstream, as last heard"""
 
+    @_builtins.property
+    def sync(self) -> Global___SyncPolicy:
+        """primary: what every write waits for by default"""
+
     def __init__(
         self,
         *,
@@ -781,14 +786,45 @@ class StatusResponse(_message.Message):
         peers: _abc.Iterable[_builtins.str] | None = ...,
         upstream_problem: _builtins.str = ...,
         server_key: _builtins.str = ...,
+        sync: Global___SyncPolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["sync", b"sync"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bootstrap_progress", b"bootstrap_progress", "bootstraps", b"bootstraps", "catchups", b"catchups", "durable_lsn", b"durable_lsn", "error_message", b"error_message", "fenced", b"fenced", "gaps", b"gaps", "history", b"history", "history_id", b"history_id", "lsn", b"lsn", "node_id", b"node_id", "peers", b"peers", "primary", b"primary", "replicas", b"replicas", "retained_from_lsn", b"retained_from_lsn", "retention_held_by", b"retention_held_by", "role", b"role", "server_key", b"server_key", "status", b"status", "upstream", b"upstream", "upstream_problem", b"upstream_problem", "wal_bytes", b"wal_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bootstrap_progress", b"bootstrap_progress", "bootstraps", b"bootstraps", "catchups", b"catchups", "durable_lsn", b"durable_lsn", "error_message", b"error_message", "fenced", b"fenced", "gaps", b"gaps", "history", b"history", "history_id", b"history_id", "lsn", b"lsn", "node_id", b"node_id", "peers", b"peers", "primary", b"primary", "replicas", b"replicas", "retained_from_lsn", b"retained_from_lsn", "retention_held_by", b"retention_held_by", "role", b"role", "server_key", b"server_key", "status", b"status", "sync", b"sync", "upstream", b"upstream", "upstream_problem", b"upstream_problem", "wal_bytes", b"wal_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StatusResponse: _TypeAlias = StatusResponse  # noqa: Y015
+
+@_typing.final
+class SyncPolicy(_message.Message):
+    """A primary's write policy (--sync-replicas K --sync-timeout-ms T [--sync-refuse])."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLICAS_FIELD_NUMBER: _builtins.int
+    TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+    REFUSE_FIELD_NUMBER: _builtins.int
+    replicas: _builtins.int
+    """every write waits for this many followers (0: none)"""
+    timeout_ms: _builtins.int
+    """for writes that give no timeout of their own"""
+    refuse: _builtins.bool
+    """refuse writes while fewer followers are connected"""
+    def __init__(
+        self,
+        *,
+        replicas: _builtins.int = ...,
+        timeout_ms: _builtins.int = ...,
+        refuse: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["refuse", b"refuse", "replicas", b"replicas", "timeout_ms", b"timeout_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SyncPolicy: _TypeAlias = SyncPolicy  # noqa: Y015
 
 @_typing.final
 class PromoteRequest(_message.Message):
