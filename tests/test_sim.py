@@ -45,7 +45,7 @@ def test_seed(seed: int) -> None:
 
 def test_the_seed_range_mixes_every_fault_and_both_repair_paths() -> None:
     results = [result(s) for s in SEEDS]
-    assert {r.profile for r in results} == {p.name for p in PROFILES}
+    assert {r.kind for r in results} == {p.name for p in PROFILES}
     total = {k: sum(r.stats[k] for r in results) for k in results[0].stats}
     faults = ("partition", "crash", "pause", "primary_crash", "primary_pause", "reinit")
     for kind in (*faults, "storage_errors"):

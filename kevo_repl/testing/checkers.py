@@ -17,7 +17,7 @@ from kevo_repl.core.follower_types import TRANSITIONS, Status
 from kevo_repl.testing.disk import Batch, PrimaryWal, ReplicaStore
 from kevo_repl.testing.messages import Entry
 
-__all__ = ["INVARIANTS", "Checker", "HistoryLog", "Truth", "Violation", "digest"]
+__all__ = ["INVARIANTS", "Checker", "HistoryLog", "SimResult", "Truth", "Violation", "digest"]
 
 INVARIANTS = {
     "prefix": "inv1 prefix consistency: a replica's state equals the primary's at its applied LSN",
@@ -31,6 +31,9 @@ INVARIANTS = {
     "wait": "a replicated write's replica count is honest",
     "unrelated": "a replica holding data never bootstraps it away for an unrelated primary "
     "unless told to (--reinit)",
+    "split": "at most one writable primary at a time",
+    "lost": "no write acknowledged with wait_replicas >= 1 (nor, in a switchover, any) is lost",
+    "reported": "every committed write that left the final history is in a discarded-tail report",
 }
 
 
@@ -54,6 +57,42 @@ def digest(state: dict[bytes, bytes]) -> str:
             len(key).to_bytes(4, "big") + key + len(state[key]).to_bytes(4, "big") + state[key]
         )
     return h.hexdigest()[:16]
+
+
+@dataclass(slots=True)
+class SimResult:
+    """One seed's outcome in either world: ``kind`` is its fault profile (single-primary) or
+    its operation (failover); a failure reports the invariant and the command replaying it."""
+
+    seed: int
+    failover: bool
+    kind: str
+    broken: str | None
+    violation: Violation | None
+    trace: list[str]
+    stats: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.violation is None
+
+    @property
+    def replay(self) -> str:
+        world = " --failover" if self.failover else ""
+        broken = f" --broken {self.broken}" if self.broken else ""
+        return f"python -m kevo_repl.testing.sim{world} --seed {self.seed}{broken}"
+
+    def report(self) -> str:
+        """One line naming the invariant and the replay command, then the trace tail."""
+        label = "op" if self.failover else "profile"
+        v = self.violation
+        if v is None:
+            return f"ok seed={self.seed} {label}={self.kind} {self.stats}"
+        head = (
+            f"FAIL seed={self.seed} {label}={self.kind} "
+            f"[{INVARIANTS.get(v.invariant, v.invariant)}] {v.detail} | replay: {self.replay}"
+        )
+        return "\n".join([head, *("    " + line for line in self.trace)])
 
 
 @dataclass(slots=True)

@@ -18,55 +18,24 @@ import random
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 from kevo_repl.core.follower import Follower
 from kevo_repl.core.follower_types import Status
 from kevo_repl.core.registry import WaitResult
 from kevo_repl.testing.broken import BROKEN_RULES
 from kevo_repl.testing.broken_failover import FAILOVER_RULES
-from kevo_repl.testing.checkers import INVARIANTS, Checker, Truth, Violation
+from kevo_repl.testing.checkers import Checker, SimResult, Truth, Violation
 from kevo_repl.testing.disk import PrimaryWal, ReplicaStore, apply_entries
 from kevo_repl.testing.net import Network
 from kevo_repl.testing.profiles import Setup, make_setup
 from kevo_repl.testing.scheduler import Scheduler
-from kevo_repl.testing.sim_failover import FailoverResult, run_failover_seed
+from kevo_repl.testing.sim_failover import run_failover_seed
 from kevo_repl.testing.sim_primary import SimPrimary
 from kevo_repl.testing.sim_replica import SimReplica
 
 __all__ = ["SimResult", "Simulation", "main", "run_seed"]
 
 _FAULTS = ("partition", "crash", "pause", "primary_crash", "primary_pause", "reinit")
-
-
-@dataclass(slots=True)
-class SimResult:
-    seed: int
-    profile: str
-    broken: str | None
-    violation: Violation | None
-    trace: list[str]
-    stats: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return self.violation is None
-
-    @property
-    def replay(self) -> str:
-        broken = f" --broken {self.broken}" if self.broken else ""
-        return f"python -m kevo_repl.testing.sim --seed {self.seed}{broken}"
-
-    def report(self) -> str:
-        """One line naming the invariant and the replay command, then the trace tail."""
-        v = self.violation
-        if v is None:
-            return f"ok seed={self.seed} profile={self.profile} {self.stats}"
-        head = (
-            f"FAIL seed={self.seed} profile={self.profile} [{INVARIANTS[v.invariant]}] "
-            f"{v.detail} | replay: {self.replay}"
-        )
-        return "\n".join([head, *("    " + line for line in self.trace)])
 
 
 class Simulation:
@@ -132,6 +101,7 @@ class Simulation:
             violation = v
         return SimResult(
             self.seed,
+            False,
             s.profile.name,
             self.broken,
             violation,
@@ -384,7 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     failed = 0
     for seed in seeds:
-        result: SimResult | FailoverResult = run(seed, args.broken, args.trace)
+        result = run(seed, args.broken, args.trace)
         failed += not result.ok
         if not result.ok or args.verbose or args.seed is not None:
             print(result.report())
