@@ -140,11 +140,11 @@ def test_cli_replays_one_seed(capsys: pytest.CaptureFixture[str]) -> None:
 def test_cli_prints_the_replay_command_of_a_failing_seed(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert main(["--seeds", "0:3", "--broken", "apply_twice", "--trace", "4"]) == 1
+    assert main(["--seeds", "5:8", "--broken", "apply_twice", "--trace", "4"]) == 1
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("FAIL seed=0 ")
+    assert lines[0].startswith("FAIL seed=5 ")
     assert lines[0].endswith(
-        "replay: python -m kevo_repl.testing.sim --seed 0 --broken apply_twice"
+        "replay: python -m kevo_repl.testing.sim --seed 5 --broken apply_twice"
     )
     assert "inv2" in lines[0] and len(lines) >= 5 and lines[1].startswith("    t=")
 

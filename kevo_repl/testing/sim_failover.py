@@ -34,8 +34,8 @@ from kevo_repl.core.history import HistoryChain
 from kevo_repl.core.registry import WaitResult
 from kevo_repl.testing.broken_failover import FAILOVER_RULES, follower_for
 from kevo_repl.testing.checkers import Checker, HistoryLog, SimResult, Truth, Violation, digest
-from kevo_repl.testing.disk import Batch
-from kevo_repl.testing.mesh import Mesh
+from kevo_repl.testing.mesh import Mesh, MeshParams
+from kevo_repl.testing.messages import Batch
 from kevo_repl.testing.scheduler import Scheduler
 from kevo_repl.testing.sim_node import NodeHooks, SimNode
 from kevo_repl.testing.sim_operator import Operator
@@ -61,7 +61,7 @@ class FailoverSim:
         self.sched = Scheduler(trace_len=256)
         self.truth = Truth()
         self.checker = Checker(self.truth)
-        self.mesh = Mesh(self.sched, rng, drop=rng.choice([0.0, 0.0, 0.005, 0.02]))
+        self.mesh = Mesh(self.sched, rng, MeshParams(drop=rng.choice([0.0, 0.0, 0.005, 0.02])))
         hooks = NodeHooks(self._committed, self._forked, self._waited, self._check_step)
         cls = follower_for(broken)
         self.nodes = {
