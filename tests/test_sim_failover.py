@@ -13,15 +13,16 @@ import functools
 import pytest
 
 from kevo_repl.testing.broken_failover import FAILOVER_RULES
+from kevo_repl.testing.checkers import SimResult
 from kevo_repl.testing.sim import main
-from kevo_repl.testing.sim_failover import OPERATIONS, FailoverResult, run_failover_seed
+from kevo_repl.testing.sim_failover import OPERATIONS, run_failover_seed
 
 SEEDS = range(150)
 BROKEN_SEEDS = range(40)
 
 
 @functools.cache
-def result(seed: int) -> FailoverResult:
+def result(seed: int) -> SimResult:
     return run_failover_seed(seed)
 
 
@@ -33,7 +34,7 @@ def test_seed(seed: int) -> None:
 
 def test_the_seed_range_covers_every_operation_and_fault_around_it() -> None:
     results = [result(s) for s in SEEDS]
-    assert {r.operation for r in results} == set(OPERATIONS)
+    assert {r.kind for r in results} == set(OPERATIONS)
     total = {k: sum(r.stats[k] for r in results) for k in results[0].stats}
     for key in (
         "promotions",
@@ -51,7 +52,7 @@ def test_the_seed_range_covers_every_operation_and_fault_around_it() -> None:
     # every log covers every position: bootstraps only where a rewind's values were taken
     # on a branch a second failover then left (counted apart, each one justified)
     assert total["bootstraps"] == total["bootstraps_uncovered"]
-    switchovers = [r for r in results if r.operation == "switchover" and r.stats["promotions"]]
+    switchovers = [r for r in results if r.kind == "switchover" and r.stats["promotions"]]
     assert switchovers and all(r.stats["discarded_tails"] == 0 for r in switchovers)
 
 

@@ -1,8 +1,10 @@
 """Deterministic simulation of the replication protocol, run against the real core.
 
-``sim`` (runner and CLI: ``python -m kevo_repl.testing.sim --seed N``), ``scheduler``
-(virtual time), ``net`` (lossy PUB, FIFO ROUTER/DEALER, partitions), ``disk`` (replica store
-and primary WAL with crash semantics), ``sim_primary`` / ``sim_replica`` (the nodes),
-``profiles`` (fault mixes per seed), ``checkers`` (DESIGN.md invariants), ``broken``
-(mutant followers the checkers must catch).
+Two worlds on one kind of node: ``sim`` (one primary and its replicas under faults, and
+the CLI of both: ``python -m kevo_repl.testing.sim [--failover] --seed N``) and
+``sim_failover`` (promotion, repoint, switchover, rejoin). Their nodes are ``sim_node``
+(with ``sim_node_disk``, ``sim_serving``, ``sim_driver``) on a ``mesh``, in ``scheduler``
+virtual time; ``profiles`` draws the single-primary world's faults, ``sim_watch`` and
+``checkers`` hold the invariants, ``broken`` / ``broken_failover`` the mutants they must
+catch.
 """

@@ -92,9 +92,9 @@ class DeafToBeacons(Follower):
 
 
 DRIVER_RULES = frozenset({"stale_checkpoint"})
-"""Driver mutations (run with the real ``Follower``): ``stale_checkpoint`` reports the last
-checkpoint thread's durable LSN on every tick, as ``node/replica_node.py`` does, even after a
-bootstrap swapped in another store."""
+"""Driver mutations (run with the real ``Follower``): ``stale_checkpoint`` reports, on every
+tick, the highest durable LSN its WAL's fdatasync ever gave, even after a bootstrap swapped
+in another store and started the WAL afresh (``SimNode.stale_durable``)."""
 
 BROKEN_RULES: dict[str, type[Follower]] = {
     "apply_past_gap": ApplyPastGap,

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 
 from kevo_repl.core.follower import Follower
 from kevo_repl.core.follower_types import TRANSITIONS, Status
-from kevo_repl.testing.disk import Batch, PrimaryWal, ReplicaStore
-from kevo_repl.testing.messages import Entry
+from kevo_repl.testing.messages import Batch
+from kevo_repl.testing.sim_node_disk import NodeDisk
 
-__all__ = ["INVARIANTS", "Checker", "HistoryLog", "Truth", "Violation", "digest"]
+__all__ = ["INVARIANTS", "Checker", "HistoryLog", "SimResult", "Truth", "Violation", "digest"]
 
 INVARIANTS = {
     "prefix": "inv1 prefix consistency: a replica's state equals the primary's at its applied LSN",
@@ -31,6 +31,9 @@ INVARIANTS = {
     "wait": "a replicated write's replica count is honest",
     "unrelated": "a replica holding data never bootstraps it away for an unrelated primary "
     "unless told to (--reinit)",
+    "split": "at most one writable primary at a time",
+    "lost": "no write acknowledged with wait_replicas >= 1 (nor, in a switchover, any) is lost",
+    "reported": "every committed write that left the final history is in a discarded-tail report",
 }
 
 
@@ -54,6 +57,42 @@ def digest(state: dict[bytes, bytes]) -> str:
             len(key).to_bytes(4, "big") + key + len(state[key]).to_bytes(4, "big") + state[key]
         )
     return h.hexdigest()[:16]
+
+
+@dataclass(slots=True)
+class SimResult:
+    """One seed's outcome in either world: ``kind`` is its fault profile (single-primary) or
+    its operation (failover); a failure reports the invariant and the command replaying it."""
+
+    seed: int
+    failover: bool
+    kind: str
+    broken: str | None
+    violation: Violation | None
+    trace: list[str]
+    stats: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.violation is None
+
+    @property
+    def replay(self) -> str:
+        world = " --failover" if self.failover else ""
+        broken = f" --broken {self.broken}" if self.broken else ""
+        return f"python -m kevo_repl.testing.sim{world} --seed {self.seed}{broken}"
+
+    def report(self) -> str:
+        """One line naming the invariant and the replay command, then the trace tail."""
+        label = "op" if self.failover else "profile"
+        v = self.violation
+        if v is None:
+            return f"ok seed={self.seed} {label}={self.kind} {self.stats}"
+        head = (
+            f"FAIL seed={self.seed} {label}={self.kind} "
+            f"[{INVARIANTS.get(v.invariant, v.invariant)}] {v.detail} | replay: {self.replay}"
+        )
+        return "\n".join([head, *("    " + line for line in self.trace)])
 
 
 @dataclass(slots=True)
@@ -99,16 +138,14 @@ class Checker:
 
     # ---- invariant 2: the apply path --------------------------------------------------------
 
-    def check_apply(
-        self,
-        name: str,
-        store: ReplicaStore,
-        first: int,
-        last: int,
-        history: bytes,
-        entries: tuple[Entry, ...],
-    ) -> None:
+    def check_apply(self, name: str, store: NodeDisk, batch: Batch) -> None:
         """Called before the store applies a decoded record."""
+        first, last, history, entries = (
+            batch.first_lsn,
+            batch.last_lsn,
+            batch.history_id,
+            batch.entries,
+        )
         if store.applied_lsn and history != store.history_id:
             raise Violation(
                 "apply",
@@ -127,8 +164,8 @@ class Checker:
                 "apply", f"{name} at {store.applied_lsn} applies {first}..{last} {what}"
             )
         log = self.truth.logs.get(history)
-        batch = None if log is None else log.batches.get(first)
-        if batch is None or batch.last_lsn != last or batch.entries != entries:
+        known = None if log is None else log.batches.get(first)
+        if known is None or known.last_lsn != last or known.entries != entries:
             raise Violation(
                 "apply",
                 f"{name} applies {first}..{last} that history {history.hex()[:8]} never committed",
@@ -136,7 +173,7 @@ class Checker:
 
     # ---- invariant 1: prefix consistency ------------------------------------------------------
 
-    def check_state(self, name: str, store: ReplicaStore) -> None:
+    def check_state(self, name: str, store: NodeDisk) -> None:
         if store.applied_lsn == 0 and not store.state:
             return
         expected = self.truth.state_at(store.history_id, store.applied_lsn)
@@ -151,16 +188,6 @@ class Checker:
                 f"primary had {digest(expected)}",
             )
 
-    def check_snapshot(
-        self, name: str, state: dict[bytes, bytes], snapshot_lsn: int, history: bytes
-    ) -> None:
-        expected = self.truth.state_at(history, snapshot_lsn)
-        if expected is None or expected != state:
-            raise Violation(
-                "prefix",
-                f"{name} bootstrap snapshot at {snapshot_lsn} differs from the primary's state",
-            )
-
     # ---- follower ---------------------------------------------------------------------------
 
     def check_events(self, name: str, events: Iterable[tuple[str, dict[str, object]]]) -> None:
@@ -170,10 +197,10 @@ class Checker:
                 if pair not in TRANSITIONS:
                     raise Violation("follower", f"{name} moved {pair[0].name} -> {pair[1].name}")
 
-    def check_agreement(self, name: str, follower: Follower, store: ReplicaStore) -> None:
+    def check_agreement(self, name: str, follower: Follower, store: NodeDisk) -> None:
         """The follower's position is the store's, and the durable LSN it reports (which the
-        primary's retention follows) is really durable."""
-        synced = store.durable_lsn if store.durable_history == follower.history_id else 0
+        primary's retention follows) is really durable: in its WAL, of its history."""
+        synced = store.synced_lsn if store.history_id in (b"", follower.history_id) else 0
         if follower.durable_lsn > synced:
             raise Violation(
                 "agreement",
@@ -194,35 +221,35 @@ class Checker:
 
     # ---- invariants 3 and 4 -----------------------------------------------------------------
 
-    def check_recovered(self, wal: PrimaryWal, state: dict[bytes, bytes]) -> None:
+    def check_recovered(self, disk: NodeDisk) -> None:
         """After a primary restart: nothing committed (acknowledged) is missing."""
-        log = self.truth.log(wal.history_id)
-        if wal.last_lsn < log.last_lsn:
+        log = self.truth.log(disk.chain.current)
+        if disk.applied_lsn < log.last_lsn:
             raise Violation(
                 "durability",
-                f"primary recovered to {wal.last_lsn}, {log.last_lsn} was acknowledged",
+                f"primary recovered to {disk.applied_lsn}, {log.last_lsn} was acknowledged",
             )
-        if log.states.get(wal.last_lsn) != state:
-            raise Violation("durability", f"primary state after recovery differs at {wal.last_lsn}")
+        if log.states.get(disk.applied_lsn) != disk.state:
+            raise Violation(
+                "durability", f"primary state after recovery differs at {disk.applied_lsn}"
+            )
 
     def check_converged(
         self,
         name: str,
         follower: Follower | None,
-        store: ReplicaStore,
-        wal: PrimaryWal,
-        state: dict[bytes, bytes],
+        store: NodeDisk,
+        primary: NodeDisk,
     ) -> str:
         """Empty string when converged, else why not (the caller decides when that fails)."""
         if follower is None:
             return f"{name} is down"
-        foreign = store.applied_lsn > 0 and store.history_id != wal.history_id  # empty: none yet
-        if foreign or store.applied_lsn != wal.last_lsn:
-            return (
-                f"{name} at {store.applied_lsn} ({follower.status.name}), primary at {wal.last_lsn}"
-            )
+        last = primary.applied_lsn
+        foreign = store.applied_lsn > 0 and store.history_id != primary.chain.current
+        if foreign or store.applied_lsn != last:
+            return f"{name} at {store.applied_lsn} ({follower.status.name}), primary at {last}"
         if follower.status != Status.READY:
             return f"{name} caught up but {follower.status.name}"
-        if digest(store.state) != digest(state):
-            raise Violation("prefix", f"{name} digest differs from the primary's at {wal.last_lsn}")
+        if digest(store.state) != digest(primary.state):
+            raise Violation("prefix", f"{name} digest differs from the primary's at {last}")
         return ""

@@ -17,6 +17,7 @@ from kevo_repl.core.history import HistoryChain
 
 __all__ = [
     "Ack",
+    "Batch",
     "Beacon",
     "Bootstrap",
     "BootstrapChunk",
@@ -36,6 +37,7 @@ __all__ = [
     "TooOld",
     "WalSync",
     "WalSyncReply",
+    "apply_entries",
     "decode_record",
     "encode_record",
 ]
@@ -54,6 +56,25 @@ def encode_record(
 def decode_record(record: bytes) -> tuple[int, int, bytes, tuple[Entry, ...]]:
     first, last, history, entries = marshal.loads(record)
     return first, last, history, tuple(entries)
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """One WAL record: its LSN range, the history that wrote it, its entries and bytes."""
+
+    first_lsn: int
+    last_lsn: int
+    history_id: bytes
+    entries: tuple[Entry, ...]
+    record: bytes
+
+
+def apply_entries(state: dict[bytes, bytes], entries: tuple[Entry, ...]) -> None:
+    for op, key, value in entries:
+        if op == 1:
+            state[key] = value
+        else:
+            state.pop(key, None)
 
 
 class ErrorCode(Enum):

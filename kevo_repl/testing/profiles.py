@@ -2,7 +2,8 @@
 
 The profile is ``PROFILES[seed % len(PROFILES)]`` so any contiguous range of seeds mixes all
 of them evenly; the rest (replica count, latencies, loss rates, timers, retention sizes,
-timeline) comes from the seed's ``random.Random``, the run's only source of randomness.
+disk speeds, timeline) comes from the seed's ``random.Random``, the run's only source of
+randomness. Every node is a ``SimNode``; the profile decides its ``NodeParams``.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ import random
 from dataclasses import dataclass, field
 
 from kevo_repl.core.follower_types import FollowerConfig
-from kevo_repl.testing.net import NetParams
-from kevo_repl.testing.sim_primary import PrimaryParams
+from kevo_repl.testing.mesh import MeshParams
+from kevo_repl.testing.sim_node import NodeParams
+from kevo_repl.testing.sim_serving import ServingParams
 
 __all__ = ["PROFILES", "Profile", "Setup", "make_setup"]
 
@@ -30,6 +32,7 @@ class Profile:
     reinit: bool = False  # the primary's data directory is wiped once: a new history
     disk_fail_rate: float = 0.0  # per apply
     boot_fail_rate: float = 0.0  # per bootstrap chunk write and install
+    slow_disks: bool = False  # a replica's fdatasync may stall for seconds (its WAL lags)
     foreign_replica: float = 0.0  # chance that one replica starts with another history's data
     late_joiner: bool = False
     tight_retention: bool = False  # small WAL: long outages force bootstraps
@@ -46,6 +49,7 @@ PROFILES: tuple[Profile, ...] = (
         replica_crashes=True,
         disk_fail_rate=0.01,
         boot_fail_rate=0.25,
+        slow_disks=True,
         foreign_replica=0.5,
     ),
     Profile(
@@ -76,6 +80,7 @@ PROFILES: tuple[Profile, ...] = (
         reinit=True,
         disk_fail_rate=0.02,
         boot_fail_rate=0.25,
+        slow_disks=True,
         foreign_replica=0.5,
         late_joiner=True,
         tight_retention=True,
@@ -90,11 +95,10 @@ class Setup:
 
     profile: Profile
     replicas: int
-    net: NetParams
-    primary: PrimaryParams
-    followers: list[FollowerConfig]
-    tick_ms: list[int]
-    checkpoint_ms: list[int]
+    net: MeshParams
+    primary: NodeParams
+    nodes: list[NodeParams]  # one per replica, its FollowerConfig included
+    keyspace: int
     write_mean_ms: int
     wait_chance: float
     heal_ms: int
@@ -108,10 +112,8 @@ class Setup:
 def make_setup(seed: int, rng: random.Random) -> Setup:
     p = PROFILES[seed % len(PROFILES)]
     n = rng.randint(2, 4)
-    lat_max = rng.randint(2, 30)
-    net = NetParams(
-        latency_min_ms=1,
-        latency_max_ms=lat_max,
+    net = MeshParams(
+        max_latency_ms=rng.randint(2, 30),
         pub_drop=rng.uniform(0.0, p.pub_drop_max),
         reply_drop=p.reply_drop,
         slow_join_max_ms=p.slow_join_max_ms,
@@ -120,32 +122,42 @@ def make_setup(seed: int, rng: random.Random) -> Setup:
         keep, cap = rng.randint(20, 100), rng.randint(80, 300)
     else:
         keep, cap = rng.choice([10**6, rng.randint(100, 300)]), 10**6
-    primary = PrimaryParams(
-        segment_entries=rng.randint(4, 32),
+    primary = NodeParams(
+        timers_ms=rng.randint(100, 300),  # the beacon
+        group_commit_ms=rng.randint(0, 5),
         keep_entries=keep,
         cap_entries=cap,
-        group_commit_ms=rng.randint(0, 5),
-        beacon_ms=rng.randint(100, 300),
-        wal_sync_max_count=rng.randint(8, 64),
-        keyspace=rng.randint(4, 48),
-        wal_sync_needs_registration=rng.random() < 0.5,
+        segment_entries=rng.randint(4, 32),
+        serving=ServingParams(
+            wal_sync_max_count=rng.randint(8, 64),
+            chunk_keys=0,
+            wal_sync_needs_registration=rng.random() < 0.5,
+        ),
     )
+    keyspace = rng.randint(4, 48)
     foreign = rng.randrange(n) if rng.random() < p.foreign_replica else None
-    followers = [
-        FollowerConfig(
-            replica_id=f"r{i}",
-            address=f"10.0.0.{i + 1}:7000",
-            heartbeat_interval_ms=100,
-            primary_timeout_ms=rng.randint(700, 1000),
-            request_timeout_ms=rng.randint(300, 600),
-            backoff_initial_ms=50,
-            backoff_max_ms=rng.randint(400, 1600),
-            wal_sync_max_bytes=rng.randint(800, 6000),
-            bootstrap_credit=rng.randint(1, 8),
-            bootstrap_chunk_bytes=rng.randint(10, 300),
-            allow_bootstrap=not (i == foreign and rng.random() < 0.3),
-            # even replicas run with --reinit; the others must refuse an unrelated primary
-            allow_unrelated_history=i % 2 == 0,
+    nodes = [
+        NodeParams(
+            tick_ms=rng.randint(10, 50),
+            timers_ms=rng.randint(100, 1500),  # the store's checkpoint
+            sync_ms=rng.choice([300, 1000, 2000] if p.slow_disks else [1, 5, 40]),
+            fail_rate=p.disk_fail_rate,
+            boot_fail_rate=p.boot_fail_rate,
+            config=FollowerConfig(
+                replica_id=f"r{i}",
+                address=f"10.0.0.{i + 1}:7000",
+                heartbeat_interval_ms=100,
+                primary_timeout_ms=rng.randint(700, 1000),
+                request_timeout_ms=rng.randint(300, 600),
+                backoff_initial_ms=50,
+                backoff_max_ms=rng.randint(400, 1600),
+                wal_sync_max_bytes=rng.randint(800, 6000),
+                bootstrap_credit=rng.randint(1, 8),
+                bootstrap_chunk_bytes=rng.randint(10, 300),
+                allow_bootstrap=not (i == foreign and rng.random() < 0.3),
+                # even replicas run with --reinit; the others must refuse an unrelated primary
+                allow_unrelated_history=i % 2 == 0,
+            ),
         )
         for i in range(n)
     ]
@@ -160,11 +172,10 @@ def make_setup(seed: int, rng: random.Random) -> Setup:
         replicas=n,
         net=net,
         primary=primary,
-        followers=followers,
-        tick_ms=[rng.randint(10, 50) for _ in range(n)],
-        checkpoint_ms=[rng.randint(100, 1500) for _ in range(n)],
+        nodes=nodes,
+        keyspace=keyspace,
         write_mean_ms=rng.randint(5, 40),
-        wait_chance=rng.choice([0.0, 0.1]),
+        wait_chance=rng.choice([0.0, 0.1, 0.3]),
         heal_ms=heal,
         deadline_ms=heal + 12_000,
         start_ms=starts,

@@ -2,13 +2,17 @@
 
 One seed is one run: ``random.Random(seed)`` draws a fault profile's parameters and drives
 every random choice, and a virtual-time scheduler orders every event, so a seed replays
-exactly. A run has two phases: until ``heal_ms`` clients write while faults (message loss,
-partitions, crashes, pauses, storage errors, a wiped primary) are injected; then faults and
-writes stop and every replica must converge to the primary before a deadline. The checkers
-run throughout; the first violation ends the run and prints the command that replays it::
+exactly. The nodes are the failover world's full nodes (``sim_node.py``: a WAL, a store, a
+chain and one serving side each): one starts as the primary, the others follow it. A run
+has two phases: until ``heal_ms`` clients write while faults (message loss, partitions,
+crashes, pauses, storage errors, stalled disks, a wiped primary) are injected; then faults
+and writes stop and every replica must converge to the primary before a deadline. The checkers
+(``sim_watch.py``) run throughout; the first violation ends the run and prints the command
+that replays it. ``--failover`` runs the failover world (``sim_failover.py``) instead::
 
     python -m kevo_repl.testing.sim --seed 17
     python -m kevo_repl.testing.sim --seeds 0:250 [--broken apply_past_gap]
+    python -m kevo_repl.testing.sim --failover --seeds 0:1000 [--broken promote_behind]
 """
 
 from __future__ import annotations
@@ -18,96 +22,48 @@ import random
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 from kevo_repl.core.follower import Follower
-from kevo_repl.core.follower_types import Status
-from kevo_repl.core.registry import WaitResult
 from kevo_repl.testing.broken import BROKEN_RULES
 from kevo_repl.testing.broken_failover import FAILOVER_RULES
-from kevo_repl.testing.checkers import INVARIANTS, Checker, Truth, Violation
-from kevo_repl.testing.disk import PrimaryWal, ReplicaStore, apply_entries
-from kevo_repl.testing.net import Network
+from kevo_repl.testing.checkers import Checker, SimResult, Truth, Violation
+from kevo_repl.testing.mesh import Mesh
+from kevo_repl.testing.messages import Batch, Entry, apply_entries, encode_record
 from kevo_repl.testing.profiles import Setup, make_setup
 from kevo_repl.testing.scheduler import Scheduler
-from kevo_repl.testing.sim_failover import FailoverResult, run_failover_seed
-from kevo_repl.testing.sim_primary import SimPrimary
-from kevo_repl.testing.sim_replica import SimReplica
+from kevo_repl.testing.sim_failover import run_failover_seed
+from kevo_repl.testing.sim_node import SimNode
+from kevo_repl.testing.sim_watch import Watch
 
 __all__ = ["SimResult", "Simulation", "main", "run_seed"]
 
 _FAULTS = ("partition", "crash", "pause", "primary_crash", "primary_pause", "reinit")
 
 
-@dataclass(slots=True)
-class SimResult:
-    seed: int
-    profile: str
-    broken: str | None
-    violation: Violation | None
-    trace: list[str]
-    stats: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return self.violation is None
-
-    @property
-    def replay(self) -> str:
-        broken = f" --broken {self.broken}" if self.broken else ""
-        return f"python -m kevo_repl.testing.sim --seed {self.seed}{broken}"
-
-    def report(self) -> str:
-        """One line naming the invariant and the replay command, then the trace tail."""
-        v = self.violation
-        if v is None:
-            return f"ok seed={self.seed} profile={self.profile} {self.stats}"
-        head = (
-            f"FAIL seed={self.seed} profile={self.profile} [{INVARIANTS[v.invariant]}] "
-            f"{v.detail} | replay: {self.replay}"
-        )
-        return "\n".join([head, *("    " + line for line in self.trace)])
-
-
 class Simulation:
-    """Builds one seed's world, injects its faults, and checks it converges."""
+    """Builds one seed's world of full nodes, injects its faults, and checks it converges."""
 
     def __init__(self, seed: int, broken: str | None = None, trace_lines: int = 12) -> None:
         self.seed, self.broken, self.trace_lines = seed, broken, trace_lines
         self.rng = rng = random.Random(seed)
         self.setup: Setup = make_setup(seed, rng)
-        self.sched = Scheduler()
+        self.sched = sched = Scheduler()
         self.truth = Truth()
-        self.checker = Checker(self.truth)
-        self.net = Network(self.sched, rng, self.setup.net)
-        self.primary = SimPrimary(
-            self.sched, rng, self.net, self.truth, self.checker, self.setup.primary
-        )
-        self.primary.on_drop = self._on_drop
-        self.primary.on_wait = self._on_wait
+        self.checker = checker = Checker(self.truth)
+        self.mesh = mesh = Mesh(sched, rng, self.setup.net)
+        s = self.setup
+        self.watch = Watch(sched, self.truth, checker, s.heal_ms, s.deadline_ms)
+        hooks = self.watch.hooks()
+        self.primary = SimNode("primary", sched, rng, mesh, checker, hooks, params=s.primary)
         follower_cls: type[Follower] = BROKEN_RULES[broken] if broken else Follower
-        p = self.setup.profile
         self.replicas = [
-            SimReplica(
-                cfg.replica_id,
-                self.sched,
-                self.net,
-                self.checker,
-                cfg,
-                follower_cls,
-                ReplicaStore(rng, p.disk_fail_rate, p.boot_fail_rate),
-                self.setup.tick_ms[i],
-                self.setup.checkpoint_ms[i],
-            )
-            for i, cfg in enumerate(self.setup.followers)
+            SimNode(f"r{i}", sched, rng, mesh, checker, hooks, follower_cls, params)
+            for i, params in enumerate(s.nodes)
         ]
         for r in self.replicas:
             r.stale_durable = broken == "stale_checkpoint"
+        self.watch.primary, self.watch.replicas = self.primary, self.replicas
         self.healed = False
-        self.retention_passed = False  # some replica once needed what the WAL had dropped
-        self.exempt: set[str] = set()  # dropped below by the size cap or while unknown
-        self.covered_at_heal: dict[str, bool] = {}
-        self.converged_at = 0
         self.faults = dict.fromkeys(_FAULTS, 0)
 
     # ---- the run ----------------------------------------------------------------------------
@@ -116,8 +72,8 @@ class Simulation:
         s, sched = self.setup, self.sched
         try:
             if s.foreign is not None:
-                self._seed_foreign(self.replicas[s.foreign].store)
-                self.retention_passed = True
+                self._seed_foreign(self.replicas[s.foreign])
+                self.watch.retention_passed = True
             self.primary.start()
             for i, r in enumerate(self.replicas):
                 sched.at(s.start_ms[i], self._start_replica, r)
@@ -125,13 +81,14 @@ class Simulation:
             sched.after(self.rng.randint(200, 800), self._fault)
             sched.at(s.heal_ms, self._heal)
             sched.run_until(s.deadline_ms + 1000)
-            if not self.converged_at:
-                self._check_convergence(final=True)
+            if not self.watch.converged_at:
+                self.watch.check_convergence(final=True)
             violation = None
         except Violation as v:
             violation = v
         return SimResult(
             self.seed,
+            False,
             s.profile.name,
             self.broken,
             violation,
@@ -144,12 +101,35 @@ class Simulation:
             return
         s, rng = self.setup, self.rng
         wait = rng.randint(1, s.replicas) if rng.random() < s.wait_chance else 0
-        self.primary.write(self.primary.random_entries(), wait, rng.randint(100, 800))
+        self.primary.write(self._entries(), wait, rng.randint(100, 800))
         self.sched.after(max(1, int(rng.expovariate(1 / s.write_mean_ms))), self._write)
 
-    def _start_replica(self, r: SimReplica) -> None:
+    def _entries(self) -> tuple[Entry, ...]:
+        rng, keys = self.rng, self.setup.keyspace
+        return tuple(
+            (1, b"k%03d" % rng.randrange(keys), b"v%d" % rng.randrange(10**6))
+            if rng.random() < 0.85
+            else (2, b"k%03d" % rng.randrange(keys), b"")
+            for _ in range(rng.randint(1, 4))
+        )
+
+    def _start_replica(self, r: SimNode) -> None:
         if r.incarnation == 0:  # a late joiner may have been started by the heal already
-            r.start()
+            r.start(self.primary.name)
+
+    def _seed_foreign(self, node: SimNode) -> None:
+        """Give a replica the data of another history, as if pointed at the wrong primary."""
+        history = self.rng.randbytes(16)
+        log = self.truth.log(history)
+        state: dict[bytes, bytes] = {}
+        for _ in range(self.setup.foreign_batches):
+            entries = self._entries()
+            first = log.last_lsn + 1
+            last = first + len(entries) - 1
+            record = encode_record(first, last, history, entries)
+            apply_entries(state, entries)
+            log.commit(Batch(first, last, history, entries, record), state)
+        node.disk.seed(state, log.last_lsn, history)
 
     # ---- faults -----------------------------------------------------------------------------
 
@@ -170,178 +150,81 @@ class Simulation:
             getattr(self, "_" + kind)(rng.choice(up))
         self.sched.after(max(1, int(rng.expovariate(1 / p.fault_mean_ms))), self._fault)
 
-    def _partition(self, r: SimReplica) -> None:
+    def _partition(self, r: SimNode) -> None:
         stream, requests = self.rng.choice([(True, True), (True, False), (False, True)])
         duration = self.rng.randint(100, 3000)
-        self.net.partition(r.name, stream, requests, duration)
+        self.mesh.partition(r.name, duration, stream, requests)
+        if requests:  # the DEALER's connection comes back under a new identity
+            self.mesh.rebind(r.name)
         self.sched.note(r.name, "partition", stream=stream, requests=requests, ms=duration)
 
-    def _crash(self, r: SimReplica) -> None:
+    def _crash(self, r: SimNode) -> None:
         r.crash()
         self.sched.after(self.rng.randint(50, 3000), self._restart_replica, r, r.incarnation)
 
-    def _pause(self, r: SimReplica) -> None:
+    def _pause(self, r: SimNode) -> None:
         r.pause(self.rng.randint(100, 2500))
 
-    def _primary_pause(self, _r: SimReplica) -> None:
+    def _primary_pause(self, _r: SimNode) -> None:
         self.primary.pause(self.rng.randint(100, 2000))
 
-    def _primary_crash(self, _r: SimReplica) -> None:
+    def _primary_crash(self, _r: SimNode) -> None:
         self.primary.crash()
         s = self.setup
         if self.rng.random() < s.reinit_chance:
             s.reinit_chance = 0.0
             self.primary.reinit()
             self.faults["reinit"] += 1
-            self.retention_passed = True
+            self.watch.retention_passed = True
         self.sched.after(
             self.rng.randint(50, 1500), self._restart_primary, self.primary.incarnation
         )
 
-    def _restart_replica(self, r: SimReplica, incarnation: int) -> None:
+    def _restart_replica(self, r: SimNode, incarnation: int) -> None:
         if not r.up and r.incarnation == incarnation and not self.healed:
-            r.start()
+            r.start(self.primary.name)
 
     def _restart_primary(self, incarnation: int) -> None:
-        if not self.primary.up and self.primary.incarnation == incarnation and not self.healed:
-            self.primary.restart()
+        p = self.primary
+        if not p.up and p.incarnation == incarnation and not self.healed:
+            self._start_primary()
+
+    def _start_primary(self) -> None:
+        if self.primary.disk.chain:
+            self.checker.check_recovered(self.primary.disk)
+        self.primary.start()
 
     def _heal(self) -> None:
         """Faults stop: links heal, nodes come back, storage stops failing, writes stop."""
         self.healed = True
-        self.exempt.clear()
-        self.net.heal_all()
-        self.net.params.reply_drop = 0.0
+        self.mesh.heal_all()
         self.primary.resume_now()
         if not self.primary.up:
-            self.primary.restart()
-        wal = self.primary.wal
+            self._start_primary()
         for r in self.replicas:
-            r.store.fail_rate = r.store.boot_fail_rate = 0.0
+            r.disk.fail_rate = r.disk.boot_fail_rate = 0.0
             r.resume_now()
             if not r.up:
-                r.start()
-            st = r.store
-            ours = st.history_id in (b"", wal.history_id)  # as the primary decides: any other
-            self.covered_at_heal[r.name] = ours and st.applied_lsn + 1 >= wal.retained_from
-        self.sched.note("sim", "heal", primary_lsn=wal.last_lsn, retained_from=wal.retained_from)
-        self.sched.every(200, self._check_convergence)
-
-    def _seed_foreign(self, store: ReplicaStore) -> None:
-        """Give a replica the data of another history, as if pointed at the wrong primary."""
-        wal = PrimaryWal(self.rng.randbytes(16), 16)
-        state: dict[bytes, bytes] = {}
-        log = self.truth.log(wal.history_id)
-        for _ in range(self.setup.foreign_batches):
-            wal.append(self.primary.random_entries())
-            for batch in wal.sync():
-                apply_entries(state, batch.entries)
-                log.commit(batch, state)
-        store.seed(state, wal.last_lsn, wal.history_id)
-
-    # ---- checks that need the whole world ---------------------------------------------------
-
-    def _on_drop(self, forced: bool, old_retained: int) -> None:
-        """Retention dropped segments: did it drop what a known replica needs to resume?
-
-        A replica resumes from its applied LSN, or from its durable LSN after a crash, so the
-        floor must not pass ``durable + 1`` of a replica the registry knows, unless the size
-        cap forced it. Replicas it dropped legitimately are exempt from the after-heal check.
-        """
-        wal = self.primary.wal
-        known = {r.replica_id for r in self.primary.registry.replicas()}
-        new_retained = wal.retained_from
-        for r in self.replicas:
-            st = r.store
-            if {st.history_id, st.durable_history} - {b"", wal.history_id}:
-                continue  # switching histories: it needs a snapshot whatever retention does
-            for need in (st.durable_lsn + 1, st.applied_lsn + 1):
-                if need >= new_retained:
-                    continue
-                self.retention_passed = True
-                if need < old_retained:
-                    continue  # uncovered before this drop
-                if forced or r.name not in known:
-                    self.exempt.add(r.name)
-                else:
-                    raise Violation(
-                        "retention",
-                        f"WAL dropped to {new_retained} (from {old_retained}) while registered "
-                        f"{r.name} would resume from {need - 1}",
-                    )
-
-    def _on_wait(self, result: WaitResult, lsn: int, wanted: int) -> None:
-        history = self.primary.history_id
-        really = sum(1 for r in self.replicas if r.max_applied.get(history, 0) >= lsn)
-        if result.replicas_applied > really or (
-            not result.timed_out and result.replicas_applied < wanted
-        ):
-            raise Violation(
-                "wait",
-                f"write {lsn} reported {result.replicas_applied} replicas (wanted {wanted}, "
-                f"timed_out={result.timed_out}); {really} ever applied it",
-            )
-
-    def _check_convergence(self, final: bool = False) -> bool:
-        if self.converged_at:
-            return False
-        wal, state, now = self.primary.wal, self.primary.state, self.sched.now
-        waiting = []
-        for r in self.replicas:
-            st = r.store
-            other = st.history_id not in (b"", wal.history_id)
-            must_refuse = not r.config.allow_bootstrap or (
-                st.applied_lsn > 0 and not r.config.allow_unrelated_history
-            )
-            if other and must_refuse:  # it keeps its data and says why, in ERROR
-                if r.follower is not None and r.follower.status != Status.ERROR:
-                    waiting.append(
-                        f"{r.name} should refuse another history but is {r.follower.status.name}"
-                    )
-                continue
-            why = self.checker.check_converged(r.name, r.follower, r.store, wal, state)
-            if why:
-                waiting.append(why)
-        if not waiting:
-            self.converged_at = now
-            self._final_checks()
-            self.sched.after(300, self.sched.stop)
-            return False
-        if final or now >= self.setup.deadline_ms:
-            raise Violation(
-                "convergence",
-                f"not converged {now - self.setup.heal_ms} ms after healing: " + "; ".join(waiting),
-            )
-        return True
-
-    def _final_checks(self) -> None:
-        total = sum(len(r.bootstrap_times) for r in self.replicas)
-        if total and not self.retention_passed:
-            raise Violation(
-                "bootstrap", f"{total} bootstraps though the WAL always covered every replica"
-            )
-        heal = self.setup.heal_ms
-        for r in self.replicas:
-            installs = sum(1 for t in r.install_times if t >= heal)
-            if installs > 1:
-                raise Violation(
-                    "bootstrap", f"{r.name} installed {installs} snapshots after healing"
-                )
-            began = any(t >= heal for t in r.bootstrap_times)
-            if began and self.covered_at_heal.get(r.name) and r.name not in self.exempt:
-                raise Violation(
-                    "bootstrap", f"{r.name} bootstrapped after healing though the WAL covered it"
-                )
+                r.start(self.primary.name)
+        self.watch.healed()
+        self.sched.every(200, self.watch.check_convergence)
 
     def _stats(self) -> dict[str, int]:
-        stats = dict(self.primary.stats)
-        stats["bootstraps"] = sum(len(r.bootstrap_times) for r in self.replicas)
-        stats["events"] = self.sched.events_run
-        stats["end_ms"] = self.sched.now
-        stats["retention_passed"] = int(self.retention_passed)
-        stats["storage_errors"] = sum(r.store.failures for r in self.replicas)
+        served = self.primary.serving.served
+        stats = {
+            "commits": self.watch.commits,
+            "wal_syncs_served": served["wal_syncs"],
+            "bootstraps_served": served["bootstraps"],
+            "too_old": served["too_old"],
+            "register_bootstrap": served["register_bootstrap"],
+            "bootstraps": sum(r.bootstraps for r in self.replicas),
+            "events": self.sched.events_run,
+            "end_ms": self.sched.now,
+            "retention_passed": int(self.watch.retention_passed),
+            "storage_errors": sum(r.disk.failures for r in self.replicas),
+        }
         stats.update(self.faults)
-        stats.update(self.net.stats)
+        stats.update(self.mesh.stats)
         return stats
 
 
@@ -384,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     failed = 0
     for seed in seeds:
-        result: SimResult | FailoverResult = run(seed, args.broken, args.trace)
+        result = run(seed, args.broken, args.trace)
         failed += not result.ok
         if not result.ok or args.verbose or args.seed is not None:
             print(result.report())

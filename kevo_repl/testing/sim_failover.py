@@ -28,47 +28,21 @@ report; zero bootstraps (every log covers every position here); convergence.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from kevo_repl.core.history import HistoryChain
 from kevo_repl.core.registry import WaitResult
 from kevo_repl.testing.broken_failover import FAILOVER_RULES, follower_for
-from kevo_repl.testing.checkers import Checker, HistoryLog, Truth, Violation, digest
-from kevo_repl.testing.disk import Batch
-from kevo_repl.testing.mesh import Mesh
+from kevo_repl.testing.checkers import Checker, HistoryLog, SimResult, Truth, Violation, digest
+from kevo_repl.testing.mesh import Mesh, MeshParams
+from kevo_repl.testing.messages import Batch
 from kevo_repl.testing.scheduler import Scheduler
 from kevo_repl.testing.sim_node import NodeHooks, SimNode
 from kevo_repl.testing.sim_operator import Operator
 
-__all__ = ["FailoverResult", "FailoverSim", "run_failover_seed"]
+__all__ = ["FailoverSim", "run_failover_seed"]
 
 OPERATIONS = ("failover", "switchover", "double")
-
-
-@dataclass(slots=True)
-class FailoverResult:
-    seed: int
-    operation: str
-    broken: str | None
-    violation: Violation | None
-    trace: list[str]
-    stats: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return self.violation is None
-
-    @property
-    def replay(self) -> str:
-        broken = f" --broken {self.broken}" if self.broken else ""
-        return f"python -m kevo_repl.testing.sim --failover --seed {self.seed}{broken}"
-
-    def report(self) -> str:
-        v = self.violation
-        if v is None:
-            return f"ok seed={self.seed} op={self.operation} {self.stats}"
-        head = f"FAIL seed={self.seed} op={self.operation} [{v.invariant}] {v.detail}"
-        return "\n".join([f"{head} | replay: {self.replay}", *("    " + t for t in self.trace)])
 
 
 @dataclass(slots=True)
@@ -87,7 +61,7 @@ class FailoverSim:
         self.sched = Scheduler(trace_len=256)
         self.truth = Truth()
         self.checker = Checker(self.truth)
-        self.mesh = Mesh(self.sched, rng, drop=rng.choice([0.0, 0.0, 0.005, 0.02]))
+        self.mesh = Mesh(self.sched, rng, MeshParams(drop=rng.choice([0.0, 0.0, 0.005, 0.02])))
         hooks = NodeHooks(self._committed, self._forked, self._waited, self._check_step)
         cls = follower_for(broken)
         self.nodes = {
@@ -115,7 +89,7 @@ class FailoverSim:
 
     # ---- the run ----------------------------------------------------------------------------
 
-    def run(self) -> FailoverResult:
+    def run(self) -> SimResult:
         sched, rng = self.sched, self.rng
         try:
             self.nodes["n0"].start()
@@ -132,8 +106,9 @@ class FailoverSim:
             violation = None
         except Violation as v:
             violation = v
-        return FailoverResult(
+        return SimResult(
             self.seed,
+            True,
             self.operation,
             self.broken,
             violation,
@@ -302,7 +277,5 @@ class FailoverSim:
         }
 
 
-def run_failover_seed(
-    seed: int, broken: str | None = None, trace_lines: int = 16
-) -> FailoverResult:
+def run_failover_seed(seed: int, broken: str | None = None, trace_lines: int = 16) -> SimResult:
     return FailoverSim(seed, broken, trace_lines).run()

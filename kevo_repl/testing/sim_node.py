@@ -1,73 +1,50 @@
 """A simulated node of either role: one data dir, one serving side, two sources of records.
 
 As ``node/node.py``: a *primary* seals client writes into its WAL (group commit: sync, then
-apply, then publish); a *replica* drives the real ``Follower`` and appends what it receives
-to its own WAL byte for byte, applies it, and publishes it to its own followers once it is
-durable. Both serve the same replication side (``sim_serving.py``). Role changes keep the
-data dir: ``promote`` forks a new history at the last LSN (chain saved first),
-``repoint`` follows another node from the current position, ``handover`` stops writes.
+apply, then publish); a *replica* drives the real ``Follower`` (``sim_driver.py``) and
+appends what it receives to its own WAL byte for byte, applies it, and publishes it to its
+own followers once it is durable. Both serve the same replication side (``sim_serving.py``)
+and run the same retention. Role changes keep the data dir: ``promote`` forks a new history
+at the last LSN (chain saved first), ``repoint`` follows another node from the current
+position, ``handover`` stops writes. Faults: ``crash`` (power loss), ``pause`` (SIGSTOP:
+everything queues in the sockets), ``reinit`` (the data dir wiped while down).
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kevo_repl.core.follower import Follower
-from kevo_repl.core.follower_types import (
-    Action,
-    ApplyRecord,
-    BeginBootstrap,
-    DiscardTail,
-    FollowerConfig,
-    InstallBootstrap,
-    InvariantError,
-    Reconnect,
-    RewindStore,
-    SaveChain,
-    SendAck,
-    SendBootstrap,
-    SendHeartbeat,
-    SendRegister,
-    SendRewind,
-    SendWalSync,
-    WriteChunk,
-)
+from kevo_repl.core.follower_types import Action, FollowerConfig
 from kevo_repl.core.history import NEVER_FOLLOWED, HistoryChain
 from kevo_repl.core.registry import WaitResult
-from kevo_repl.testing.checkers import Checker, Violation
-from kevo_repl.testing.disk import Batch, apply_entries
+from kevo_repl.testing.checkers import Checker
 from kevo_repl.testing.mesh import Mesh, MeshHandlers
 from kevo_repl.testing.messages import (
-    Ack,
+    Batch,
     Beacon,
-    Bootstrap,
-    BootstrapChunk,
     Entry,
-    ErrorCode,
-    ErrorReply,
-    Heartbeat,
-    HeartbeatReply,
     Record,
     Register,
     RegisterReply,
     Reply,
     Request,
-    Rewind,
-    RewindReply,
     StreamMessage,
-    TooOld,
-    WalSync,
-    WalSyncReply,
-    decode_record,
+    apply_entries,
     encode_record,
 )
 from kevo_repl.testing.scheduler import Scheduler
+from kevo_repl.testing.sim_driver import FollowerDriver
 from kevo_repl.testing.sim_node_disk import NodeDisk
-from kevo_repl.testing.sim_serving import Serving
+from kevo_repl.testing.sim_serving import Serving, ServingParams
 
-__all__ = ["NodeHooks", "SimNode"]
+__all__ = ["NodeHooks", "NodeParams", "SimNode"]
+
+
+def _nothing(*_args: object) -> None:
+    return None
 
 
 @dataclass(slots=True)
@@ -78,9 +55,31 @@ class NodeHooks:
     forked: Callable[[HistoryChain], None]  # a promotion's chain, saved
     waited: Callable[[WaitResult, int, int, bytes], None]  # (result, lsn, k, history)
     stepped: Callable[[SimNode], None]  # after every event: the per-step checks
+    registering: Callable[[SimNode, Register], None] = _nothing  # a follower's Register in
+    joined: Callable[[SimNode, RegisterReply, tuple[bool, ...], bool], None] = _nothing
+    bootstrapping: Callable[[SimNode, str], None] = _nothing  # (node, what started it)
+    applying: Callable[[SimNode, Batch], None] = _nothing  # before the store applies it
+    dropped: Callable[[SimNode, bool, int], None] = _nothing  # retention: (capped, old floor)
 
 
-class SimNode:
+@dataclass(slots=True)
+class NodeParams:
+    """A node's timers, retention and storage faults (the defaults: the failover world's)."""
+
+    tick_ms: int = 40  # the follower's timers
+    timers_ms: int = 100  # checkpoint, registry tick, beacon, retention
+    group_commit_ms: int = 2  # a primary's write to its fdatasync
+    sync_ms: int = 1  # a replica's apply to its fdatasync
+    keep_entries: int = 0  # retention floor in entries (0: the WAL keeps everything)
+    cap_entries: int = 0  # retention's hard cap
+    segment_entries: int = 16
+    fail_rate: float = 0.0  # store failures per apply
+    boot_fail_rate: float = 0.0  # ... per bootstrap chunk and install
+    config: FollowerConfig | None = None  # None: the failover world's
+    serving: ServingParams = field(default_factory=ServingParams)
+
+
+class SimNode(FollowerDriver):
     def __init__(
         self,
         name: str,
@@ -90,31 +89,41 @@ class SimNode:
         checker: Checker,
         hooks: NodeHooks,
         follower_cls: type[Follower] = Follower,
+        params: NodeParams | None = None,
     ) -> None:
         self.name, self.sched, self.rng, self.mesh = name, sched, rng, mesh
         self.checker, self.hooks, self.follower_cls = checker, hooks, follower_cls
-        self.disk = NodeDisk()
+        self.p = p = params or NodeParams()
+        self.config = p.config or FollowerConfig(
+            name, name, primary_timeout_ms=800, request_timeout_ms=400
+        )
+        self.disk = self._new_disk()
         self.serving = Serving(
             self.disk,
             lambda peer, msg: mesh.reply(name, peer, msg),
             lambda: self.role == "primary",
             self.consistent,
             lambda: sched.now,
+            p.serving,
         )
         self.serving.on_released = self._released
         self.role = "down"  # or "primary", "replica"
         self.upstream = ""
         self.follower: Follower | None = None
         self.incarnation = 0
-        self.bootstraps = 0  # fresh bootstraps begun
-        self.needless_bootstraps = 0  # ... though the upstream's log (or ours) covered us
-        self._covered = False  # did the last Register reply (or our WAL) cover our position?
-        self.discarded: list[tuple[int, int, list[Batch] | None]] = []  # (after, to, records)
+        self._init_driver()
         self._waits: dict[int, tuple[int, int, bytes]] = {}
         self._next_token = 1
         self._sync_due = False
+        self._backlog: list[Callable[[], None]] | None = None  # not None while paused
         self.reuse_history = False  # a broken rule: promote without a fork point
-        mesh.attach(name, MeshHandlers(self._on_request, self._on_reply, self._on_stream))
+        self.stale_durable = False  # a broken rule: report a durable LSN a bootstrap voided
+        self._stale_lsn = 0
+        mesh.attach(name, MeshHandlers(self._in_request, self._in_reply, self._in_stream))
+
+    def _new_disk(self) -> NodeDisk:
+        p = self.p
+        return NodeDisk(self.rng, p.fail_rate, p.boot_fail_rate, p.segment_entries)
 
     # ---- lifecycle and role changes ---------------------------------------------------------
 
@@ -131,6 +140,7 @@ class SimNode:
         self.incarnation += 1
         self.mesh.set_up(self.name, True)
         self.serving.reset()
+        self._stale_lsn = self.disk.synced_lsn
         inc = self.incarnation
         if upstream:
             self._follow(upstream)
@@ -138,9 +148,12 @@ class SimNode:
             if not self.disk.chain:
                 self.disk.chain = HistoryChain.root(self.rng.randbytes(16))
             self.role = "primary"
-        self.sched.every(100, lambda: self._timers(inc), first_ms=self.sched.now)
-        self.sched.every(40, lambda: self._follower_tick(inc))
-        self.sched.note(self.name, "start", role=self.role, upstream=upstream, lsn=self.lsn)
+        self.sched.every(self.p.timers_ms, lambda: self._timers(inc), first_ms=self.sched.now)
+        self.sched.every(self.p.tick_ms, lambda: self._follower_tick(inc))
+        history = self.disk.chain.current.hex()[:8]
+        self.sched.note(
+            self.name, "start", role=self.role, upstream=upstream, lsn=self.lsn, history=history
+        )
 
     def crash(self) -> None:
         """Power loss: the unsynced WAL tail partly lost, the store back to its checkpoint."""
@@ -150,6 +163,7 @@ class SimNode:
         self.mesh.set_up(self.name, False)
         self._waits.clear()
         self._sync_due = False
+        self._backlog = None
         d = self.disk
         kept = d.crash(self.rng)
         if was_primary and kept:  # complete records on disk are committed on recovery
@@ -160,6 +174,32 @@ class SimNode:
                     if batch in kept:
                         self.hooks.committed(batch, state)
         self.sched.note(self.name, "crash", lsn=self.lsn, recovered=len(kept))
+
+    def reinit(self) -> None:
+        """The data dir was wiped (the node is down): it starts again with a new history."""
+        self.disk = self.serving.disk = self._new_disk()
+        self.sched.note(self.name, "reinit")
+
+    def pause(self, duration_ms: int) -> None:
+        """SIGSTOP: nothing runs, nothing is lost; what arrives waits in the socket buffers."""
+        if self.up and self._backlog is None:
+            self._backlog = []
+            self.sched.note(self.name, "pause", ms=duration_ms)
+            self.sched.after(duration_ms, self._resume, self.incarnation)
+
+    def resume_now(self) -> None:
+        self._resume(self.incarnation)
+
+    def _resume(self, inc: int) -> None:
+        backlog, self._backlog = self._backlog, None
+        if inc != self.incarnation or backlog is None:
+            return
+        self.sched.note(self.name, "resume", backlog=len(backlog))
+        for deliver in backlog:  # the node drains its sockets, then its timers fire
+            deliver()
+        if self.disk.unsynced:
+            self._schedule_sync(self.p.group_commit_ms)
+        self._follower_tick(inc)
 
     def promote(self, crash_mid_way: bool = False) -> str:
         """Fork a new history at our last LSN; returns why not ("" when done)."""
@@ -198,30 +238,20 @@ class SimNode:
         self._sync_now()
         return self.disk.synced_lsn
 
-    def _follow(self, upstream: str) -> None:
-        d = self.disk
-        self.role, self.upstream = "replica", upstream
-        self.mesh.connect(self.name, upstream)
-        self.follower = f = self.follower_cls(
-            FollowerConfig(self.name, self.name, primary_timeout_ms=800, request_timeout_ms=400),
-            applied_lsn=d.applied_lsn,
-            durable_lsn=min(d.applied_lsn, d.synced_lsn),
-            history_id=d.history_id,
-            chain=d.chain,
-            serve_from_lsn=d.consistent_at,
-        )
-        now = self.sched.now
-        self._step("start", lambda: f.start(now))
-
-    @property
-    def lsn(self) -> int:
-        return self.disk.applied_lsn
-
     # ---- client writes (primary) ------------------------------------------------------------
 
     def write(self, entries: tuple[Entry, ...], wait: int, wait_ms: int) -> bool:
         if self.role != "primary" or self.serving.fenced:
             return False
+        if self._backlog is not None:  # queued in the socket (waits not modelled across it)
+            self._backlog.append(lambda: self._write(entries, 0, 0))
+            return True
+        self._write(entries, wait, wait_ms)
+        return True
+
+    def _write(self, entries: tuple[Entry, ...], wait: int, wait_ms: int) -> None:
+        if self.role != "primary" or self.serving.fenced:
+            return
         d = self.disk
         first = d.last_lsn + 1
         last = first + len(entries) - 1
@@ -231,14 +261,13 @@ class SimNode:
             token, self._next_token = self._next_token, self._next_token + 1
             self._waits[token] = (last, wait, history)
             self.sched.after(3, self._park, self.incarnation, token, wait_ms)
-        self._schedule_sync(2)
-        return True
+        self._schedule_sync(self.p.group_commit_ms)
 
     def _park(self, inc: int, token: int, wait_ms: int) -> None:
         if inc != self.incarnation or token not in self._waits:
             return
         lsn, k, _ = self._waits[token]
-        if lsn > self.disk.synced_lsn:
+        if lsn > self.disk.synced_lsn or self._backlog is not None:
             self.sched.after(2, self._park, inc, token, wait_ms)
             return
         result = self.serving.registry.wait_for(token, lsn, k, self.sched.now + wait_ms)
@@ -252,7 +281,7 @@ class SimNode:
             if found is not None:
                 self.hooks.waited(result, *found)
 
-    # ---- the WAL: sync, publish -------------------------------------------------------------
+    # ---- the WAL: sync, publish, retention --------------------------------------------------
 
     def _schedule_sync(self, delay_ms: int) -> None:
         if not self._sync_due:
@@ -262,31 +291,47 @@ class SimNode:
     def _sync(self, inc: int) -> None:
         if inc == self.incarnation:
             self._sync_due = False
-            self._sync_now()
+            if self._backlog is None:  # paused: the resume syncs
+                self._sync_now()
 
     def _sync_now(self) -> None:
         """fdatasync, then (primary) apply and commit, then publish and tell the registry."""
-        done = self.disk.sync()
+        d = self.disk
+        done = d.sync()
         for batch in done:
             if self.role == "primary":
-                self.disk.apply(batch)
-                self.hooks.committed(batch, self.disk.state)
+                apply_entries(d.state, batch.entries)
+                d.applied_lsn, d.history_id = batch.last_lsn, batch.history_id
+                self.hooks.committed(batch, d.state)
             self.mesh.publish(
                 self.name, Record(batch.first_lsn, batch.last_lsn, batch.history_id, batch.record)
             )
         if done:
-            self.serving.registry.note_commit(self.disk.synced_lsn, self.sched.now)
+            self.serving.registry.note_commit(d.synced_lsn, self.sched.now)
+            self._stale_lsn = max(self._stale_lsn, d.synced_lsn)
             f = self.follower
             if f is not None:
-                self._step("durable", lambda: _durable(f, self.disk.synced_lsn))
+                self._step("durable", lambda: _durable(f, d.synced_lsn))
             self.hooks.stepped(self)
+            self._retain()
+
+    def _retain(self) -> None:
+        """Drop the WAL segments no follower needs (``core/retention.py``), as the node."""
+        p = self.p
+        if p.keep_entries:
+            floor = self.serving.registry.retention_floor()
+            dropped = self.disk.retain(floor, p.keep_entries, p.cap_entries)
+            if dropped is not None:
+                self.hooks.dropped(self, *dropped)
 
     def _timers(self, inc: int) -> bool:
         if inc != self.incarnation:
             return False
-        self.disk.checkpoint()
-        self.serving.tick()
-        self._beacon()
+        if self._backlog is None:
+            self.disk.checkpoint()
+            self.serving.tick()
+            self._beacon()
+            self._retain()
         return True
 
     def _beacon(self) -> None:
@@ -296,171 +341,49 @@ class SimNode:
         if inc != self.incarnation:
             return False
         f = self.follower
-        if f is not None:
-            now = self.sched.now
-            self._step("tick", lambda: f.tick(now))
+        if f is not None and self._backlog is None:
+            now, stale = self.sched.now, self._stale_lsn if self.stale_durable else 0
+            self._step("tick", lambda: f.tick(now) + _durable(f, stale))
         return True
 
-    # ---- events in --------------------------------------------------------------------------
+    # ---- events in (queued while paused) -------------------------------------------------------
 
-    def _on_request(self, peer: bytes, _name: str, msg: Request) -> None:
-        if self.up:
+    def _held(self, deliver: Callable[[], None]) -> bool:
+        """While paused, keep ``deliver`` for the resume (True: kept)."""
+        if self._backlog is not None:
+            self._backlog.append(deliver)
+        return self._backlog is not None
+
+    def _in_request(self, peer: bytes, name: str, msg: Request) -> None:
+        if self.up and not self._held(lambda: self._in_request(peer, name, msg)):
+            if isinstance(msg, Register):
+                self.hooks.registering(self, msg)
             self.serving.on_request(peer, msg)
 
-    def _on_stream(self, _server: str, msg: StreamMessage) -> None:
-        f = self.follower
-        if f is None:
-            return
-        if isinstance(msg, Record):
-            m = msg
-            self._step(
-                "record", lambda: f.on_record(m.first_lsn, m.last_lsn, m.history_id, m.record)
-            )
-        else:
-            b = msg
-            self._step("beacon", lambda: f.on_beacon(b.history_id, b.last_lsn))
+    def _in_reply(self, peer: bytes, msg: Reply) -> None:
+        if not self._held(lambda: self._in_reply(peer, msg)):
+            self._on_reply(peer, msg)
 
-    def _on_reply(self, _peer: bytes, msg: Reply) -> None:
-        f = self.follower
-        if f is None:
-            return
-        if isinstance(msg, RegisterReply):
-            m = msg
-            shared = f.chain.shared_lsn(m.chain)
-            rewound_away = f.serve_from_lsn > f.applied_lsn and (shared or 0) < f.serve_from_lsn
-            self._covered = (
-                m.retained_from_lsn <= f.applied_lsn + 1
-                and not m.bootstrap_required
-                and not rewound_away
-            )
-            self._step(
-                "register_reply",
-                lambda: f.on_register_reply(
-                    m.primary_lsn,
-                    m.retained_from_lsn,
-                    m.chain,
-                    m.bootstrap_required,
-                    upstream_is_primary=m.upstream_is_primary,
-                ),
-            )
-        elif isinstance(msg, HeartbeatReply):
-            self._step("heartbeat_reply", lambda: f.on_heartbeat_reply(msg.primary_lsn))
-        elif isinstance(msg, WalSyncReply):
-            records = [(r.first_lsn, r.last_lsn, r.history_id, r.record) for r in msg.records]
-            self._step("wal_sync_reply", lambda: f.on_wal_sync_reply(records, msg.primary_lsn))
-        elif isinstance(msg, TooOld):
-            self._step("too_old", lambda: f.on_too_old(msg.retained_from_lsn))
-        elif isinstance(msg, BootstrapChunk):
-            c = msg
-            self._step(
-                "chunk",
-                lambda: f.on_bootstrap_chunk(
-                    c.session_id,
-                    c.seq,
-                    c.keys,
-                    c.values,
-                    c.progress,
-                    c.is_last,
-                    c.snapshot_lsn,
-                    c.history_id,
-                ),
-            )
-        elif isinstance(msg, RewindReply):
-            r = msg
-            self._step(
-                "rewind_reply", lambda: f.on_rewind_reply(r.snapshot_lsn, r.keys, r.values, r.found)
-            )
-        elif isinstance(msg, ErrorReply):
-            if msg.code == ErrorCode.NOT_REGISTERED:
-                self._step("not_registered", f.on_not_registered)
-            else:
-                self._step("refused", lambda: f.on_request_refused(msg.code.value, msg.message))
+    def _in_stream(self, server: str, msg: StreamMessage) -> None:
+        if not self._held(lambda: self._in_stream(server, msg)):
+            self._on_stream(server, msg)
 
-    # ---- carrying out the follower's actions ------------------------------------------------
+    # ---- the driver's side of the node ----------------------------------------------------------
 
-    def _step(self, source: str, call: Callable[[], list[Action]]) -> None:
-        f = self.follower
-        assert f is not None
-        try:
-            self._execute(source, call())
-            self._execute(source, f.take_ack())
-        except InvariantError as e:
-            raise Violation("follower", f"{self.name} InvariantError after {source}: {e}") from e
-        events = f.drain_events()
-        for event, fields in events:
-            self.sched.note(self.name, event, **fields)
-        self.checker.check_events(self.name, events)
-        if self.follower is f and f.applied_lsn != self.disk.applied_lsn:
-            raise Violation(
-                "agreement", f"{self.name} follower at {f.applied_lsn}, store at {self.lsn}"
-            )
+    def _sync_soon(self) -> None:
+        self._schedule_sync(self.p.sync_ms)
+
+    def _node_stepped(self) -> None:
         self.hooks.stepped(self)
 
-    def _execute(self, source: str, actions: list[Action]) -> None:
-        for action in actions:
-            self._do(source, action)
+    def _node_joined(self, msg: RegisterReply, before: tuple[bool, ...], began: bool) -> None:
+        self.hooks.joined(self, msg, before, began)
 
-    def _do(self, source: str, a: Action) -> None:
-        name, mesh, d, f = self.name, self.mesh, self.disk, self.follower
-        assert f is not None
-        if isinstance(a, ApplyRecord):
-            first, last, history, entries = decode_record(a.record)
-            if (first, last) != (a.first_lsn, a.last_lsn) or first != d.applied_lsn + 1:
-                raise Violation("apply", f"{name} at {d.applied_lsn} applies {first}..{last}")
-            batch = Batch(first, last, history, entries, a.record)
-            d.append(batch)  # byte for byte into our own WAL, then into the store
-            d.apply(batch)
-            self._schedule_sync(1)
-        elif isinstance(a, SendAck):
-            mesh.request(name, Ack(name, a.applied_lsn, a.durable_lsn))
-        elif isinstance(a, SendHeartbeat):
-            hb = Heartbeat(
-                name, a.status, a.applied_lsn, a.durable_lsn, a.bootstrap_progress, a.error_message
-            )
-            mesh.request(name, hb)
-        elif isinstance(a, SendWalSync):
-            mesh.request(name, WalSync(a.from_lsn, a.max_bytes))
-        elif isinstance(a, SendRegister):
-            mesh.request(name, Register(name, name, a.history_id, a.applied_lsn, a.chain))
-        elif isinstance(a, SendBootstrap):
-            mesh.request(name, Bootstrap(a.session_id, a.credit, a.chunk_bytes))
-        elif isinstance(a, SendRewind):
-            mesh.request(name, Rewind(a.keys))
-        elif isinstance(a, SaveChain):
-            d.chain = a.chain
-        elif isinstance(a, DiscardTail):
-            self._sync_now()
-            tail = d.tail_after(a.after_lsn)
-            self.discarded.append((a.after_lsn, a.applied_lsn, tail))
-            self._covered = tail is not None
-            keys = None if tail is None else [k for b in tail for _, k, _ in b.entries]
-            self.sched.note(name, "tail_discarded", after=a.after_lsn, to=a.applied_lsn)
-            self._execute("tail_set_aside", f.on_tail_set_aside(keys))
-        elif isinstance(a, RewindStore):
-            d.consistent_at = a.consistent_at  # saved first, as the node does
-            for key, value in a.puts:
-                if value is None:
-                    d.state.pop(key, None)
-                else:
-                    d.state[key] = value
-            d.reset(a.lsn, a.history_id)
-        elif isinstance(a, BeginBootstrap):
-            if source != "chunk":
-                self.bootstraps += 1
-                self.needless_bootstraps += self._covered and source != "too_old"
-                self.sched.note(name, "bootstrap", source=source, covered=self._covered)
-            d.boot = {}
-        elif isinstance(a, WriteChunk):
-            assert d.boot is not None
-            d.boot.update(zip(a.keys, a.values, strict=True))
-        elif isinstance(a, InstallBootstrap):
-            assert d.boot is not None
-            d.state, d.boot, d.consistent_at = d.boot, None, 0
-            d.reset(a.snapshot_lsn, a.history_id)
-            self.serving.sessions.clear()
-            self.serving.registry.note_commit(a.snapshot_lsn, self.sched.now)
-        elif isinstance(a, Reconnect):
-            mesh.connect(name, self.upstream)
+    def _node_bootstrapping(self, source: str) -> None:
+        self.hooks.bootstrapping(self, source)
+
+    def _node_applying(self, batch: Batch) -> None:
+        self.hooks.applying(self, batch)
 
 
 def _durable(f: Follower, lsn: int) -> list[Action]:

@@ -9,12 +9,36 @@ restarts follows what it wants, as its command line would say.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import random
+from collections.abc import Sequence
+from typing import Protocol
 
+from kevo_repl.testing.scheduler import Scheduler
 from kevo_repl.testing.sim_node import SimNode
 
-if TYPE_CHECKING:
-    from kevo_repl.testing.sim_failover import FailoverSim
+
+class _Acked(Protocol):
+    @property
+    def lsn(self) -> int: ...
+    @property
+    def history(self) -> bytes: ...
+    @property
+    def wait(self) -> int: ...
+
+
+class World(Protocol):
+    """What the operator sees of the failover world (``sim_failover.FailoverSim``)."""
+
+    rng: random.Random
+    sched: Scheduler
+    nodes: dict[str, SimNode]
+    broken: str | None
+
+    @property
+    def primary(self) -> SimNode | None: ...
+    @property
+    def acked(self) -> Sequence[_Acked]: ...
+
 
 __all__ = ["Operator"]
 
@@ -22,7 +46,7 @@ _AROUND = ("none", "promoted_crash", "old_back_early", "repoint_twice")
 
 
 class Operator:
-    def __init__(self, sim: FailoverSim) -> None:
+    def __init__(self, sim: World) -> None:
         self.sim, self.rng, self.sched = sim, sim.rng, sim.sched
         self.nodes = sim.nodes
         self.wants: dict[str, str] = {}

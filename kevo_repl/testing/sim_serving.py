@@ -4,7 +4,8 @@ As ``node/serving_requests.py``: Register (with history chains, and fencing a pr
 a follower of a newer history descending from its own registers), Heartbeat and Ack into
 the real ``Registry``, WalSync from the node's own durable WAL, Bootstrap against credit,
 and Rewind (the current values of a diverged tail's keys). A node that is itself copying
-(mid-bootstrap or mid-rewind) serves neither a snapshot nor a rewind.
+(mid-bootstrap or mid-rewind) serves neither a snapshot nor a rewind. ``ServingParams`` are
+the knobs a seed draws (batch counts, chunk sizes, whether WalSync needs a registration).
 """
 
 from __future__ import annotations
@@ -39,10 +40,15 @@ from kevo_repl.testing.messages import (
 )
 from kevo_repl.testing.sim_node_disk import NodeDisk
 
-__all__ = ["Serving"]
+__all__ = ["Serving", "ServingParams"]
 
-_SYNC_MAX_COUNT = 8
-_CHUNK_KEYS = 8
+
+@dataclass(slots=True)
+class ServingParams:
+    wal_sync_max_count: int = 8
+    chunk_keys: int = 8  # keys per snapshot chunk; 0: the follower's chunk_bytes decide
+    wal_sync_needs_registration: bool = False
+    stale_after_ms: int = 600
 
 
 @dataclass(slots=True)
@@ -51,6 +57,7 @@ class _Session:
     items: list[tuple[bytes, bytes]]
     snapshot_lsn: int
     history_id: bytes
+    chunk_bytes: int
     pos: int = 0
     seq: int = 0
     credit: int = 0
@@ -66,19 +73,24 @@ class Serving:
         is_primary: Callable[[], bool],
         consistent: Callable[[], bool],
         now: Callable[[], int],
+        params: ServingParams,
     ) -> None:
-        self.disk, self.send = disk, send
+        self.disk, self.send, self.p = disk, send, params
         self.is_primary, self.consistent, self.now = is_primary, consistent, now
-        self.registry = Registry(stale_after_ms=600)
+        self.registry = Registry(stale_after_ms=params.stale_after_ms)
         self.sessions: dict[bytes, _Session] = {}
         self.next_session = 1
         self.fenced = ""
         self.on_released: Callable[[list[WaitResult]], None] = lambda done: None
-        self.served = {"wal_syncs": 0, "bootstraps": 0, "rewinds": 0}
+        self.served = dict.fromkeys(
+            ("wal_syncs", "bootstraps", "rewinds", "too_old", "register_bootstrap"), 0
+        )
 
     def reset(self) -> None:
         """A restart: the registry and every session are gone."""
-        self.registry = Registry(stale_after_ms=600, primary_lsn=self.disk.synced_lsn)
+        self.registry = Registry(
+            stale_after_ms=self.p.stale_after_ms, primary_lsn=self.disk.synced_lsn
+        )
         self.sessions.clear()
         self.fenced = ""
 
@@ -127,6 +139,7 @@ class Serving:
             self.fenced = f"{msg.replica_id} follows a newer history"
         uncovered = msg.applied_lsn + 1 < disk.retained_from
         on_line = not theirs or ours.shared_lsn(theirs) is not None
+        self.served["register_bootstrap"] += uncovered and on_line
         self.send(
             peer,
             RegisterReply(
@@ -141,18 +154,22 @@ class Serving:
 
     def _wal_sync(self, peer: bytes, msg: WalSync) -> None:
         disk = self.disk
+        if self.p.wal_sync_needs_registration and self.registry.get(peer) is None:
+            self.send(peer, ErrorReply(ErrorCode.NOT_REGISTERED, "register first"))
+            return
         if msg.from_lsn < 1 or msg.from_lsn > disk.synced_lsn + 1:
             why = f"wal_sync: from_lsn {msg.from_lsn} outside 1..{disk.synced_lsn + 1}"
             self.send(peer, ErrorReply(ErrorCode.BAD_REQUEST, why))
             return
         if msg.from_lsn < disk.retained_from:
+            self.served["too_old"] += 1
             self.send(peer, TooOld(disk.retained_from))
             return
         self.registry.note_catchup(peer, self.now())
         self.served["wal_syncs"] += 1
         records = tuple(
             Record(b.first_lsn, b.last_lsn, b.history_id, b.record)
-            for b in disk.read(msg.from_lsn, _SYNC_MAX_COUNT)
+            for b in disk.read(msg.from_lsn, self.p.wal_sync_max_count, msg.max_bytes)
         )
         self.send(peer, WalSyncReply(records, disk.synced_lsn))
 
@@ -166,7 +183,11 @@ class Serving:
                 return
             disk = self.disk
             s = _Session(
-                self.next_session, sorted(disk.state.items()), disk.applied_lsn, disk.history_id
+                self.next_session,
+                sorted(disk.state.items()),
+                disk.applied_lsn,
+                disk.history_id,
+                msg.chunk_bytes,
             )
             self.next_session += 1
             self.sessions[peer] = s
@@ -182,7 +203,7 @@ class Serving:
             s = found
         s.credit += msg.credit
         while s.credit > 0:
-            part = s.items[s.pos : s.pos + _CHUNK_KEYS]
+            part = self._chunk(s)
             s.pos += len(part)
             last = s.pos >= len(s.items)
             progress = 1.0 if last else s.pos / len(s.items)
@@ -204,6 +225,19 @@ class Serving:
             if last:
                 del self.sessions[peer]
                 return
+
+    def _chunk(self, s: _Session) -> list[tuple[bytes, bytes]]:
+        """The next chunk: ``chunk_keys`` keys, or (when 0) at least one and then by size."""
+        if self.p.chunk_keys:
+            return s.items[s.pos : s.pos + self.p.chunk_keys]
+        part: list[tuple[bytes, bytes]] = []
+        size = 0
+        for key, value in s.items[s.pos :]:
+            if part and size >= s.chunk_bytes:
+                break
+            part.append((key, value))
+            size += len(key) + len(value)
+        return part
 
     def _rewind(self, peer: bytes, msg: Rewind) -> None:
         if not self.consistent():
