@@ -19,7 +19,7 @@ def _sync(node: Node) -> dict[str, object]:
 
 def _ready(primary: Node, n: int) -> bool:
     out = kevo("status", "--node", primary.address, "--json")
-    replicas = json.loads(out.stdout)["replicas"]
+    replicas: list[dict[str, str]] = json.loads(out.stdout)["replicas"]
     return sum(r["status"] == "ready" for r in replicas) == n
 
 
