@@ -54,7 +54,8 @@ def backup(client: Client, out: Path, progress: bool = False) -> dict[str, Any]:
                 _progress(chunk, writer.keys_added, started)
         if last is None or not last.is_last:
             raise KevoError(f"the backup stream from {client.node} ended early")
-        writer.finish(last.snapshot_lsn, last.history_id)
+        history_id = last.history_id or status.history_id  # an empty store has none yet
+        writer.finish(last.snapshot_lsn, history_id)
         check_finished(bootstrap_path(out / STORE_FILE))
         os.rename(bootstrap_path(out / STORE_FILE), out / STORE_FILE)
     except BaseException:
@@ -64,7 +65,7 @@ def backup(client: Client, out: Path, progress: bool = False) -> dict[str, Any]:
     if progress:
         print(file=sys.stderr)
     chain = chain_from_wire(status.history)
-    if chain.at(last.snapshot_lsn) != last.history_id:  # a promotion between the two reads
+    if last.snapshot_lsn and chain.at(last.snapshot_lsn) != history_id:  # a promotion between
         shutil.rmtree(out, ignore_errors=True)
         raise KevoError(f"{client.node} changed history during the backup: run it again")
     save_chain(out, chain)
@@ -72,7 +73,7 @@ def backup(client: Client, out: Path, progress: bool = False) -> dict[str, Any]:
         "source": client.node,
         "source_id": status.node_id,
         "lsn": last.snapshot_lsn,
-        "history_id": last.history_id.hex(),
+        "history_id": history_id.hex(),
         "history": chain.describe(),
         "keys": writer.keys_added,
         "seconds": round(time.monotonic() - started, 3),
@@ -106,7 +107,9 @@ def read_manifest(backup_dir: Path) -> dict[str, Any]:
     try:
         manifest: dict[str, Any] = json.loads((backup_dir / BACKUP_FILE).read_text())
     except (OSError, ValueError) as exc:
-        raise KevoError(f"{backup_dir} is not a kevo-repl backup (no readable {BACKUP_FILE})") from exc
+        raise KevoError(
+            f"{backup_dir} is not a kevo-repl backup (no readable {BACKUP_FILE})"
+        ) from exc
     return manifest
 
 

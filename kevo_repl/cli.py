@@ -287,6 +287,28 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     _node_flags(rpt)
     rpt.add_argument("--primary", required=True, type=_node_arg, help="HOST:PORT to follow")
 
+    sc = add("scan", "keys and values in key order, from one consistent snapshot")
+    _node_flags(sc)
+    sc.add_argument("--prefix", default="", help="only keys starting with this")
+    sc.add_argument("--limit", type=_count(1), default=None, help="at most this many pairs")
+    sc.add_argument("--format", choices=["text", "json"], default="text")
+    sc.add_argument("--chunk-bytes", type=_count(4096), default=256 * 1024, help=argparse.SUPPRESS)
+
+    bk = add("backup", "a consistent copy of a node into a new directory (no pause of writes)")
+    _node_flags(bk)
+    bk.add_argument("--out", type=Path, required=True, help="a new directory for the backup")
+    bk.add_argument("--progress", action="store_true", help="a progress line on stderr")
+    bk.add_argument("--json", action="store_true", help="print the manifest as JSON")
+
+    rs = add("restore", "a backup into a new data directory, to start as a replica or primary")
+    rs.add_argument("--from", dest="source", type=Path, required=True, help="the backup")
+    rs.add_argument("--data", type=Path, required=True, help="a new data directory")
+    rs.add_argument(
+        "--new-history",
+        action="store_true",
+        help="fork a history of its own at the backup's LSN, to run it as a primary",
+    )
+
     fg = add("forget", "remove a departed follower from a node's list (and its WAL hold)")
     _node_flags(fg)
     fg.add_argument("--replica", required=True, help="the follower's id, as status lists it")

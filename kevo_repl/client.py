@@ -16,8 +16,7 @@ Example::
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Generator, Iterable, Sequence
 from types import TracebackType
 
 import zmq
@@ -25,10 +24,20 @@ import zmq
 from kevo_repl.adapters.connect_watch import ConnectWatch, UnresolvableHostError, resolve
 from kevo_repl.adapters.security import ClientCurve
 from kevo_repl.adapters.zmq_io import SocketOptions, connect_socket, endpoint
-from kevo_repl.core.errors import KevoError
-from kevo_repl.core.ops import OP_DELETE, OP_PUT
+from kevo_repl.client_types import (
+    Digest,
+    NodeUnreachableError,
+    PipelineTimeoutError,
+    RemoteError,
+    RequestTooLargeError,
+    ValueTooLargeError,
+    WriteResult,
+    batch_request,
+    check_entry,
+    parse_node,
+)
 from kevo_repl.wire import pb
-from kevo_repl.wire.batch import DEFAULT_LIMITS, WireError, encode_client_batch
+from kevo_repl.wire.batch import DEFAULT_LIMITS, WireError
 from kevo_repl.wire.envelope import decode_response
 
 __all__ = [
@@ -45,101 +54,6 @@ __all__ = [
     "check_entry",
     "parse_node",
 ]
-
-
-class NodeUnreachableError(KevoError):
-    """No answer from the node before the deadline."""
-
-
-class PipelineTimeoutError(NodeUnreachableError):
-    """``call_many`` timed out; says what did arrive, so the caller can tell what happened.
-
-    ``responses[i]`` answers ``requests[i]`` for each request that was sent (``None``: sent,
-    no answer, so its outcome is unknown); requests from ``len(responses)`` on were not sent.
-    """
-
-    def __init__(self, message: str, responses: list[pb.Response | None]) -> None:
-        super().__init__(message)
-        self.responses = responses
-
-
-class RemoteError(KevoError):
-    """The node answered with an ``Error``: its message is the text; ``code`` (and
-    ``code_name``) say which kind, for programs (users never see enum names)."""
-
-    def __init__(
-        self, code: int, message: str, primary: str = "", retained_from_lsn: int = 0
-    ) -> None:
-        name = pb.ErrorCode.Name(code) if code in pb.ErrorCode.values() else str(code)  # type: ignore[arg-type]
-        super().__init__(message or name.removeprefix("ERROR_").lower().replace("_", " "))
-        self.code = code
-        self.code_name = name
-        self.message = message
-        self.primary = primary  # with ERROR_NOT_PRIMARY: where writes go
-        self.retained_from_lsn = retained_from_lsn  # with ERROR_TOO_OLD: the WAL's first LSN
-
-
-class RequestTooLargeError(KevoError):
-    """The request is over the node's frame limit: refused here, before sending (a node's
-    socket would drop such a frame, and the connection with it, without an answer)."""
-
-
-class ValueTooLargeError(RequestTooLargeError):
-    """A key or value over the node's limits (``DEFAULT_LIMITS``), refused before sending."""
-
-
-def check_entry(key: bytes, value: bytes) -> None:
-    """``ValueTooLargeError`` naming the limit unless ``key`` and ``value`` fit a node's."""
-    limits = DEFAULT_LIMITS
-    if not key or len(key) > limits.max_key_bytes:
-        raise ValueTooLargeError(
-            f"key of {len(key)} bytes: keys must be 1 to {limits.max_key_bytes} bytes"
-        )
-    if len(value) > limits.max_value_bytes:
-        raise ValueTooLargeError(
-            f"value of {len(value)} bytes for key {key[:40]!r}: over the node's limit of "
-            f"{limits.max_value_bytes} bytes per value"
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class WriteResult:
-    lsn: int
-    first_lsn: int
-    replicas_applied: int
-    wait_timed_out: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Digest:
-    lsn: int
-    keys: int
-    digest: str
-
-
-def parse_node(node: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[v6]:PORT`` too) -> (host, port); ValueError with a clear message."""
-    host, sep, port_text = node.rpartition(":")
-    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65535:
-        raise ValueError(f"node address must be HOST:PORT, got {node!r}")
-    return host.strip("[]"), int(port_text)
-
-
-def batch_request(
-    entries: Iterable[tuple[bytes, bytes | None]], wait_replicas: int = 0, timeout_ms: int = 0
-) -> pb.Request:
-    """A ``BatchRequest``: ``(key, value)`` puts and ``(key, None)`` deletes, in order."""
-    ops: list[int] = []
-    keys: list[bytes] = []
-    values: list[bytes] = []
-    for key, value in entries:
-        check_entry(key, value or b"")
-        ops.append(OP_DELETE if value is None else OP_PUT)
-        keys.append(key)
-        values.append(b"" if value is None else value)
-    payload = encode_client_batch(ops, keys, values)
-    body = pb.BatchRequest(batch=payload, wait_replicas=wait_replicas, timeout_ms=timeout_ms)
-    return pb.Request(batch=body)
 
 
 class Client:
@@ -232,6 +146,64 @@ class Client:
         """
         req = pb.Request(wal_sync=pb.WalSyncRequest(from_lsn=from_lsn, max_bytes=max_bytes))
         return self.call(req).wal_sync
+
+    def snapshot_stream(
+        self,
+        *,
+        backup: bool = False,
+        prefix: bytes = b"",
+        chunk_bytes: int = 256 * 1024,
+        window: int = 8,
+    ) -> Generator[pb.BootstrapChunk, None, None]:
+        """Chunks of one consistent snapshot of the node, in key order, with credit.
+
+        ``backup``: the whole store over the bootstrap stream (the ``admin`` or ``replica``
+        role); otherwise a scan of the keys starting with ``prefix`` (any reader). The node
+        sends at most ``window`` chunks ahead of what we read; closing the iterator early
+        ends the node's session (and releases its snapshot) at once.
+        """
+        if backup:
+            first = pb.Request(
+                bootstrap=pb.BootstrapRequest(credit=window, chunk_bytes=chunk_bytes, backup=True)
+            )
+        else:
+            first = pb.Request(
+                scan=pb.ScanRequest(credit=window, chunk_bytes=chunk_bytes, prefix=prefix)
+            )
+        first.request_id = next(self._ids)
+        self._send(first)
+        session = 0
+        done = False
+        try:
+            while not done:
+                if not self._sock.poll(self.timeout_ms, zmq.POLLIN):
+                    why = self._why_silent(self.timeout_ms)
+                    self._reset()
+                    raise NodeUnreachableError(why)
+                resp = self._recv()
+                if resp.request_id != first.request_id:
+                    continue
+                if resp.WhichOneof("body") == "error":
+                    e = resp.error
+                    raise RemoteError(e.code, e.message, e.primary, e.retained_from_lsn)
+                chunk = resp.bootstrap
+                session, done = chunk.session_id, chunk.is_last
+                yield chunk
+                if not done:
+                    self._send(self._grant(backup, session, 1, cancel=False))
+        finally:
+            if session and not done:
+                self._send(self._grant(backup, session, 0, cancel=True))
+
+    def _grant(self, backup: bool, session: int, credit: int, cancel: bool) -> pb.Request:
+        if backup:
+            req = pb.Request(
+                bootstrap=pb.BootstrapRequest(session_id=session, credit=credit, cancel=cancel)
+            )
+        else:
+            req = pb.Request(scan=pb.ScanRequest(session_id=session, credit=credit, cancel=cancel))
+        req.request_id = next(self._ids)
+        return req
 
     def primary_address(self) -> str:
         """``HOST:PORT`` of the primary: this node itself, or the one a replica follows."""

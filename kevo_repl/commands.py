@@ -111,6 +111,62 @@ def _delete(args: argparse.Namespace) -> int:
     return _print_write(r.lsn, args.wait_replicas, r.replicas_applied, r.wait_timed_out)
 
 
+def _scan(args: argparse.Namespace) -> int:
+    from kevo_repl.tail import printable, text_fields
+
+    sys.stdout.reconfigure(line_buffering=False)  # type: ignore[union-attr]
+    left = args.limit
+    with _client(args) as c:
+        chunks = c.snapshot_stream(prefix=args.prefix.encode(), chunk_bytes=args.chunk_bytes)
+        try:
+            for chunk in chunks:
+                for key, value in zip(chunk.keys, chunk.values, strict=True):
+                    if args.format == "json":
+                        doc = {**text_fields(key=key, value=value), "lsn": chunk.snapshot_lsn}
+                        print(json.dumps(doc))
+                    else:
+                        print(f"{printable(key)}\t{printable(value)}")
+                    if left is not None:
+                        left -= 1
+                        if not left:
+                            return 0
+        finally:
+            chunks.close()  # ends the node's session at once when we stop early
+    return 0
+
+
+def _backup(args: argparse.Namespace) -> int:
+    from kevo_repl.backup import backup
+
+    with _client(args) as c:
+        manifest = backup(c, args.out, progress=args.progress)
+    if args.json:
+        print(json.dumps(manifest))
+    else:
+        print(
+            f"backup of {manifest['source']} in {args.out}: {manifest['keys']} keys at LSN "
+            f"{manifest['lsn']} of history {manifest['history_id']} ({manifest['seconds']} s)"
+        )
+    return 0
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from kevo_repl.backup import restore
+
+    m = restore(args.source, args.data, args.new_history)
+    if args.new_history:
+        print(
+            f"restored into {args.data} as a primary's data: new history {m['new_history']} "
+            f"forked at LSN {m['lsn']}; start it with `kevo-repl primary --data {args.data}`"
+        )
+    else:
+        print(
+            f"restored into {args.data} at LSN {m['lsn']}: start it with `kevo-repl replica "
+            f"--data {args.data} --primary HOST:P` (it catches up from LSN {m['lsn'] + 1})"
+        )
+    return 0
+
+
 def _forget(args: argparse.Namespace) -> int:
     with _client(args) as c:
         resp = c.call(pb.Request(forget=pb.ForgetRequest(replica_id=args.replica))).forget
@@ -303,5 +359,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "repoint": lambda a: _failover("repoint_command", a),
     "switchover": lambda a: _failover("switchover_command", a),
     "forget": _forget,
+    "scan": _scan,
+    "backup": _backup,
+    "restore": _restore,
     "bench": _bench,
 }

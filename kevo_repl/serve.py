@@ -94,6 +94,9 @@ def _common(args: argparse.Namespace) -> dict[str, Any]:
 def run_primary(args: argparse.Namespace) -> int:
     if args.print_config:
         return _print_settings(args)
+    from kevo_repl.backup import check_not_a_backup
+
+    check_not_a_backup(args.data)
     from kevo_repl.node.config import NodeConfig
 
     config = NodeConfig(

@@ -47,6 +47,8 @@ __all__ = [
     "entries_of_record",
     "entry_json",
     "entry_text",
+    "printable",
+    "text_fields",
 ]
 
 _SYNC_BYTES = 1 << 20
@@ -272,7 +274,7 @@ class StreamTail:
 _NAMED = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
 
 
-def _text(b: bytes) -> str:
+def printable(b: bytes) -> str:
     """UTF-8 text; bad bytes and control characters as ``\\xNN``, so a line stays a line."""
     text = b.decode("utf-8", "surrogateescape")
     if text.isprintable() and "\\" not in text:
@@ -294,17 +296,24 @@ def _text(b: bytes) -> str:
 def entry_text(e: Entry) -> str:
     """``LSN<TAB>op<TAB>key[<TAB>value]`` for people; tabs, newlines and bad UTF-8 escaped."""
     if e.op == "delete":
-        return f"{e.lsn}\tdelete\t{_text(e.key)}"
-    return f"{e.lsn}\tput\t{_text(e.key)}\t{_text(e.value)}"
+        return f"{e.lsn}\tdelete\t{printable(e.key)}"
+    return f"{e.lsn}\tput\t{printable(e.key)}\t{printable(e.value)}"
 
 
 def entry_json(e: Entry) -> dict[str, Any]:
     """``{"lsn", "op", "key", "value"}``; ``key_b64``/``value_b64`` when not valid UTF-8."""
-    doc: dict[str, Any] = {"lsn": e.lsn, "op": e.op}
-    for name, raw in (("key", e.key), ("value", e.value)):
-        if name == "value" and e.op == "delete":
-            doc["value"] = None
-            continue
+    doc: dict[str, Any] = {"lsn": e.lsn, "op": e.op, **text_fields(key=e.key)}
+    if e.op == "delete":
+        doc["value"] = None
+    else:
+        doc.update(text_fields(value=e.value))
+    return doc
+
+
+def text_fields(**fields: bytes) -> dict[str, str]:
+    """Each bytes field as UTF-8 text, or as ``NAME_b64`` when it is not valid UTF-8."""
+    doc: dict[str, str] = {}
+    for name, raw in fields.items():
         try:
             doc[name] = raw.decode("utf-8")
         except UnicodeDecodeError:

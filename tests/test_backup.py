@@ -18,7 +18,9 @@ def test_scan_reads_a_prefix_in_key_order_from_one_snapshot(cluster: Cluster) ->
     with primary.client() as c:
         c.batch([(b"a:%03d" % i, b"v%d" % i) for i in range(50)])
         c.batch([(b"b:%d" % i, b"w\t%d" % i) for i in range(10)] + [(b"a:007", None)])
-    out = kevo("scan", "--node", primary.address, "--prefix", "a:", "--limit", "5", "--format", "json")
+    out = kevo(
+        "scan", "--node", primary.address, "--prefix", "a:", "--limit", "5", "--format", "json"
+    )
     assert out.returncode == 0, out.stderr
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     assert [r["key"] for r in rows] == ["a:000", "a:001", "a:002", "a:003", "a:004"]
@@ -45,24 +47,31 @@ def test_a_backup_taken_under_writes_restores_as_a_replica_and_as_a_primary(
         ]
         assert all(r.WhichOneof("body") == "write" for r in c.call_many(reqs, window=16))
     stop = threading.Event()
+    written = [0]
 
     def write_on() -> None:  # writes go on during the backup: hot keys, bounded
         with primary.client() as w:
-            for i in range(20_000):
+            for i in range(50_000):
                 if stop.is_set():
                     return
                 w.put(b"hot-%d" % (i % 10), b"%d" % i)
+                written[0] = i + 1
 
     writer = threading.Thread(target=write_on)
     writer.start()
+    wait_for("writes going on", lambda: written[0] > 100)
     try:
-        out = kevo("backup", "--node", primary.address, "--out", str(tmp_path / "b"), "--json", timeout=300)
+        out = kevo(
+            "backup", "--node", primary.address, "--out", str(tmp_path / "b"), "--json", timeout=300
+        )
     finally:
         stop.set()
         writer.join(60)
     assert out.returncode == 0, out.stderr
     manifest = json.loads(out.stdout)
-    assert manifest["keys"] >= 1_000_000 and manifest["lsn"] >= 1_000_000
+    assert manifest["keys"] >= 1_000_000 and manifest["lsn"] > 1_000_000
+    with primary.client() as c:  # the writes went on past the snapshot while it streamed
+        assert c.status().lsn > manifest["lsn"]
     # a backup is not a primary: it would write its history's next LSNs a second time
     refused = kevo("primary", "--data", str(tmp_path / "b"), "--port", "7")
     assert refused.returncode == 1 and "is a backup of" in refused.stderr, refused.stderr
@@ -87,7 +96,11 @@ def test_a_backup_taken_under_writes_restores_as_a_replica_and_as_a_primary(
         assert c.get(b"key-0999999") == b"v" * 100
 
 
-def test_backup_needs_the_admin_or_replica_role(cluster: Cluster, keys: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_backup_needs_the_admin_or_replica_role(
+    cluster: Cluster,
+    keys: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
     primary = _start_secure(cluster, keys, "primary", "primary")
     key = ("--keys", str(keys), "--key-name")
     out = kevo("backup", "--node", primary.address, "--out", str(tmp_path / "x"), *key, "app")

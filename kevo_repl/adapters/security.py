@@ -50,12 +50,14 @@ __all__ = [
 
 AUTHORIZED_KEYS: Final = "authorized_keys"
 ZAP_DOMAIN: Final = "kevo"
-_READ: Final = frozenset({"get", "digest", "wal_sync", "status"})  # status: see SEES_FOLLOWERS
+_READ: Final = frozenset(
+    {"get", "digest", "wal_sync", "status", "scan"}
+)  # status: see SEES_FOLLOWERS
 ROLE_REQUESTS: Final[dict[str, frozenset[str]]] = {
     "replica": frozenset({"register", "heartbeat", "ack", "wal_sync", "bootstrap", "rewind"}),
     "client-ro": _READ,
     "client-rw": _READ | {"put", "delete", "batch"},
-    "admin": _READ | {"status", "promote", "repoint", "handover", "forget"},
+    "admin": _READ | {"status", "promote", "repoint", "handover", "forget", "bootstrap"},
 }
 ROLE_STREAM: Final = frozenset(ROLE_REQUESTS)  # every listed role may follow the stream
 SEES_FOLLOWERS: Final = frozenset({"admin"})  # others get Status without the follower list

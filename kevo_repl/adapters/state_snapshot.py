@@ -100,19 +100,27 @@ class StoreSnapshot:
         return min(1.0, max(0.0, keys_sent / self._key_count))
 
     def chunks(
-        self, max_bytes: int, after_key: bytes | None = None
+        self, max_bytes: int, after_key: bytes | None = None, prefix: bytes = b""
     ) -> Iterator[tuple[list[bytes], list[bytes]]]:
         """Yield ``(keys, values)`` in key order, each chunk about ``max_bytes`` of keys+values.
 
         A chunk holds at least one pair and stops at the first pair that reaches ``max_bytes``.
-        ``after_key`` resumes after that key (a bootstrap continuing from its last chunk). The
-        stream is complete when the keys sent reach :attr:`key_count`.
+        ``after_key`` resumes after that key (a bootstrap continuing from its last chunk);
+        ``prefix``: only keys starting with it (a scan). Without a prefix the stream is
+        complete when the keys sent reach :attr:`key_count`.
         """
         if max_bytes < 1:
             raise ValueError("max_bytes must be positive")
         resume = after_key
+        if prefix and (resume is None or resume < prefix):
+            keys, values, more = self._read_chunk(prefix, max_bytes, prefix, inclusive=True)
+            if keys:
+                yield keys, values
+            if not more:
+                return
+            resume = keys[-1]
         while True:
-            keys, values, more = self._read_chunk(resume, max_bytes)
+            keys, values, more = self._read_chunk(resume, max_bytes, prefix)
             if keys:
                 yield keys, values
             if not more:
@@ -134,7 +142,7 @@ class StoreSnapshot:
         return StoreDigest(self._lsn, count, h.hexdigest())
 
     def _read_chunk(
-        self, after: bytes | None, max_bytes: int
+        self, after: bytes | None, max_bytes: int, prefix: bytes = b"", inclusive: bool = False
     ) -> tuple[list[bytes], list[bytes], bool]:
         keys: list[bytes] = []
         values: list[bytes] = []
@@ -143,11 +151,13 @@ class StoreSnapshot:
             txn = self._require_txn()
             with txn.cursor(db=self._data) as cur:
                 found = cur.set_range(after) if after else cur.first()
-                if found and after is not None and cur.key() == after:
+                if found and after is not None and cur.key() == after and not inclusive:
                     found = cur.next()
                 size = 0
                 while found:
                     key, value = cur.item()
+                    if prefix and not key.startswith(prefix):
+                        return keys, values, False  # past the prefix: the scan is done
                     keys.append(key)
                     values.append(value)
                     size += len(key) + len(value)

@@ -46,6 +46,8 @@ class BootstrapSession:
     keys_sent: int = 0
     unsent: pb.Response | None = None  # a chunk the peer could not take yet
     done: bool = False
+    kind: str = "bootstrap"  # or "backup", "scan"
+    ahead: tuple[list[bytes], list[bytes]] | None = None  # the next chunk, read already
 
 
 @dataclass(slots=True)
@@ -57,7 +59,14 @@ class BootstrapSessions:
     _chunks_since_release: int = 0
 
     def start(
-        self, peer: bytes, request_id: int, credit: int, chunk_bytes: int, now_ms: int
+        self,
+        peer: bytes,
+        request_id: int,
+        credit: int,
+        chunk_bytes: int,
+        now_ms: int,
+        kind: str = "bootstrap",
+        prefix: bytes = b"",
     ) -> BootstrapSession:
         """Open a snapshot for ``peer`` (dropping any older session of the same peer).
 
@@ -79,9 +88,10 @@ class BootstrapSessions:
             peer=peer,
             request_id=request_id,
             snapshot=snapshot,
-            chunks=snapshot.chunks(chunk_bytes),
+            chunks=snapshot.chunks(chunk_bytes, prefix=prefix),
             credit=max(1, min(credit, MAX_CREDIT)),
             last_active_ms=now_ms,
+            kind=kind,
         )
         self._next_id += 1
         self._sessions[session.session_id] = session
@@ -139,6 +149,14 @@ class BootstrapSessions:
             self.store.release_pages()
         return sent
 
+    def cancel(self, peer: bytes, session_id: int) -> bool:
+        """End a session early (a scan that has read enough); False if not the peer's."""
+        session = self._sessions.get(session_id)
+        if session is None or session.peer != peer:
+            return False
+        self._close(session)
+        return True
+
     def expire(self, now_ms: int) -> list[BootstrapSession]:
         stale = [
             s for s in self._sessions.values() if now_ms - s.last_active_ms > self.idle_timeout_ms
@@ -162,10 +180,16 @@ class BootstrapSessions:
 
     def _next_frame(self, session: BootstrapSession) -> pb.Response:
         snap = session.snapshot
-        keys, values = next(session.chunks, ([], []))
+        if session.ahead is not None:
+            (keys, values), session.ahead = session.ahead, None
+        else:
+            keys, values = next(session.chunks, ([], []))
         session.keys_sent += len(keys)
-        # The snapshot's exact key count says when the last chunk leaves.
-        is_last = session.keys_sent >= snap.key_count or not keys
+        if session.kind == "scan":  # a prefix: only reading on says whether more follow
+            session.ahead = next(session.chunks, None)
+            is_last = session.ahead is None
+        else:  # the snapshot's exact key count says when the last chunk leaves
+            is_last = session.keys_sent >= snap.key_count or not keys
         session.done = is_last
         total = max(snap.key_count, 1)
         chunk = pb.BootstrapChunk(
@@ -177,7 +201,7 @@ class BootstrapSessions:
             is_last=is_last,
             snapshot_lsn=snap.lsn,
             history_id=snap.history_id or b"",
-            total_keys=snap.key_count,
+            total_keys=0 if session.kind == "scan" else snap.key_count,
         )
         return pb.Response(request_id=session.request_id, bootstrap=chunk)
 

@@ -24,11 +24,11 @@ from kevo_repl.core.registry import (
     RegistryFullError,
     ReplicaState,
 )
-from kevo_repl.node.bootstrap_stream import SessionsFullError
 from kevo_repl.node.digests import DigestQueue
 from kevo_repl.node.parked_reads import ParkedReads
 from kevo_repl.node.refusals import RefusalLog
 from kevo_repl.node.roles import fence, handover, promote, repoint
+from kevo_repl.node.serving_snapshots import SnapshotRequests
 from kevo_repl.wire import pb
 from kevo_repl.wire.batch import WireError
 from kevo_repl.wire.envelope import decode_request, error_response
@@ -76,6 +76,7 @@ class ServingRequests:
         )
         self.digests = DigestQueue(lambda: node.store)
         self.refusals = RefusalLog(node.log)
+        self.snapshots = SnapshotRequests(node)
 
     # ---- entry point -------------------------------------------------------------------------
 
@@ -123,7 +124,9 @@ class ServingRequests:
         elif kind == "wal_sync":
             self._wal_sync(peer, rid, req.wal_sync, now)
         elif kind == "bootstrap":
-            self._bootstrap(peer, rid, req.bootstrap, now)
+            self.snapshots.bootstrap(peer, rid, req.bootstrap, now)
+        elif kind == "scan":
+            self.snapshots.scan(peer, rid, req.scan, now)
         elif kind == "status":
             status = self.status(now)
             if not node.serving.sees_followers(user):  # tail and read-only clients
@@ -139,7 +142,7 @@ class ServingRequests:
             resp = repoint(node, req.repoint.upstream)
             self._reply(peer, pb.Response(request_id=rid, repoint=resp))
         elif kind == "forget":
-            self._forget(peer, rid, req.forget.replica_id, now)
+            self.snapshots.forget(peer, rid, req.forget.replica_id, now)
         elif kind == "handover":
             resp_h = handover(node, req.handover.to, req.handover.cancel)
             self._reply(peer, pb.Response(request_id=rid, handover=resp_h))
@@ -285,41 +288,6 @@ class ServingRequests:
             history_id=node.state.chain.current,
         )
         node.serving.reply_or_refuse(peer, pb.Response(request_id=rid, wal_sync=resp))
-
-    def _bootstrap(self, peer: bytes, rid: int, req: pb.BootstrapRequest, now: int) -> None:
-        node = self.node
-        if req.session_id:
-            if not node.sessions.grant(peer, req.session_id, req.credit, now):
-                raise WireError(f"bootstrap: unknown session {req.session_id}", pb.ERROR_CREDIT)
-            return
-        if node.followers.get(peer) is None:
-            self._send(peer, error_response(rid, pb.ERROR_NOT_REGISTERED, "register first"))
-            return
-        try:
-            session = node.sessions.start(peer, rid, req.credit, req.chunk_bytes, now)
-        except SessionsFullError as exc:
-            self._send(peer, error_response(rid, pb.ERROR_UNAVAILABLE, str(exc)))
-            return
-        node.followers.note_bootstrap(peer, session.snapshot.lsn, now)
-        node.counters.bootstraps_served += 1
-        node.log.info(
-            "bootstrap_serving",
-            session=session.session_id,
-            snapshot_lsn=session.snapshot.lsn,
-            keys=session.snapshot.key_count,
-        )
-
-    def _forget(self, peer: bytes, rid: int, replica_id: str, now: int) -> None:
-        try:
-            r = self.node.followers.forget(replica_id, now)
-        except (KeyError, ValueError) as exc:
-            raise WireError(str(exc).strip('"')) from None
-        seen = now - r.last_seen_ms
-        self.node.log.warning(
-            "replica_forgotten", replica_id=replica_id, applied_lsn=r.applied_lsn, seen_ms=seen
-        )
-        resp = pb.ForgetResponse(applied_lsn=r.applied_lsn, last_seen_ms=seen)
-        self._reply(peer, pb.Response(request_id=rid, forget=resp))
 
     def _rewind(self, peer: bytes, rid: int, req: pb.RewindRequest) -> None:
         """Current values of the keys a rewinding follower's tail touched, from one read."""

@@ -586,24 +586,67 @@ class BootstrapRequest(_message.Message):
     SESSION_ID_FIELD_NUMBER: _builtins.int
     CREDIT_FIELD_NUMBER: _builtins.int
     CHUNK_BYTES_FIELD_NUMBER: _builtins.int
+    BACKUP_FIELD_NUMBER: _builtins.int
+    CANCEL_FIELD_NUMBER: _builtins.int
     session_id: _builtins.int
     credit: _builtins.int
     """chunks the requester can take now"""
     chunk_bytes: _builtins.int
+    backup: _builtins.bool
+    """a backup (admin or replica key), not a registered follower"""
+    cancel: _builtins.bool
+    """with session_id: end the session, release its snapshot"""
     def __init__(
         self,
         *,
         session_id: _builtins.int = ...,
         credit: _builtins.int = ...,
         chunk_bytes: _builtins.int = ...,
+        backup: _builtins.bool = ...,
+        cancel: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_bytes", b"chunk_bytes", "credit", b"credit", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup", b"backup", "cancel", b"cancel", "chunk_bytes", b"chunk_bytes", "credit", b"credit", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BootstrapRequest: _TypeAlias = BootstrapRequest  # noqa: Y015
+
+@_typing.final
+class ScanRequest(_message.Message):
+    """Keys starting with prefix, from one consistent snapshot, as BootstrapChunks against
+    credit (any reader); session_id and cancel as for Bootstrap.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    CREDIT_FIELD_NUMBER: _builtins.int
+    CHUNK_BYTES_FIELD_NUMBER: _builtins.int
+    PREFIX_FIELD_NUMBER: _builtins.int
+    CANCEL_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.int
+    credit: _builtins.int
+    chunk_bytes: _builtins.int
+    prefix: _builtins.bytes
+    cancel: _builtins.bool
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.int = ...,
+        credit: _builtins.int = ...,
+        chunk_bytes: _builtins.int = ...,
+        prefix: _builtins.bytes = ...,
+        cancel: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "chunk_bytes", b"chunk_bytes", "credit", b"credit", "prefix", b"prefix", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScanRequest: _TypeAlias = ScanRequest  # noqa: Y015
 
 @_typing.final
 class KeyValuePair(_message.Message):
@@ -1322,6 +1365,7 @@ class Request(_message.Message):
     HANDOVER_FIELD_NUMBER: _builtins.int
     REWIND_FIELD_NUMBER: _builtins.int
     FORGET_FIELD_NUMBER: _builtins.int
+    SCAN_FIELD_NUMBER: _builtins.int
     request_id: _builtins.int
     read_token: _builtins.int
     """The read_token of the last reply that carried one: proof that its bytes were read, which
@@ -1359,6 +1403,8 @@ class Request(_message.Message):
     def rewind(self) -> Global___RewindRequest: ...
     @_builtins.property
     def forget(self) -> Global___ForgetRequest: ...
+    @_builtins.property
+    def scan(self) -> Global___ScanRequest: ...
     def __init__(
         self,
         *,
@@ -1380,12 +1426,13 @@ class Request(_message.Message):
         handover: Global___HandoverRequest | None = ...,
         rewind: Global___RewindRequest | None = ...,
         forget: Global___ForgetRequest | None = ...,
+        scan: Global___ScanRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "batch", b"batch", "body", b"body", "bootstrap", b"bootstrap", "delete", b"delete", "digest", b"digest", "forget", b"forget", "get", b"get", "handover", b"handover", "heartbeat", b"heartbeat", "promote", b"promote", "put", b"put", "register", b"register", "repoint", b"repoint", "rewind", b"rewind", "status", b"status", "wal_sync", b"wal_sync"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "batch", b"batch", "body", b"body", "bootstrap", b"bootstrap", "delete", b"delete", "digest", b"digest", "forget", b"forget", "get", b"get", "handover", b"handover", "heartbeat", b"heartbeat", "promote", b"promote", "put", b"put", "register", b"register", "repoint", b"repoint", "rewind", b"rewind", "scan", b"scan", "status", b"status", "wal_sync", b"wal_sync"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "batch", b"batch", "body", b"body", "bootstrap", b"bootstrap", "delete", b"delete", "digest", b"digest", "forget", b"forget", "get", b"get", "handover", b"handover", "heartbeat", b"heartbeat", "promote", b"promote", "put", b"put", "read_token", b"read_token", "register", b"register", "repoint", b"repoint", "request_id", b"request_id", "rewind", b"rewind", "status", b"status", "wal_sync", b"wal_sync"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "batch", b"batch", "body", b"body", "bootstrap", b"bootstrap", "delete", b"delete", "digest", b"digest", "forget", b"forget", "get", b"get", "handover", b"handover", "heartbeat", b"heartbeat", "promote", b"promote", "put", b"put", "read_token", b"read_token", "register", b"register", "repoint", b"repoint", "request_id", b"request_id", "rewind", b"rewind", "scan", b"scan", "status", b"status", "wal_sync", b"wal_sync"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["register", "heartbeat", "ack", "wal_sync", "bootstrap", "status", "put", "delete", "batch", "get", "digest", "promote", "repoint", "handover", "rewind", "forget"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["register", "heartbeat", "ack", "wal_sync", "bootstrap", "status", "put", "delete", "batch", "get", "digest", "promote", "repoint", "handover", "rewind", "forget", "scan"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
