@@ -9,9 +9,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from kevo_repl.adapters.security import ClientCurve
     from kevo_repl.client import Client
 
-__all__ = ["Client", "__version__"]
+__all__ = ["Client", "ClientCurve", "__version__"]
 
 __version__ = "0.1.0"
 
@@ -21,4 +22,8 @@ def __getattr__(name: str) -> Any:
         from kevo_repl.client import Client
 
         return Client
+    if name == "ClientCurve":  # CURVE options for Client(curve=...), without adapters imports
+        from kevo_repl.adapters.security import ClientCurve
+
+        return ClientCurve
     raise AttributeError(f"module 'kevo_repl' has no attribute {name!r}")

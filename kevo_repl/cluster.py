@@ -118,8 +118,12 @@ class ClusterProcesses:
                         return
                     child.restart_at = 0.0
                     child.restarts += 1
-                    self.say(f"[cluster] restarting {child.name} (restart {child.restarts})")
                     self._spawn(child)
+                    pid = child.proc.pid if child.proc is not None else "?"
+                    self.say(
+                        f"[cluster] restarted {child.name} as PID {pid} "
+                        f"(restart {child.restarts})"
+                    )
 
     def _exited(self, child: _Child, now: float) -> None:
         assert child.proc is not None

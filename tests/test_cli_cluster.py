@@ -96,8 +96,8 @@ def test_cluster_reports_a_crash_and_restarts_with_restart(
     mark = len(c.proc.lines)
     kill_pid(c.pids["replica-1"])
     c.proc.wait_line(r"\[cluster\] replica-1 crashed \(signal 9\)", start=mark)
-    m = c.proc.wait_line(r"\[cluster\] restarting replica-1 \(restart 1\)", start=mark)
-    assert m
+    m = c.proc.wait_line(r"\[cluster\] restarted replica-1 as PID (\d+) \(restart 1\)", start=mark)
+    assert m and int(m.group(1)) != c.pids["replica-1"]  # the new PID, to follow or stop
     wait_for(
         "replica-1 serves again",
         lambda: kevo("status", "--node", c.endpoints["replica-1"], "--ready").returncode == 0,
