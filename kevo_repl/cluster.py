@@ -121,8 +121,7 @@ class ClusterProcesses:
                     self._spawn(child)
                     pid = child.proc.pid if child.proc is not None else "?"
                     self.say(
-                        f"[cluster] restarted {child.name} as PID {pid} "
-                        f"(restart {child.restarts})"
+                        f"[cluster] restarted {child.name} as PID {pid} (restart {child.restarts})"
                     )
 
     def _exited(self, child: _Child, now: float) -> None:
