@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from kevo_repl.adapters.history_file import load_chain, save_chain
-from kevo_repl.adapters.state_bootstrap import BootstrapWriter, check_finished
+from kevo_repl.adapters.state_bootstrap import check_finished
 from kevo_repl.adapters.state_format import bootstrap_path, fsync_path
+from kevo_repl.adapters.state_lmdb import StateStore
 from kevo_repl.client import Client
 from kevo_repl.core.errors import KevoError
 from kevo_repl.core.history import HISTORY_ID_BYTES
@@ -43,7 +44,7 @@ def backup(client: Client, out: Path, progress: bool = False) -> dict[str, Any]:
         raise KevoError(f"{out} exists and is not empty: a backup goes into a new directory")
     status = client.status()
     out.mkdir(parents=True, exist_ok=True)
-    writer = BootstrapWriter(out / STORE_FILE, 64 * 1024 * 1024)
+    writer = StateStore.begin_bootstrap(out / STORE_FILE)
     started = time.monotonic()
     last: pb.BootstrapChunk | None = None
     try:

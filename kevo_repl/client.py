@@ -176,17 +176,7 @@ class Client:
         done = False
         try:
             while not done:
-                if not self._sock.poll(self.timeout_ms, zmq.POLLIN):
-                    why = self._why_silent(self.timeout_ms)
-                    self._reset()
-                    raise NodeUnreachableError(why)
-                resp = self._recv()
-                if resp.request_id != first.request_id:
-                    continue
-                if resp.WhichOneof("body") == "error":
-                    e = resp.error
-                    raise RemoteError(e.code, e.message, e.primary, e.retained_from_lsn)
-                chunk = resp.bootstrap
+                chunk = self._await(first.request_id, self.timeout_ms).bootstrap
                 session, done = chunk.session_id, chunk.is_last
                 yield chunk
                 if not done:
@@ -205,6 +195,14 @@ class Client:
         req.request_id = next(self._ids)
         return req
 
+    def to(self, node: str, *, follow_redirects: bool = True) -> Client:
+        """A client of another node with our settings, and that node's CURVE key (the
+        server key given for this node is this node's alone)."""
+        curve = self.curve.for_node(node) if self.curve and node != self.node else self.curve
+        return Client(
+            node, timeout_ms=self.timeout_ms, follow_redirects=follow_redirects, curve=curve
+        )
+
     def primary_address(self) -> str:
         """``HOST:PORT`` of the primary: this node itself, or the one a replica follows."""
         s = self.status()
@@ -220,14 +218,17 @@ class Client:
         """Send one request and wait for its response; raises on Error or timeout."""
         req.request_id = next(self._ids)
         self._send(req)
-        deadline_ms = self.timeout_ms + extra_ms
+        return self._await(req.request_id, self.timeout_ms + extra_ms)
+
+    def _await(self, request_id: int, deadline_ms: int) -> pb.Response:
+        """The next answer to ``request_id``; raises on Error or silence (saying why)."""
         while True:
             if not self._sock.poll(deadline_ms, zmq.POLLIN):
                 why = self._why_silent(deadline_ms)
                 self._reset()
                 raise NodeUnreachableError(why)
             resp = self._recv()
-            if resp.request_id != req.request_id:
+            if resp.request_id != request_id:
                 continue  # a late answer to an earlier, timed-out request
             if resp.WhichOneof("body") == "error":
                 e = resp.error
@@ -278,10 +279,7 @@ class Client:
         except RemoteError as exc:
             if not (exc.code == pb.ERROR_NOT_PRIMARY and exc.primary and self.follow_redirects):
                 raise
-            curve = self.curve.for_node(exc.primary) if self.curve else None
-            with Client(
-                exc.primary, timeout_ms=self.timeout_ms, follow_redirects=False, curve=curve
-            ) as c:
+            with self.to(exc.primary, follow_redirects=False) as c:
                 resp = c.call(req, extra_ms=timeout_ms)
         w = resp.write
         return WriteResult(w.lsn, w.first_lsn, w.replicas_applied, w.wait_timed_out)

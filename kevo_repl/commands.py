@@ -90,8 +90,7 @@ def _check_wait(c: Client, args: argparse.Namespace) -> None:
     if not args.wait_replicas or args.wait_anyway:
         return
     primary = c.primary_address()
-    curve = c.curve.for_node(primary) if c.curve and primary != c.node else c.curve
-    with Client(primary, timeout_ms=c.timeout_ms, curve=curve) as p:
+    with c.to(primary) as p:
         known = [r.replica_id for r in p.status().replicas]
     if args.wait_replicas > len(known):
         names = f" ({', '.join(known)})" if known else ""
@@ -114,7 +113,6 @@ def _delete(args: argparse.Namespace) -> int:
 def _scan(args: argparse.Namespace) -> int:
     from kevo_repl.tail import printable, text_fields
 
-    sys.stdout.reconfigure(line_buffering=False)  # type: ignore[union-attr]
     left = args.limit
     with _client(args) as c:
         chunks = c.snapshot_stream(prefix=args.prefix.encode(), chunk_bytes=args.chunk_bytes)

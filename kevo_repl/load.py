@@ -160,12 +160,11 @@ def load_lines(
     curve: ClientCurve | None = None,
 ) -> LoadResult:
     """Load every line of ``stream`` through ``node`` (or its primary); see the module doc."""
-    with Client(node, timeout_ms=timeout_ms, curve=curve) as c:
-        target = c.primary_address()
+    with Client(node, timeout_ms=timeout_ms, curve=curve) as first:
+        target = first.primary_address()
+        c = first.to(target)  # with the primary's key, not the one given for ``node``
     result = LoadResult()
-    if curve is not None and target != node:
-        curve = curve.for_node(target)  # the primary's key, not the one given for ``node``
-    with Client(target, timeout_ms=timeout_ms, curve=curve) as c:
+    with c:
         pending: list[_Batch] = []
         batches = _batches(stream, batch)
         while True:

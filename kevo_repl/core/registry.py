@@ -231,6 +231,10 @@ class Registry:
 
     # ---- waiting for replicas ----------------------------------------------------------------
 
+    def connected(self) -> int:
+        """Followers that can confirm writes now (syncing or ready)."""
+        return sum(1 for r in self._by_id.values() if r.status in _COUNTED)
+
     def forget(self, replica_id: str, now_ms: int) -> ReplicaState:
         """Drop a departed follower (its hold on the WAL goes with it). A live one is
         refused: it would only register again at its next heartbeat."""

@@ -19,7 +19,6 @@ import zmq
 
 from kevo_repl.adapters.clock import monotonic_ms, wall_us
 from kevo_repl.core.errors import StorageError
-from kevo_repl.core.follower_types import Status
 from kevo_repl.core.ops import OP_DELETE, OP_PUT
 from kevo_repl.core.registry import WaitResult
 from kevo_repl.node.group_commit import (
@@ -174,9 +173,7 @@ class WriteSource:
         could not be confirmed, so it is refused before anything is written (Redis's
         ``min-replicas-to-write``); a write accepted whose wait then times out was
         committed, and is answered so (``wait_timed_out``)."""
-        live = sum(
-            1 for r in self.node.followers.replicas() if r.status in (Status.SYNCING, Status.READY)
-        )
+        live = self.node.followers.connected()
         if live < needed:
             raise WireError(
                 f"this primary confirms every write on {needed} replica(s) (--sync-replicas "
