@@ -7,10 +7,9 @@ is not one), and checks the cause is named, not "no answer (is it running?)".
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
-from kevo_repl.testing.ports import free_port_pair
+from kevo_repl.testing.ports import free_port, free_port_pair
 from tests.cli_support import kevo
 from tests.faults.checkers import count_events
 from tests.nodes import Cluster, wait_for
@@ -28,18 +27,14 @@ def test_an_unresolvable_host_is_named_at_once() -> None:
 
 
 def test_a_port_nobody_listens_on_is_a_refused_connection() -> None:
-    with socket.socket() as s:  # a port just freed: nothing listens on it or the next one
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nothing listens on it
     code, err = _get(f"127.0.0.1:{port - 1}")
     assert code == 3 and "connection refused by tcp://127.0.0.1:" in err, err
     assert "the --port it was started with" in err
 
 
 def test_the_metrics_port_is_named_as_not_zeromq(cluster: Cluster) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        metrics = s.getsockname()[1]
+    metrics = free_port()
     primary = cluster.primary("primary", "--metrics-port", str(metrics))
     code, err = _get(f"127.0.0.1:{metrics - 1}")  # requests then go to the metrics port
     assert code == 3 and "does not speak ZeroMQ" in err and "--metrics-port" in err, err
