@@ -27,7 +27,6 @@ __all__ = ["COMMANDS"]
 
 EXIT_ABSENT = 1
 EXIT_UNREACHABLE = 3
-_CLEAR = "\x1b[H\x1b[2J"
 
 
 def _curve(args: argparse.Namespace) -> ClientCurve | None:
@@ -198,19 +197,21 @@ def _get(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from kevo_repl.status_format import status_json, status_text
 
-    def show(s: pb.StatusResponse, clear: bool) -> None:
+    def show(s: pb.StatusResponse) -> None:
         if args.json:
             print(json.dumps(status_json(s)), flush=True)
         else:
             stamp = f"{time.strftime('%H:%M:%S')}  (every {args.interval:g}s, Ctrl-C stops)\n"
-            head = (_CLEAR if clear else "") + (stamp if args.watch else "")
-            print(head + status_text(s), flush=True)
+            print((stamp if args.watch else "") + status_text(s), flush=True)
 
     with _client(args) as c:
         s = c.status()
-        show(s, clear=args.watch and sys.stdout.isatty())
-        if args.watch:
-            _watch(c, show, args.interval)
+        if args.watch and not args.json and sys.stdout.isatty():
+            _watch_live(c, s, args.interval)
+        else:
+            show(s)
+            if args.watch:
+                _watch(c, show, args.interval)
     if not args.ready or _is_ready(s):
         return 0
     if args.json or args.watch:
@@ -226,16 +227,42 @@ def _is_ready(s: pb.StatusResponse) -> bool:
     return s.role == pb.ROLE_PRIMARY or s.status == pb.STATUS_READY
 
 
-def _watch(c: Client, show: Callable[[pb.StatusResponse, bool], None], interval_s: float) -> None:
-    """Refresh until Ctrl-C; a node that stops answering is reported and retried."""
-    clear = sys.stdout.isatty()
+def _watch(c: Client, show: Callable[[pb.StatusResponse], None], interval_s: float) -> None:
+    """Refresh until Ctrl-C (one block per refresh, for a pipe or a log); a node that stops
+    answering is reported and retried."""
     try:
         while True:
             time.sleep(interval_s)
             try:
-                show(c.status(), clear)
+                show(c.status())
             except NodeUnreachableError as exc:
                 print(f"kevo-repl: {exc} (retrying)", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        return
+
+
+def _watch_live(c: Client, first: pb.StatusResponse, interval_s: float) -> None:
+    """On a terminal: one live table redrawn in place until Ctrl-C."""
+    from rich.console import Group
+    from rich.live import Live
+    from rich.text import Text
+
+    from kevo_repl.status_format import status_renderable
+
+    def view(s: pb.StatusResponse, note: str = "") -> Group:
+        stamp = f"{time.strftime('%H:%M:%S')}  (every {interval_s:g}s, Ctrl-C stops){note}"
+        return Group(Text(stamp, style="dim"), status_renderable(s))
+
+    last = first
+    try:
+        with Live(view(first), auto_refresh=False, screen=False) as live:
+            while True:
+                time.sleep(interval_s)
+                try:
+                    last = c.status()
+                    live.update(view(last), refresh=True)
+                except NodeUnreachableError as exc:
+                    live.update(view(last, f"  {exc} (retrying)"), refresh=True)
     except KeyboardInterrupt:
         return
 

@@ -1,12 +1,20 @@
-"""Status for people (a table) and for scripts (one JSON object, keys fixed by the CLI contract)."""
+"""Status for people (a table) and for scripts (one JSON object, keys fixed by the CLI contract).
+
+The table is drawn with ``rich`` (imported here only when a table is drawn, so a node never
+loads it): as text for ``status`` and ``cluster``, and as the live view of ``status --watch``.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import io
+from typing import TYPE_CHECKING, Any
 
 from kevo_repl.wire import pb
 
-__all__ = ["role_name", "status_json", "status_name", "status_text"]
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+
+__all__ = ["role_name", "status_json", "status_name", "status_renderable", "status_text"]
 
 
 _ROLES: dict[int, str] = {
@@ -42,6 +50,12 @@ def _replicas(s: pb.StatusResponse) -> list[dict[str, Any]]:
             "catchups": r.catchups,
             "bootstrap_progress": round(r.bootstrap_progress, 4),
             "error": r.error_message,
+            "received_lsn": r.received_lsn,
+            "write_lag_s": round(r.write_lag_s, 6),
+            "flush_lag_s": round(r.flush_lag_s, 6),
+            "replay_lag_s": round(r.replay_lag_s, 6),
+            "entries_per_s": round(r.entries_per_s, 1),
+            "bytes_per_s": round(r.bytes_per_s, 1),
         }
         for r in s.replicas
     ]
@@ -57,6 +71,8 @@ def status_json(s: pb.StatusResponse) -> dict[str, Any]:
         "wal_bytes": s.wal_bytes,
         "retention_held_by": s.retention_held_by,
         "server_key": s.server_key,
+        "entries_per_s": round(s.entries_per_s, 1),
+        "bytes_per_s": round(s.bytes_per_s, 1),
         "replicas": _replicas(s),
     }
     if s.role == pb.ROLE_PRIMARY:
@@ -79,19 +95,50 @@ def status_json(s: pb.StatusResponse) -> dict[str, Any]:
         "bootstrap_progress": round(s.bootstrap_progress, 4),
         "error": s.error_message,
         "upstream_problem": s.upstream_problem,
+        "upstream_lsn": s.upstream_lsn,
+        "lag_entries": max(0, s.upstream_lsn - s.lsn),
+        "write_lag_s": round(s.write_lag_s, 6),
+        "flush_lag_s": round(s.flush_lag_s, 6),
+        "replay_lag_s": round(s.replay_lag_s, 6),
     }
 
 
 def status_text(s: pb.StatusResponse) -> str:
+    """The table as plain text (no colour, no wrapping: a pipe or a log file gets it all)."""
+    from rich.console import Console
+
+    out = io.StringIO()
+    Console(file=out, width=400, color_system=None, highlight=False).print(status_renderable(s))
+    return "\n".join(line.rstrip() for line in out.getvalue().splitlines())
+
+
+def status_renderable(s: pb.StatusResponse) -> RenderableType:
+    """Head lines and the followers' table, for ``status_text`` and ``status --watch``."""
+    from rich.console import Group
+    from rich.text import Text
+
     doc = status_json(s)
+    lines = _head(doc)
+    if doc["role"] != "primary" and not doc["replicas"]:
+        return Text("\n".join(lines))
+    if not doc["replicas"]:
+        return Text("\n".join([*lines, "", "no replicas"]))
+    return Group(Text("\n".join([*lines, ""])), _table(doc["replicas"]))
+
+
+def _head(doc: dict[str, Any]) -> list[str]:
     held = f", held by {doc['retention_held_by']}" if doc["retention_held_by"] else ""
     wal = f"WAL retained from {doc['retained_from_lsn']} ({doc['wal_bytes']} bytes{held})"
+    rate = f"{_count(doc['entries_per_s'])} entries/s, {_bytes(doc['bytes_per_s'])}/s (10 s)"
     if doc["role"] != "primary":
         upstream = doc["upstream"] or doc["primary"]
         via = f" via {upstream}" if upstream != doc["primary"] else ""
         lines = [
-            f"{doc['role']} {doc['node_id']}: {doc['status']}, applied LSN {doc['applied_lsn']}"
+            f"{doc['role']} {doc['node_id']}: {_state(doc)}, applied LSN {doc['applied_lsn']}"
             f" (durable {doc['durable_lsn']}), primary {doc['primary']}{via}",
+            f"behind its upstream: {doc['lag_entries']} entries (upstream LSN "
+            f"{doc['upstream_lsn']}); lag write {_secs(doc['write_lag_s'])}, flush "
+            f"{_secs(doc['flush_lag_s'])}, replay {_secs(doc['replay_lag_s'])}; {rate}",
             f"bootstraps {doc['bootstraps']}, catch-ups {doc['catchups']}, gaps {doc['gaps']}; "
             + wal,
         ]
@@ -99,41 +146,72 @@ def status_text(s: pb.StatusResponse) -> str:
             lines.append(f"error: {doc['error']}")
         if doc["upstream_problem"]:
             lines.append(str(doc["upstream_problem"]))
-        if not doc["replicas"]:
-            return "\n".join(lines)
-        lines.append("")
-    else:
-        lines = [
-            f"primary {doc['node_id']}  history {doc['history_id']}",
-            f"LSN {doc['lsn']} (durable {doc['durable_lsn']}), {wal}",
-        ]
-        if doc["fenced"]:
-            lines.append(f"accepts no writes: {doc['fenced']}")
-        sync = doc["sync"]
-        if sync["replicas"]:
-            refuse = ", refused while fewer are connected" if sync["refuse"] else ""
-            lines.append(
-                f"every write waits for {sync['replicas']} replica(s), up to "
-                f"{sync['timeout_ms']} ms{refuse}"
-            )
-        lines.append("")
-    header = ("ID", "ADDRESS", "ROLE", "STATUS", "APPLIED", "LAG", "LAG_MS", "SEEN_MS_AGO")
-    rows = [header] + [
-        (
+        return lines
+    lines = [
+        f"primary {doc['node_id']}  history {doc['history_id']}",
+        f"LSN {doc['lsn']} (durable {doc['durable_lsn']}), {rate}",
+        wal,
+    ]
+    if doc["fenced"]:
+        lines.append(f"accepts no writes: {doc['fenced']}")
+    sync = doc["sync"]
+    if sync["replicas"]:
+        refuse = ", refused while fewer are connected" if sync["refuse"] else ""
+        lines.append(
+            f"every write waits for {sync['replicas']} replica(s), up to "
+            f"{sync['timeout_ms']} ms{refuse}"
+        )
+    return lines
+
+
+def _table(replicas: list[dict[str, Any]]) -> RenderableType:
+    from rich import box
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    right = ("APPLIED", "DURABLE", "LAG", "LAG_MS", "WRITE_LAG", "FLUSH_LAG", "REPLAY_LAG")
+    for name in ("ID", "ADDRESS", "ROLE", "STATUS", *right, "ENTRIES/S", "BYTES/S", "SEEN"):
+        table.add_column(
+            name, justify="left" if name in ("ID", "ADDRESS", "ROLE", "STATUS") else "right"
+        )
+    for r in replicas:
+        table.add_row(
             r["id"],
             r["address"],
             r["role"],
-            r["status"],
+            _state(r),
             str(r["applied_lsn"]),
+            str(r["durable_lsn"]),
             str(r["lag_entries"]),
             str(r["lag_ms"]),
-            str(r["last_seen_ms"]),
+            _secs(r["write_lag_s"]),
+            _secs(r["flush_lag_s"]),
+            _secs(r["replay_lag_s"]),
+            _count(r["entries_per_s"]),
+            _bytes(r["bytes_per_s"]),
+            f"{r['last_seen_ms'] / 1000:.1f}s ago",
         )
-        for r in doc["replicas"]
-    ]
-    if len(rows) == 1:
-        lines.append("no replicas")
-    else:
-        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
-    return "\n".join(lines)
+    return table
+
+
+def _state(doc: dict[str, Any]) -> str:
+    """The status, with the progress of a bootstrap that is running."""
+    if doc["status"] == "bootstrapping":
+        return f"bootstrapping {doc['bootstrap_progress'] * 100:.1f}%"
+    return str(doc["status"])
+
+
+def _secs(value: float) -> str:
+    return f"{value * 1000:.1f}ms" if value < 1 else f"{value:.2f}s"
+
+
+def _count(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def _bytes(value: float) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if value < 1024:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from kevo_repl.core.commit_times import CommitTimes
 from kevo_repl.core.follower_types import Status
 from kevo_repl.core.registry import (
     DuplicateReplicaError,
@@ -12,6 +13,7 @@ from kevo_repl.core.registry import (
     RegistryFullError,
     WaitResult,
 )
+from kevo_repl.core.throughput import RateWindow
 
 ROLE_REPLICA = 2
 
@@ -48,8 +50,43 @@ def test_lag_in_entries_and_in_ms_from_commit_times() -> None:
     assert r.lag_ms(a, 2700) == 1700
 
 
+def test_write_flush_and_replay_lag_from_the_primarys_commit_times() -> None:
+    r = Registry()
+    for lsn, t in ((10, 1000), (20, 2000), (30, 3000)):
+        r.note_commit(lsn, t)
+    join(r, "a", b"pa", applied=0, now=3000)
+    a = r.get(b"pa")
+    assert a is not None
+    # Received everything, applied to 20, durable to 10: each behind position reads as the
+    # age of the oldest commit it has not reached; the caught-up one as its measured delay.
+    r.ack(b"pa", applied_lsn=20, durable_lsn=10, now_ms=3100, received_lsn=30)
+    assert r.lags_s(a, 3100) == pytest.approx((0.1, 1.1, 0.1))
+    assert r.lags_s(a, 3400) == pytest.approx((0.1, 1.4, 0.4))  # behind: the age grows
+    r.ack(b"pa", 30, 30, 3500, received_lsn=30)
+    assert r.lags_s(a, 3500) == pytest.approx((0.1, 0.5, 0.5))
+    assert r.lags_s(a, 9000) == pytest.approx((0.1, 0.5, 0.5))  # idle: the last measured
+    r.note_commit(40, 10_000)
+    assert r.lags_s(a, 10_200) == pytest.approx((0.2, 0.2, 0.2))  # a new commit not reached
+    r.ack(b"pa", 40, 40, 10_050, received_lsn=10**9)  # a wild received LSN is clamped
+    assert a.received_lsn == 40
+
+
+def test_a_followers_throughput_over_the_last_ten_seconds() -> None:
+    r = Registry()
+    join(r, "a", b"pa", applied=0, now=0)
+    beat(r, b"pa", Status.SYNCING, 0, 0, 0)
+    a = r.get(b"pa")
+    assert a is not None
+    for second in range(1, 21):  # 100 entries of 1000 record bytes a second
+        r.note_commit(second * 100, second * 1000, nbytes=1000)
+        r.ack(b"pa", second * 100, second * 100, second * 1000 + 10)
+    entries, nbytes = r.rates(a, 20_010)
+    assert entries == pytest.approx(100, rel=0.02) and nbytes == pytest.approx(1000, rel=0.02)
+    assert r.rates(a, 31_000) == (0.0, 0.0)  # stopped: the window holds no progress
+
+
 def test_commit_history_is_bounded() -> None:
-    r = Registry(commit_history_max=100)
+    r = Registry(commits=CommitTimes(max_entries=100))
     for lsn in range(1, 1001):
         r.note_commit(lsn, lsn)
     join(r, "a", b"pa", applied=999, now=1000)
@@ -249,7 +286,7 @@ def test_finished_waiters_do_not_accumulate() -> None:
             r.ack(b"pa", lsn, lsn, lsn)
             r.tick(lsn)
     assert r.waiters == 0
-    assert len(r._deadlines) < 2000  # released waiters are compacted away, not kept 60 s
+    assert len(r.parked._deadlines) < 2000  # released waiters are compacted away, not kept 60 s
 
 
 def test_impossible_positions_are_refused_and_change_nothing() -> None:
@@ -288,3 +325,12 @@ def test_a_write_counts_a_replica_only_once_it_is_on_its_disk() -> None:
     assert r.wait_for("w", 10, 1, 1000) is None
     assert r.ack(b"pa", 10, 5, 1)[1] == []  # applied, not yet durable: it could lose it
     assert r.ack(b"pa", 10, 10, 2)[1] == [WaitResult("w", 1, timed_out=False)]
+
+
+def test_a_burst_inside_one_step_counts_in_full_then_leaves_the_window() -> None:
+    w = RateWindow.starting(0, 0, 0)
+    w.note(5, 1000, 50_000)  # within the first step: not a sample, the totals are passed in
+    assert w.rates(2_000, 1000, 50_000) == (500.0, 25_000.0)  # over the 2 s since the start
+    w.note(2_000, 1000, 50_000)
+    assert w.rates(10_000, 1000, 50_000) == (100.0, 5_000.0)  # the full 10 s window
+    assert w.rates(12_500, 1000, 50_000) == (0.0, 0.0)  # no growth since the window began

@@ -1,9 +1,12 @@
 """The primary's view of its replicas: progress, lag, liveness, retention floor, waiters.
 
 Pure bookkeeping driven by the primary's driver loop (``note_commit`` after each commit,
-``register`` / ``heartbeat`` / ``ack`` as requests arrive, ``tick`` on a timer). Lag in
-milliseconds is measured here, on the primary, as the age of the oldest commit a replica has
-not applied, so replica clocks never matter.
+``register`` / ``heartbeat`` / ``ack`` as requests arrive, ``tick`` on a timer). Lag is
+measured here, on the primary, from its own commit times, so replica clocks never matter:
+``lag_ms`` is the age of the oldest commit a replica has not applied, and ``lags_s`` gives
+PostgreSQL's three (write, flush, replay): for each of the follower's received, durable and
+applied positions, how long the latest commit it reached took to get there, or while it is
+behind, the age of the oldest commit it has not reached.
 
 Identity: a replica id is held by one peer (ROUTER routing id) at a time. A Register for an id
 already held by another live peer is refused as a duplicate unless it comes from the same
@@ -12,19 +15,18 @@ address (the same replica reconnecting with a new socket after a restart or a re
 What a peer claims is checked, not believed: an applied LSN above what the primary committed,
 or a durable LSN above the applied one, is refused (``ImpossiblePositionError``), so a forged
 Ack can neither release a write that waits for replicas nor show a replica as caught up.
-Writes waiting for replicas are kept per requested count in LSN order (commits come in
-order), so an ack releases them in O(released), and their number is capped
-(``max_waiters``). The number of known replicas is capped too (``max_replicas``).
+Writes waiting for replicas are parked in ``WriteWaiters`` and their number is capped
+(``max_waiters``); the number of known replicas is capped too (``max_replicas``).
 """
 
 from __future__ import annotations
 
-import bisect
-import heapq
-from collections import deque
 from dataclasses import dataclass, field
 
+from kevo_repl.core.commit_times import CommitTimes
 from kevo_repl.core.follower_types import Status
+from kevo_repl.core.throughput import RateWindow
+from kevo_repl.core.write_waiters import WaitResult, WriteWaiters
 
 __all__ = [
     "DuplicateReplicaError",
@@ -63,22 +65,12 @@ class ReplicaState:
     bootstrap_snapshot_lsn: int = 0  # pins the WAL from here while a bootstrap runs
     bootstraps: int = 0
     catchups: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class WaitResult:
-    token: object
-    replicas_applied: int
-    timed_out: bool
-
-
-@dataclass(slots=True)
-class _Waiter:
-    token: object
-    lsn: int
-    replicas: int
-    deadline_ms: int
-    done: bool = False
+    received_lsn: int = 0  # written to its WAL (display only: never counted for a write)
+    # The time the latest commit each position reached took to get there (ms, -1: unknown).
+    write_delay_ms: int = -1
+    flush_delay_ms: int = -1
+    replay_delay_ms: int = -1
+    rate: RateWindow = field(default_factory=RateWindow)
 
 
 _COUNTED = (Status.SYNCING, Status.READY)
@@ -96,39 +88,50 @@ class Registry:
 
     stale_after_ms: int = 1500
     forget_after_ms: int = 3_600_000
-    commit_history_max: int = 200_000
     max_replicas: int = 1024
     max_waiters: int = 100_000
     primary_lsn: int = 0
     _by_peer: dict[bytes, ReplicaState] = field(default_factory=dict)
     _by_id: dict[str, ReplicaState] = field(default_factory=dict)
-    _commit_lsns: list[int] = field(default_factory=list)
-    _commit_ms: list[int] = field(default_factory=list)
-    _waiting: dict[int, deque[_Waiter]] = field(default_factory=dict)  # by replica count
-    _deadlines: list[tuple[int, int, _Waiter]] = field(default_factory=list)  # a heap
-    _waiter_seq: int = 0
-    waiters: int = 0  # writes parked until enough replicas apply them
+    commits: CommitTimes = field(default_factory=CommitTimes)
+    parked: WriteWaiters = field(default_factory=WriteWaiters)
+
+    @property
+    def waiters(self) -> int:
+        """Writes parked until enough replicas apply them."""
+        return self.parked.count
 
     # ---- commits and lag -------------------------------------------------------------------
 
-    def note_commit(self, last_lsn: int, now_ms: int) -> None:
-        """Remember when each batch committed: the basis of lag in ms."""
+    def note_commit(self, last_lsn: int, now_ms: int, nbytes: int = 0) -> None:
+        """Remember when each group of ``nbytes`` record bytes committed: the basis of lag
+        in time and of the followers' bytes/s."""
         self.primary_lsn = last_lsn
-        self._commit_lsns.append(last_lsn)
-        self._commit_ms.append(now_ms)
-        if len(self._commit_lsns) > self.commit_history_max:
-            self._trim(len(self._commit_lsns) - self.commit_history_max // 2)
+        self.commits.note(last_lsn, now_ms, nbytes)
 
     def lag_entries(self, replica: ReplicaState) -> int:
         return max(0, self.primary_lsn - replica.applied_lsn)
 
     def lag_ms(self, replica: ReplicaState, now_ms: int) -> int:
         """Age of the oldest commit the replica has not applied (0 when caught up)."""
-        if replica.applied_lsn >= self.primary_lsn or not self._commit_lsns:
-            return 0
-        i = bisect.bisect_right(self._commit_lsns, replica.applied_lsn)
-        i = min(i, len(self._commit_ms) - 1)
-        return max(0, now_ms - self._commit_ms[i])
+        return self.commits.age_past(replica.applied_lsn, now_ms)
+
+    def lags_s(self, r: ReplicaState, now_ms: int) -> tuple[float, float, float]:
+        """PostgreSQL's ``(write_lag, flush_lag, replay_lag)`` in seconds (see the module)."""
+        return (
+            self._lag(r.received_lsn, r.write_delay_ms, now_ms) / 1000.0,
+            self._lag(r.durable_lsn, r.flush_delay_ms, now_ms) / 1000.0,
+            self._lag(r.applied_lsn, r.replay_delay_ms, now_ms) / 1000.0,
+        )
+
+    def rates(self, r: ReplicaState, now_ms: int) -> tuple[float, float]:
+        """Entries/s and record bytes/s the follower applied over the last 10 s."""
+        return r.rate.rates(now_ms, r.applied_lsn, self.commits.bytes_at(r.applied_lsn))
+
+    def _lag(self, position: int, delay_ms: int, now_ms: int) -> int:
+        if position < self.primary_lsn:
+            return self.commits.age_past(position, now_ms)
+        return max(0, delay_ms)
 
     # ---- requests --------------------------------------------------------------------------
 
@@ -161,6 +164,7 @@ class Registry:
             role=role,
             applied_lsn=applied_lsn,
             last_seen_ms=now_ms,
+            rate=RateWindow.starting(now_ms, applied_lsn, self.commits.bytes_at(applied_lsn)),
         )
         if old is not None:
             state.bootstraps, state.catchups = old.bootstraps, old.catchups
@@ -180,6 +184,7 @@ class Registry:
         bootstrap_progress: float,
         error_message: str,
         now_ms: int,
+        received_lsn: int = 0,
     ) -> tuple[ReplicaState | None, list[WaitResult]]:
         """Record a heartbeat; None when the peer never registered (it must register).
 
@@ -197,10 +202,15 @@ class Registry:
         r.error_message = error_message
         if status != Status.BOOTSTRAPPING:
             r.bootstrap_snapshot_lsn = 0
-        return r, self._advance(r, applied_lsn, durable_lsn, now_ms)
+        return r, self._advance(r, applied_lsn, durable_lsn, now_ms, received_lsn)
 
     def ack(
-        self, peer: bytes, applied_lsn: int, durable_lsn: int, now_ms: int
+        self,
+        peer: bytes,
+        applied_lsn: int,
+        durable_lsn: int,
+        now_ms: int,
+        received_lsn: int = 0,
     ) -> tuple[ReplicaState | None, list[WaitResult]]:
         r = self._by_peer.get(peer)
         if r is None:
@@ -208,7 +218,7 @@ class Registry:
         self._check_position(applied_lsn, durable_lsn)
         if r.status in (Status.DISCONNECTED, Status.CONNECTING):
             r.status = Status.SYNCING if applied_lsn < self.primary_lsn else Status.READY
-        return r, self._advance(r, applied_lsn, durable_lsn, now_ms)
+        return r, self._advance(r, applied_lsn, durable_lsn, now_ms, received_lsn)
 
     def note_catchup(self, peer: bytes, now_ms: int) -> None:
         r = self._by_peer.get(peer)
@@ -272,17 +282,7 @@ class Registry:
         count = self.replicas_applied(lsn)
         if count >= replicas:
             return WaitResult(token, count, timed_out=False)
-        waiter = _Waiter(token, lsn, replicas, deadline_ms)
-        queue = self._waiting.setdefault(replicas, deque())
-        if queue and queue[-1].lsn > lsn:  # not in commit order: keep the queue sorted
-            items = sorted([*queue, waiter], key=lambda w: w.lsn)
-            queue.clear()
-            queue.extend(items)
-        else:
-            queue.append(waiter)
-        self._waiter_seq += 1
-        heapq.heappush(self._deadlines, (deadline_ms, self._waiter_seq, waiter))
-        self.waiters += 1
+        self.parked.park(token, lsn, replicas, deadline_ms)
         return None
 
     # ---- timers ------------------------------------------------------------------------------
@@ -301,20 +301,7 @@ class Registry:
             elif silent > self.stale_after_ms and r.status != Status.DISCONNECTED:
                 r.status = Status.DISCONNECTED
                 stale.append(r)
-        done: list[WaitResult] = []
-        heap = self._deadlines
-        while heap and heap[0][0] <= now_ms:
-            waiter = heapq.heappop(heap)[2]
-            if not waiter.done:
-                waiter.done = True
-                self.waiters -= 1
-                done.append(WaitResult(waiter.token, self.replicas_applied(waiter.lsn), True))
-        if len(heap) > 2 * self.waiters + 1024:  # finished waiters linger: drop them
-            self._deadlines = [e for e in heap if not e[2].done]
-            heapq.heapify(self._deadlines)
-            for wanted, queue in self._waiting.items():
-                self._waiting[wanted] = deque(w for w in queue if not w.done)
-        return stale, done
+        return stale, self.parked.expire(now_ms, self.replicas_applied)
 
     def retention_floor(self) -> int | None:
         """Lowest LSN some known replica still needs (None: no replica needs anything).
@@ -344,12 +331,36 @@ class Registry:
     # ---- internals ---------------------------------------------------------------------------
 
     def _advance(
-        self, r: ReplicaState, applied_lsn: int, durable_lsn: int, now_ms: int
+        self,
+        r: ReplicaState,
+        applied_lsn: int,
+        durable_lsn: int,
+        now_ms: int,
+        received_lsn: int,
     ) -> list[WaitResult]:
         r.last_seen_ms = now_ms
+        # Received is display only, so a follower without a WAL position (or a wild one) is
+        # clamped between what it applied and what was committed instead of refused.
+        received = min(max(received_lsn, applied_lsn), self.primary_lsn)
+        if r.status in _COUNTED:  # a joining store's position may be of another history
+            commits = self.commits
+            r.write_delay_ms = _or(
+                commits.delay_to(r.received_lsn, received, now_ms), r.write_delay_ms
+            )
+            r.flush_delay_ms = _or(
+                commits.delay_to(r.durable_lsn, durable_lsn, now_ms), r.flush_delay_ms
+            )
+            r.replay_delay_ms = _or(
+                commits.delay_to(r.applied_lsn, applied_lsn, now_ms), r.replay_delay_ms
+            )
+            r.rate.note(now_ms, applied_lsn, commits.bytes_at(applied_lsn))
+        r.received_lsn = received
         r.applied_lsn = applied_lsn
         r.durable_lsn = durable_lsn
-        self._prune_commits()
+        if self._by_id:
+            self.commits.drop_through(
+                min(min(x.applied_lsn, x.durable_lsn) for x in self._by_id.values())
+            )
         return self._release() if self.waiters else []
 
     def _check_position(self, applied_lsn: int, durable_lsn: int) -> None:
@@ -363,33 +374,9 @@ class Registry:
             )
 
     def _release(self) -> list[WaitResult]:
-        """Waiters whose LSN enough replicas have applied: the front of each count's queue."""
-        applied = sorted(_holds(r) for r in self._by_id.values() if r.status in _COUNTED)
-        done: list[WaitResult] = []
-        for wanted, queue in self._waiting.items():
-            if wanted > len(applied):
-                continue
-            reached = applied[-wanted]  # the wanted-th highest applied LSN
-            while queue and (queue[0].done or queue[0].lsn <= reached):
-                waiter = queue.popleft()
-                if waiter.done:
-                    continue
-                waiter.done = True
-                self.waiters -= 1
-                count = len(applied) - bisect.bisect_left(applied, waiter.lsn)
-                done.append(WaitResult(waiter.token, count, timed_out=False))
-        for wanted in [k for k, q in self._waiting.items() if not q]:
-            del self._waiting[wanted]
-        return done
+        held = sorted(_holds(r) for r in self._by_id.values() if r.status in _COUNTED)
+        return self.parked.release(held)
 
-    def _prune_commits(self) -> None:
-        if not self._by_id:
-            return
-        floor = min(r.applied_lsn for r in self._by_id.values())
-        i = bisect.bisect_right(self._commit_lsns, floor)
-        if i > 1024:
-            self._trim(i)
 
-    def _trim(self, n: int) -> None:
-        del self._commit_lsns[:n]
-        del self._commit_ms[:n]
+def _or(value: int | None, default: int) -> int:
+    return default if value is None else value

@@ -34,6 +34,7 @@ from kevo_repl.adapters.wal_files import WriteAheadLog
 from kevo_repl.core.errors import StorageError
 from kevo_repl.core.registry import Registry, WaitResult
 from kevo_repl.core.retention import plan_retention
+from kevo_repl.core.throughput import RateWindow
 from kevo_repl.logs import get_logger
 from kevo_repl.node.bootstrap_stream import BootstrapSessions
 from kevo_repl.node.checkpointer import Checkpointer
@@ -95,6 +96,7 @@ class Node:
         self.fence_primary = ""  # and where the writes should go, if known
         self.retention_held_by = ""  # the follower whose position keeps the oldest segment
         self.counters = Counters()
+        self.published_rate = RateWindow.starting(monotonic_ms(), 0, 0)  # 10 s, for Status
         self.last_publish_ms = self._last_tick_ms = self._last_retain_ms = 0
         self.state = open_local_state(Path(config.data_dir), role, config.segment_size, self.log)
         self.followers = Registry(
@@ -282,14 +284,17 @@ class Node:
             return
         c = self.counters
         unpublished = 0
+        nbytes = 0
         for first, last, record in records:
+            nbytes += len(record)
             if self.serving.publish_record(record):
                 c.batches_published += 1
                 c.entries_published += last - first + 1
                 c.bytes_published += len(record) + 1
             else:
                 unpublished += 1
-        self.followers.note_commit(records[-1][1], now)
+        self.followers.note_commit(records[-1][1], now, nbytes)
+        self.published_rate.note(now, c.entries_published, c.bytes_published)
         if unpublished:
             c.records_by_walsync_only += unpublished
             self.beacon(now)

@@ -47,6 +47,8 @@ MAX_SYNC_BYTES = 16 * 1024 * 1024
 
 def replica_info(r: ReplicaState, registry: Registry, now_ms: int) -> pb.ReplicaInfo:
     """A registry entry as the wire's ``ReplicaInfo`` (Status)."""
+    write, flush, replay = registry.lags_s(r, now_ms)
+    entries, nbytes = registry.rates(r, now_ms)
     return pb.ReplicaInfo(
         replica_id=r.replica_id,
         address=r.address,
@@ -61,6 +63,12 @@ def replica_info(r: ReplicaState, registry: Registry, now_ms: int) -> pb.Replica
         bootstraps=r.bootstraps,
         catchups=r.catchups,
         bootstrap_progress=r.bootstrap_progress,
+        received_lsn=r.received_lsn,
+        write_lag_s=write,
+        flush_lag_s=flush,
+        replay_lag_s=replay,
+        entries_per_s=entries,
+        bytes_per_s=nbytes,
     )
 
 
@@ -219,6 +227,7 @@ class ServingRequests:
                 hb.bootstrap_progress,
                 hb.error_message[:1024],
                 now,
+                hb.received_lsn,
             )
         except ImpossiblePositionError as exc:
             self._impossible(peer, rid, exc, now)
@@ -228,17 +237,23 @@ class ServingRequests:
             return
         self.node.source.released(done)
         peers = [x.address for x in registry.replicas()[:64] if x is not r and x.address]
+        write, flush, replay = registry.lags_s(r, now)
         resp = pb.HeartbeatResponse(
             primary_lsn=self.node.visible_lsn,
             lag_entries=registry.lag_entries(r),
             lag_ms=registry.lag_ms(r, now),
             peers=peers,
+            write_lag_s=write,
+            flush_lag_s=flush,
+            replay_lag_s=replay,
         )
         self._reply(peer, pb.Response(request_id=rid, heartbeat=resp))
 
     def _ack(self, peer: bytes, rid: int, ack: pb.AckRequest, now: int) -> None:
         try:
-            r, done = self.node.followers.ack(peer, ack.applied_lsn, ack.durable_lsn, now)
+            r, done = self.node.followers.ack(
+                peer, ack.applied_lsn, ack.durable_lsn, now, ack.received_lsn
+            )
         except ImpossiblePositionError as exc:
             self._impossible(peer, rid, exc, now)
             return
@@ -320,6 +335,10 @@ class ServingRequests:
             node_id=node.config.node_id,
             retention_held_by=node.retention_held_by,
             wal_bytes=node.wal.size_bytes,
+        )
+        c = node.counters
+        status.entries_per_s, status.bytes_per_s = node.published_rate.rates(
+            now, c.entries_published, c.bytes_published
         )
         if node.security is not None:  # clients learn it here for their key dir
             status.server_key = node.security.keys.public.decode("ascii")

@@ -78,6 +78,8 @@ class UpstreamLink:
         )
         self._opts = SocketOptions(rcvhwm=DEALER_RCVHWM, max_msg_bytes=limits.max_reply_bytes)
         self._ids = itertools.count(1)
+        self.received_lsn: Callable[[], int] = lambda: 0  # written to the WAL (for write_lag)
+        self.heard = pb.HeartbeatResponse()  # the upstream's last word on this follower
         self._pending_id = 0  # request id of the follower's one pending request
         self._read_token = 0  # of the upstream's last large reply: echoed as proof we read it
         self.decoded: dict[int, Decoded] = {}  # records offered to the follower, by first LSN
@@ -163,6 +165,7 @@ class UpstreamLink:
         mine = resp.request_id == self._pending_id
         if kind == "heartbeat":
             self.peers = list(resp.heartbeat.peers)
+            self.heard = resp.heartbeat
             return follower.on_heartbeat_reply(resp.heartbeat.primary_lsn)
         if kind == "register" and mine:
             r = resp.register
@@ -235,6 +238,7 @@ class UpstreamLink:
                     replica_id=self._replica_id,
                     applied_lsn=action.applied_lsn,
                     durable_lsn=action.durable_lsn,
+                    received_lsn=self.received_lsn(),
                 )
             )
         elif isinstance(action, SendHeartbeat):
@@ -246,6 +250,7 @@ class UpstreamLink:
                     durable_lsn=action.durable_lsn,
                     error_message=action.error_message,
                     bootstrap_progress=action.bootstrap_progress,
+                    received_lsn=self.received_lsn(),
                 )
             )
         elif isinstance(action, SendRegister):

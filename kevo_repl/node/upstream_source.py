@@ -108,6 +108,7 @@ class UpstreamSource:
             node.ctx, upstream, config.limits, curve, config.node_id, node.address, node.log
         )
         self.link.upstream_info.primary = known_primary  # until the upstream says
+        self.link.received_lsn = lambda: node.wal.last_lsn
         self.unreachable = ""  # why the upstream does not answer, as logged ("" if it does)
         self._to_apply: list[Decoded] = []
         self._unsynced: list[tuple[int, int, bytes]] = []  # written here, not yet durable
@@ -167,6 +168,11 @@ class UpstreamSource:
         status.catchups = f.counters.catchups
         status.gaps = f.counters.gaps
         status.peers.extend(self.link.peers)
+        heard = self.link.heard
+        status.upstream_lsn = max(f.primary_lsn, heard.primary_lsn)
+        status.write_lag_s = heard.write_lag_s
+        status.flush_lag_s = heard.flush_lag_s
+        status.replay_lag_s = heard.replay_lag_s
         cause = self.unreachable
         if not cause and f.status in (Status.CONNECTING, Status.DISCONNECTED):
             cause = self.link.diagnose(0)[0]  # before the first timeout: what is known now

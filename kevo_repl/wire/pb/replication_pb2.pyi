@@ -306,6 +306,12 @@ class ReplicaInfo(_message.Message):
     BOOTSTRAPS_FIELD_NUMBER: _builtins.int
     CATCHUPS_FIELD_NUMBER: _builtins.int
     BOOTSTRAP_PROGRESS_FIELD_NUMBER: _builtins.int
+    RECEIVED_LSN_FIELD_NUMBER: _builtins.int
+    WRITE_LAG_S_FIELD_NUMBER: _builtins.int
+    FLUSH_LAG_S_FIELD_NUMBER: _builtins.int
+    REPLAY_LAG_S_FIELD_NUMBER: _builtins.int
+    ENTRIES_PER_S_FIELD_NUMBER: _builtins.int
+    BYTES_PER_S_FIELD_NUMBER: _builtins.int
     replica_id: _builtins.str
     address: _builtins.str
     role: Global___Role.ValueType
@@ -321,6 +327,20 @@ class ReplicaInfo(_message.Message):
     bootstraps: _builtins.int
     catchups: _builtins.int
     bootstrap_progress: _builtins.float
+    received_lsn: _builtins.int
+    """written to its WAL, maybe not yet on disk"""
+    write_lag_s: _builtins.float
+    """PostgreSQL's three lags, in seconds, measured on this node from its commit times: how
+    long the latest commit the follower reached took to be received (written), made
+    durable (flushed) and applied (replayed); while it is behind, the age of the oldest
+    commit it has not reached.
+    """
+    flush_lag_s: _builtins.float
+    replay_lag_s: _builtins.float
+    entries_per_s: _builtins.float
+    """applied by it over the last 10 s"""
+    bytes_per_s: _builtins.float
+    """record bytes applied by it over the last 10 s"""
     def __init__(
         self,
         *,
@@ -337,10 +357,16 @@ class ReplicaInfo(_message.Message):
         bootstraps: _builtins.int = ...,
         catchups: _builtins.int = ...,
         bootstrap_progress: _builtins.float = ...,
+        received_lsn: _builtins.int = ...,
+        write_lag_s: _builtins.float = ...,
+        flush_lag_s: _builtins.float = ...,
+        replay_lag_s: _builtins.float = ...,
+        entries_per_s: _builtins.float = ...,
+        bytes_per_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "applied_lsn", b"applied_lsn", "bootstrap_progress", b"bootstrap_progress", "bootstraps", b"bootstraps", "catchups", b"catchups", "durable_lsn", b"durable_lsn", "error_message", b"error_message", "lag_entries", b"lag_entries", "lag_ms", b"lag_ms", "last_seen_ms", b"last_seen_ms", "replica_id", b"replica_id", "role", b"role", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "applied_lsn", b"applied_lsn", "bootstrap_progress", b"bootstrap_progress", "bootstraps", b"bootstraps", "bytes_per_s", b"bytes_per_s", "catchups", b"catchups", "durable_lsn", b"durable_lsn", "entries_per_s", b"entries_per_s", "error_message", b"error_message", "flush_lag_s", b"flush_lag_s", "lag_entries", b"lag_entries", "lag_ms", b"lag_ms", "last_seen_ms", b"last_seen_ms", "received_lsn", b"received_lsn", "replay_lag_s", b"replay_lag_s", "replica_id", b"replica_id", "role", b"role", "status", b"status", "write_lag_s", b"write_lag_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -442,12 +468,15 @@ class HeartbeatRequest(_message.Message):
     DURABLE_LSN_FIELD_NUMBER: _builtins.int
     ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
     BOOTSTRAP_PROGRESS_FIELD_NUMBER: _builtins.int
+    RECEIVED_LSN_FIELD_NUMBER: _builtins.int
     replica_id: _builtins.str
     status: Global___ReplicaStatus.ValueType
     applied_lsn: _builtins.int
     durable_lsn: _builtins.int
     error_message: _builtins.str
     bootstrap_progress: _builtins.float
+    received_lsn: _builtins.int
+    """written to its WAL, maybe not yet on disk"""
     def __init__(
         self,
         *,
@@ -457,10 +486,11 @@ class HeartbeatRequest(_message.Message):
         durable_lsn: _builtins.int = ...,
         error_message: _builtins.str = ...,
         bootstrap_progress: _builtins.float = ...,
+        received_lsn: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_lsn", b"applied_lsn", "bootstrap_progress", b"bootstrap_progress", "durable_lsn", b"durable_lsn", "error_message", b"error_message", "replica_id", b"replica_id", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_lsn", b"applied_lsn", "bootstrap_progress", b"bootstrap_progress", "durable_lsn", b"durable_lsn", "error_message", b"error_message", "received_lsn", b"received_lsn", "replica_id", b"replica_id", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -474,9 +504,17 @@ class HeartbeatResponse(_message.Message):
     LAG_ENTRIES_FIELD_NUMBER: _builtins.int
     LAG_MS_FIELD_NUMBER: _builtins.int
     PEERS_FIELD_NUMBER: _builtins.int
+    WRITE_LAG_S_FIELD_NUMBER: _builtins.int
+    FLUSH_LAG_S_FIELD_NUMBER: _builtins.int
+    REPLAY_LAG_S_FIELD_NUMBER: _builtins.int
     primary_lsn: _builtins.int
     lag_entries: _builtins.int
     lag_ms: _builtins.int
+    write_lag_s: _builtins.float
+    """the follower's lags as the upstream measures them"""
+    flush_lag_s: _builtins.float
+    """(see ReplicaInfo)"""
+    replay_lag_s: _builtins.float
     @_builtins.property
     def peers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """the addresses of the upstream's other followers"""
@@ -488,10 +526,13 @@ class HeartbeatResponse(_message.Message):
         lag_entries: _builtins.int = ...,
         lag_ms: _builtins.int = ...,
         peers: _abc.Iterable[_builtins.str] | None = ...,
+        write_lag_s: _builtins.float = ...,
+        flush_lag_s: _builtins.float = ...,
+        replay_lag_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lag_entries", b"lag_entries", "lag_ms", b"lag_ms", "peers", b"peers", "primary_lsn", b"primary_lsn"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["flush_lag_s", b"flush_lag_s", "lag_entries", b"lag_entries", "lag_ms", b"lag_ms", "peers", b"peers", "primary_lsn", b"primary_lsn", "replay_lag_s", b"replay_lag_s", "write_lag_s", b"write_lag_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -506,19 +547,23 @@ class AckRequest(_message.Message):
     REPLICA_ID_FIELD_NUMBER: _builtins.int
     APPLIED_LSN_FIELD_NUMBER: _builtins.int
     DURABLE_LSN_FIELD_NUMBER: _builtins.int
+    RECEIVED_LSN_FIELD_NUMBER: _builtins.int
     replica_id: _builtins.str
     applied_lsn: _builtins.int
     durable_lsn: _builtins.int
+    received_lsn: _builtins.int
+    """written to its WAL, maybe not yet on disk"""
     def __init__(
         self,
         *,
         replica_id: _builtins.str = ...,
         applied_lsn: _builtins.int = ...,
         durable_lsn: _builtins.int = ...,
+        received_lsn: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_lsn", b"applied_lsn", "durable_lsn", b"durable_lsn", "replica_id", b"replica_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_lsn", b"applied_lsn", "durable_lsn", b"durable_lsn", "received_lsn", b"received_lsn", "replica_id", b"replica_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -758,6 +803,12 @@ class StatusResponse(_message.Message):
     UPSTREAM_PROBLEM_FIELD_NUMBER: _builtins.int
     SERVER_KEY_FIELD_NUMBER: _builtins.int
     SYNC_FIELD_NUMBER: _builtins.int
+    UPSTREAM_LSN_FIELD_NUMBER: _builtins.int
+    WRITE_LAG_S_FIELD_NUMBER: _builtins.int
+    FLUSH_LAG_S_FIELD_NUMBER: _builtins.int
+    REPLAY_LAG_S_FIELD_NUMBER: _builtins.int
+    ENTRIES_PER_S_FIELD_NUMBER: _builtins.int
+    BYTES_PER_S_FIELD_NUMBER: _builtins.int
     role: Global___Role.ValueType
     history_id: _builtins.bytes
     lsn: _builtins.int
@@ -790,6 +841,15 @@ class StatusResponse(_message.Message):
     """replica: why its upstream does not answer ("" if it does)"""
     server_key: _builtins.str
     """the node's CURVE public key (z85; "" without CURVE)"""
+    upstream_lsn: _builtins.int
+    """replica: its upstream's last LSN, as last heard"""
+    write_lag_s: _builtins.float
+    """replica: its own lags as its upstream last measured them"""
+    flush_lag_s: _builtins.float
+    replay_lag_s: _builtins.float
+    entries_per_s: _builtins.float
+    """published by this node over the last 10 s"""
+    bytes_per_s: _builtins.float
     @_builtins.property
     def replicas(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReplicaInfo]: ...
     @_builtins.property
@@ -830,10 +890,16 @@ class StatusResponse(_message.Message):
         upstream_problem: _builtins.str = ...,
         server_key: _builtins.str = ...,
         sync: Global___SyncPolicy | None = ...,
+        upstream_lsn: _builtins.int = ...,
+        write_lag_s: _builtins.float = ...,
+        flush_lag_s: _builtins.float = ...,
+        replay_lag_s: _builtins.float = ...,
+        entries_per_s: _builtins.float = ...,
+        bytes_per_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sync", b"sync"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bootstrap_progress", b"bootstrap_progress", "bootstraps", b"bootstraps", "catchups", b"catchups", "durable_lsn", b"durable_lsn", "error_message", b"error_message", "fenced", b"fenced", "gaps", b"gaps", "history", b"history", "history_id", b"history_id", "lsn", b"lsn", "node_id", b"node_id", "peers", b"peers", "primary", b"primary", "replicas", b"replicas", "retained_from_lsn", b"retained_from_lsn", "retention_held_by", b"retention_held_by", "role", b"role", "server_key", b"server_key", "status", b"status", "sync", b"sync", "upstream", b"upstream", "upstream_problem", b"upstream_problem", "wal_bytes", b"wal_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bootstrap_progress", b"bootstrap_progress", "bootstraps", b"bootstraps", "bytes_per_s", b"bytes_per_s", "catchups", b"catchups", "durable_lsn", b"durable_lsn", "entries_per_s", b"entries_per_s", "error_message", b"error_message", "fenced", b"fenced", "flush_lag_s", b"flush_lag_s", "gaps", b"gaps", "history", b"history", "history_id", b"history_id", "lsn", b"lsn", "node_id", b"node_id", "peers", b"peers", "primary", b"primary", "replay_lag_s", b"replay_lag_s", "replicas", b"replicas", "retained_from_lsn", b"retained_from_lsn", "retention_held_by", b"retention_held_by", "role", b"role", "server_key", b"server_key", "status", b"status", "sync", b"sync", "upstream", b"upstream", "upstream_lsn", b"upstream_lsn", "upstream_problem", b"upstream_problem", "wal_bytes", b"wal_bytes", "write_lag_s", b"write_lag_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
