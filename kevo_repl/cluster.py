@@ -55,7 +55,8 @@ class ClusterProcesses:
     restart: bool = False
     metrics_port: int = 0  # 0: none; else the primary on it, replica i on it + i
     node_args: Sequence[str] = ()  # extra flags for every node (--log-level ...)
-    out: IO[str] = field(default_factory=lambda: sys.stdout)
+    out: IO[str] = field(default_factory=lambda: sys.stdout)  # the nodes' log lines
+    notes: IO[str] = field(default_factory=lambda: sys.stderr)  # the cluster's own lines
     children: list[_Child] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -165,8 +166,10 @@ class ClusterProcesses:
             )
 
     def say(self, line: str) -> None:
+        """A note of the cluster's own (to stderr, as every command's notes go)."""
         with self._lock:
-            print(line, file=self.out, flush=True)
+            self.out.flush()
+            print(line, file=self.notes, flush=True)
 
 
 def _wait_until_serving(node: str, deadline_s: float, child: _Child | None = None) -> None:

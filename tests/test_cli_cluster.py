@@ -10,6 +10,7 @@ import json
 import re
 import signal
 import socket
+import subprocess
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -156,3 +157,33 @@ def test_cluster_refuses_ports_in_use(tmp_path: Path) -> None:
     assert r.returncode == 1
     assert f"port {base + 11} for replica-1 is in use" in r.stderr
     assert not (tmp_path / "c" / "logs").exists()  # nothing was started
+
+
+def test_cluster_notes_go_to_stderr_and_node_logs_to_stdout(tmp_path: Path) -> None:
+    from tests.cli_support import KEVO, SIGINT_DEFAULT
+
+    base = free_cluster_base(1)
+    out_path, err_path = tmp_path / "out", tmp_path / "err"
+    argv = ["cluster", "--data", str(tmp_path / "c"), "--replicas", "1", "--port", str(base)]
+    with out_path.open("wb") as out, err_path.open("wb") as err:
+        proc = subprocess.Popen(
+            [*SIGINT_DEFAULT, *KEVO, *argv],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True,
+        )  # fmt: skip
+    pids: list[int] = []
+    try:
+        wait_for("ready on stderr", lambda: "[cluster] ready" in err_path.read_text())
+        pids = [int(m[3]) for m in re.finditer(PID_LINE, err_path.read_text())]
+        assert len(pids) == 2, err_path.read_text()
+        wait_for("node logs on stdout", lambda: "[replica-1]" in out_path.read_text())
+        assert "[cluster]" not in out_path.read_text()
+        assert "[primary]" not in err_path.read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        assert "[cluster] stopped" in err_path.read_text()
+    finally:
+        for pid in pids:
+            kill_pid(pid)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
