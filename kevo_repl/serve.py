@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -47,7 +48,13 @@ def _print_settings(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_node(node: _Node, host: str, metrics_port: int, collector: Any) -> int:
+def _run_node(
+    node: _Node,
+    host: str,
+    metrics_port: int,
+    collector: Any,
+    failed_start: Callable[[BaseException], None],
+) -> int:
     server = None
     if metrics_port:
         from kevo_repl.metrics import serve_metrics
@@ -56,6 +63,7 @@ def _run_node(node: _Node, host: str, metrics_port: int, collector: Any) -> int:
             server = serve_metrics(collector, host, metrics_port)
         except OSError as exc:
             node.close()
+            failed_start(exc)
             raise KevoError(f"cannot serve metrics on {host}:{metrics_port}: {exc}") from None
     signal.signal(signal.SIGINT, lambda *_: node.stop())
     signal.signal(signal.SIGTERM, lambda *_: node.stop())
@@ -129,11 +137,17 @@ def run_replica(args: argparse.Namespace) -> int:
 
 
 def _run(config: Any, args: argparse.Namespace) -> int:
+    from kevo_repl.adapters.datadir import StartLeftovers
     from kevo_repl.metrics import NodeCollector
     from kevo_repl.node.node import Node
 
-    node = Node(config)
-    return _run_node(node, args.bind, args.metrics_port, NodeCollector(node))
+    leftovers = StartLeftovers(config.data_dir)  # a failed start leaves the dir as it was
+    try:
+        node = Node(config)
+    except BaseException as exc:
+        leftovers.remove(exc)
+        raise
+    return _run_node(node, args.bind, args.metrics_port, NodeCollector(node), leftovers.remove)
 
 
 def run_cluster_command(args: argparse.Namespace) -> int:

@@ -101,3 +101,32 @@ def test_a_replica_with_a_damaged_store_starts_empty_and_converges(
 def wal_start(node: Node) -> int:
     with node.client() as c:
         return int(c.status().retained_from_lsn)
+
+
+def test_a_failed_start_leaves_nothing_it_created(cluster: Cluster, tmp_path: Path) -> None:
+    primary = cluster.primary()
+    taken = primary.address.rsplit(":", 1)[1]  # its PUB port: our bind fails there
+    new = tmp_path / "new"
+    out = kevo("primary", "--data", str(new), "--port", taken, timeout=30)
+    assert out.returncode == 1 and "cannot bind" in out.stderr, out.stderr
+    assert not new.exists()  # a directory the start created goes with it
+
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    for cmd in (
+        ["primary", "--data", str(kept), "--port", taken],
+        ["replica", "--data", str(kept), "--port", taken, "--primary", primary.address],
+    ):
+        out = kevo(*cmd, timeout=30)
+        assert out.returncode == 1 and "cannot bind" in out.stderr, out.stderr
+        assert sorted(p.name for p in kept.iterdir()) == ["notes.txt"]
+
+    # A directory that already was a node's keeps all of it; a locked one is not touched.
+    data = tmp_path / "primary"
+    before = sorted(p.name for p in data.iterdir())
+    out = kevo("primary", "--data", str(data), "--port", taken, timeout=30)
+    assert out.returncode == 1 and "is in use by PID" in out.stderr, out.stderr
+    assert sorted(p.name for p in data.iterdir()) == before
+    with primary.client() as c:
+        assert c.put(b"k", b"v").lsn == 1

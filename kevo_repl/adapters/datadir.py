@@ -16,13 +16,14 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
 from kevo_repl.core.errors import KevoError, StorageError
 
-__all__ = ["LOCK_NAME", "DataDirLock", "DataDirLockedError"]
+__all__ = ["LOCK_NAME", "DataDirLock", "DataDirLockedError", "StartLeftovers"]
 
 LOCK_NAME: Final = "LOCK"
 
@@ -115,3 +116,35 @@ def _held_message(data_dir: Path, holder: dict[str, object] | None) -> str:
         f"data directory {data_dir} is in use by {who}; two nodes on one directory would "
         "hand out the same LSNs. Stop that process, or give this node its own --data"
     )
+
+
+class StartLeftovers:
+    """What a node's start creates in its data directory, removed again if the start fails.
+
+    A start that fails (a port in use, a refused history) must leave the directory as it
+    found it: a ``wal/`` or an empty store left behind changes what the next start of that
+    directory does. Only the node's own files that did not exist before are removed (never a
+    quarantined store, never anything when another process holds the directory's lock).
+    """
+
+    OWN: Final = ("wal", "state.mdb", "state.mdb-lock", "HISTORY", "CONSISTENT_AT", LOCK_NAME)
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.existed = data_dir.exists()
+        self.before = set(os.listdir(data_dir)) if self.existed and data_dir.is_dir() else set()
+
+    def remove(self, exc: BaseException) -> None:
+        if isinstance(exc, DataDirLockedError):
+            return  # the holder may be creating these files right now
+        if not self.existed:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+            return
+        for name in self.OWN:
+            path = self.data_dir / name
+            if name in self.before or not (path.exists() or path.is_symlink()):
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
