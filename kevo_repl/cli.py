@@ -15,8 +15,9 @@ from pathlib import Path
 
 from kevo_repl.client import NodeUnreachableError, RemoteError, UnresolvableHostError, parse_node
 from kevo_repl.config import CONFIGURABLE_COMMANDS, ConfigError, config_defaults
-from kevo_repl.core.errors import KevoError
+from kevo_repl.core.errors import KevoError, UsageError
 from kevo_repl.logs import configure_logging
+from kevo_repl.tail_cli import tail_flags, tail_misuse
 from kevo_repl.wire.batch import DEFAULT_LIMITS
 
 __all__ = ["EXIT_ABSENT", "EXIT_UNREACHABLE", "EXIT_USAGE", "build_parser", "main"]
@@ -264,11 +265,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     _node_flags(dg)
     dg.add_argument("--json", action="store_true")
 
-    tl = add("tail", "follow a node's replication stream")
+    tl = add("tail", "follow a node's replication stream, from an LSN, the last N or a time")
     _node_flags(tl)
-    tl.add_argument("--from-lsn", type=_count(1), default=None, help="catch up from this LSN")
-    tl.add_argument("--count", type=_count(1), default=None, help="exit after N entries")
-    tl.add_argument("--format", choices=["text", "json"], default="text")
+    tail_flags(tl)
 
     lg = add("logs", "follow the local cluster's node logs, merged in time order")
     lg.add_argument("--data", type=Path, required=True, help="the cluster's --data directory")
@@ -337,6 +336,8 @@ def _parse(
     sub = subs[args.command]
     if args.command == "put" and (args.value is None) == (args.value_file is None):
         sub.error("put needs a VALUE or --value-file F (- for stdin), exactly one of them")
+    if args.command == "tail" and (why := tail_misuse(args)):
+        sub.error(why)
     if args.command in CONFIGURABLE_COMMANDS and args.config is not None:
         try:
             sub.set_defaults(**config_defaults(args.config, args.command, subs))
@@ -359,6 +360,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return COMMANDS[args.command](args)
+    except UsageError as exc:  # found only once the node answered: still bad arguments
+        sub.error(str(exc))
     except (NodeUnreachableError, UnresolvableHostError) as exc:
         _say(str(exc))
         return EXIT_UNREACHABLE

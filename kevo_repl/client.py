@@ -147,6 +147,11 @@ class Client:
         req = pb.Request(wal_sync=pb.WalSyncRequest(from_lsn=from_lsn, max_bytes=max_bytes))
         return self.call(req).wal_sync
 
+    def lsn_at_time(self, time_us: int) -> pb.LsnAtTimeResponse:
+        """The first LSN the node's WAL holds as committed at or after ``time_us`` (``lsn``
+        0: none yet), with its last and first retained LSN (docs/protocol.md, LsnAtTime)."""
+        return self.call(pb.Request(lsn_at_time=pb.LsnAtTimeRequest(time_us=time_us))).lsn_at_time
+
     def snapshot_stream(
         self,
         *,

@@ -12,15 +12,14 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import BinaryIO
 
 from kevo_repl.adapters.security import ClientCurve, write_keypair
 from kevo_repl.client import Client, NodeUnreachableError
 from kevo_repl.core.errors import KevoError
-from kevo_repl.logs import get_logger
 from kevo_repl.serve import run_cluster_command, run_primary, run_replica
+from kevo_repl.tail_cli import run_tail
 from kevo_repl.wire import pb
 
 __all__ = ["COMMANDS"]
@@ -316,30 +315,6 @@ def _load(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tail(args: argparse.Namespace) -> int:
-    from kevo_repl.tail import StreamTail, entry_json, entry_text
-
-    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-    fmt = (lambda e: json.dumps(entry_json(e))) if args.format == "json" else entry_text
-    tail = StreamTail(args.node, timeout_ms=args.request_timeout_ms, curve=_curve(args))
-    shown = last = 0
-    entries = tail.entries(args.from_lsn)
-    try:
-        for entry in entries:
-            print(fmt(entry))
-            shown, last = shown + 1, entry.lsn
-            if args.count is not None and shown >= args.count:
-                break
-    except KeyboardInterrupt:
-        pass
-    finally:
-        entries.close()
-        get_logger(node=args.node, role="tail").debug(
-            "tail_done", entries=shown, lsn=last, **asdict(tail.stats)
-        )
-    return 0
-
-
 def _logs(args: argparse.Namespace) -> int:
     from kevo_repl.logview import LogFollower, run_logs
 
@@ -377,7 +352,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "load": _load,
     "status": _status,
     "digest": _digest,
-    "tail": _tail,
+    "tail": run_tail,
     "logs": _logs,
     "keygen": _keygen,
     "promote": lambda a: _failover("promote_command", a),

@@ -12,12 +12,16 @@ history comes from its primary (named in its Status) while the live records come
 replica's PUB: the records are byte-identical, so the rule above merges them. Catch-up from
 the primary stops at the last LSN the replica is known to have applied, so the tail never
 shows what the replica has not applied yet.
+
+Where it starts (``tail_start``) is resolved once subscribed, so nothing committed meanwhile
+is missed; a relative start (``--from-lsn -N``, ``--from-time``) that retention overtakes
+before anything is shown moves up to the WAL's first LSN, with a note.
 """
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,9 +30,10 @@ import zmq
 from kevo_repl.adapters.security import ClientCurve
 from kevo_repl.adapters.zmq_io import SocketOptions, connect_socket, recv_frames_nowait
 from kevo_repl.client import Client, NodeUnreachableError, RemoteError, parse_node
-from kevo_repl.core.errors import KevoError, ProtocolError
+from kevo_repl.core.errors import KevoError, ProtocolError, UsageError
 from kevo_repl.core.ops import OP_DELETE
 from kevo_repl.core.record import verify_wire_record
+from kevo_repl.tail_start import TailStart, resolve_start
 from kevo_repl.wire import pb
 from kevo_repl.wire.batch import decode_batch
 from kevo_repl.wire.envelope import (
@@ -124,19 +129,28 @@ class StreamTail:
         timeout_ms: int = 5000,
         sync_bytes: int = _SYNC_BYTES,
         curve: ClientCurve | None = None,
+        note: Callable[[str], None] | None = None,
     ) -> None:
         self.node = node
         self.curve = curve
         self.timeout_ms = timeout_ms
         self.sync_bytes = sync_bytes
-        self.next_lsn = 0
+        self.note = note or (lambda _: None)  # a line for stderr (where the tail starts)
+        self.next_lsn = self.start_lsn = 0
+        self._may_rise = False  # a relative start may move up to the WAL's first LSN
         self._history = b""
         self._limit: int | None = None  # against a replica: the last LSN it has applied
         self._source = node  # where WalSync goes: the node, or a replica's primary
         self.stats = TailStats()
 
-    def entries(self, from_lsn: int | None = None) -> Generator[Entry, None, None]:
-        """From ``from_lsn`` (default: what commits after now) on, forever."""
+    def entries(
+        self, start: TailStart | int | None = None, until_lsn: int | None = None
+    ) -> Generator[Entry, None, None]:
+        """From ``start`` (an LSN; default: what commits after now) on, forever, or until
+        the entry with ``until_lsn`` (or the first past it) is shown. ``UsageError`` when
+        ``until_lsn`` lies below the start."""
+        if not isinstance(start, TailStart):
+            start = TailStart(lsn=start)
         with Client(self.node, timeout_ms=self.timeout_ms, curve=self.curve) as c:
             status = c.status()
         lsn = status.lsn
@@ -146,7 +160,6 @@ class StreamTail:
                 raise KevoError(f"{self.node} is a replica that does not name its primary")
             self._source = status.primary
             self._limit = lsn
-        self.next_lsn = from_lsn if from_lsn is not None else lsn + 1
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         host, port = parse_node(self.node)
         prepare = self.curve.apply if self.curve else None
@@ -158,7 +171,29 @@ class StreamTail:
             if curve is not None and self._source != self.node:
                 curve = curve.for_node(self._source)  # the primary's key, not the replica's
             with Client(self._source, timeout_ms=self.timeout_ms, curve=curve) as source:
-                yield from self._run(sub, source, need_sync=self.next_lsn <= lsn)
+
+                def retained_from() -> int:
+                    same = self._source == self.node
+                    return (status if same else source.status()).retained_from_lsn
+
+                begin = resolve_start(start, lsn, source, retained_from)
+                if until_lsn is not None and until_lsn < begin.lsn:
+                    raise UsageError(
+                        f"--until-lsn {until_lsn} is below where the tail starts: "
+                        f"LSN {begin.lsn} ({begin.why})"
+                    )
+                if begin.note:
+                    self.note(begin.note)
+                self.next_lsn = self.start_lsn = begin.lsn
+                self._may_rise = start.relative
+                run = self._run(sub, source, need_sync=self.next_lsn <= lsn)
+                try:
+                    for entry in run:
+                        yield entry
+                        if until_lsn is not None and entry.lsn >= until_lsn:
+                            return
+                finally:
+                    run.close()
         finally:
             sub.close(0)
             ctx.term()
@@ -206,6 +241,8 @@ class StreamTail:
             try:
                 resp = source.wal_sync(self.next_lsn, self.sync_bytes)
             except RemoteError as exc:
+                if exc.code == pb.ERROR_TOO_OLD and self._rise(exc.retained_from_lsn):
+                    continue
                 if exc.code == pb.ERROR_TOO_OLD:
                     raise RetainedAwayError(
                         self._source, self.next_lsn, exc.retained_from_lsn
@@ -239,6 +276,17 @@ class StreamTail:
                 return
 
     # ---- bookkeeping -------------------------------------------------------------------------
+
+    def _rise(self, retained_from_lsn: int) -> bool:
+        """Retention passed a relative start before anything was shown: start higher."""
+        if not (self._may_rise and self.next_lsn == self.start_lsn < retained_from_lsn):
+            return False
+        self.note(
+            f"LSN {self.next_lsn} was retained away on {self._source} meanwhile; "
+            f"starting at LSN {retained_from_lsn}, the first its WAL holds"
+        )
+        self.next_lsn = self.start_lsn = retained_from_lsn
+        return True
 
     def _on_beacon(self, beacon: pb.Beacon) -> bool:
         """True when the beacon names an LSN we have not seen: the stream lost a tail."""

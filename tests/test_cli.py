@@ -198,7 +198,7 @@ def test_unreachable_node_fails_fast_with_a_message(command: list[str]) -> None:
         (["get", "k"], "required: --node"),
         (["get", "--node", "no-port", "k"], "node address must be HOST:PORT"),
         (["put", "--node", "127.0.0.1:7100", "only-key"], "needs a VALUE or --value-file"),
-        (["tail", "--node", "127.0.0.1:7100", "--from-lsn", "0"], "must be 1 or more"),
+        (["tail", "--node", "127.0.0.1:7100", "--from-lsn", "0"], "an LSN (1 or more) or -N"),
         (["status", "--node", "127.0.0.1:7100", "--interval", "0"], "between 0.1 and"),
         (["primary"], "--data is required"),
         (["replica", "--data", "d"], "--primary is required"),

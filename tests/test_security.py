@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -118,6 +119,7 @@ def test_roles_identity_and_refusals(cluster: Cluster, keys: Path) -> None:
         assert err.value.code == pb.ERROR_UNAUTHORIZED
         seen = ro.status()
         assert seen.lsn == lsn and len(seen.replicas) == 0
+        assert ro.lsn_at_time(0).lsn == 1  # tail --from-time's lookup: the roles that tail
     with _client(primary, keys, "ops") as ops:
         assert [r.replica_id for r in ops.status().replicas] == ["r1"]
     out = kevo(
@@ -125,10 +127,13 @@ def test_roles_identity_and_refusals(cluster: Cluster, keys: Path) -> None:
         "--keys", str(keys), "--key-name", "ro",
     )  # fmt: skip
     assert out.returncode == 0 and len(out.stdout.splitlines()) == 3, out.stderr
-    # a replica key cannot write as a client
+    # a replica key cannot write as a client, nor tail (no Status, no LsnAtTime)
     with _client(primary, keys, "r1") as rk:
         with pytest.raises(RemoteError) as err:
             rk.put(b"x", b"y")
+        assert err.value.code == pb.ERROR_UNAUTHORIZED
+        with pytest.raises(RemoteError) as err:
+            rk.lsn_at_time(0)
         assert err.value.code == pb.ERROR_UNAUTHORIZED
     # an unlisted key gets no response at all; neither does a client without CURVE
     with (
@@ -148,6 +153,15 @@ def test_roles_identity_and_refusals(cluster: Cluster, keys: Path) -> None:
     assert out.returncode == 0, out.stderr
     out = kevo("tail", *via_r1, "--key-name", "ro", "--from-lsn", "1", "--count", "2")
     assert out.returncode == 0 and len(out.stdout.splitlines()) == 2, out.stderr
+    # the relative starts ask the primary too (its Status, its LsnAtTime), with its key
+    out = kevo("tail", *via_r1, "--key-name", "ro", "--from-lsn", "-200", "--until-lsn", "3")
+    assert out.returncode == 0, out.stderr
+    assert [int(x.split("\t")[0]) for x in out.stdout.splitlines()] == [1, 2, 3]
+    assert re.search(r"--from-lsn -200: 127\.0\.0\.1:\d+ retains only LSN 1\.\.10[01] ", out.stderr)
+    early = ("--from-time", "2000-01-01T00:00:00Z", "--until-lsn", "2")
+    out = kevo("tail", *via_r1, "--key-name", "ro", *early)
+    assert out.returncode == 0, out.stderr
+    assert [int(x.split("\t")[0]) for x in out.stdout.splitlines()] == [1, 2]
 
 
 def _subscriber(

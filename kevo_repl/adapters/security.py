@@ -6,11 +6,12 @@ a ZAP handler admits only public keys listed in ``DIR/authorized_keys``, one per
     <z85 public key>  <role>  [name]     (the name is required for role replica)
 
 Roles: ``replica`` (register, heartbeat, ack, WAL sync, bootstrap), ``client-ro`` (get,
-digest, WAL sync for tail), ``client-rw`` (client-ro + writes), ``admin`` (client-ro +
-status). The peer's identity is its CURVE key, which libzmq hands to us as the message's
-``User-Id`` after the handshake, never a name the peer declares; a replica key may register
-only under its name, so a ``replica`` line without one is malformed. SIGHUP reloads the list
-(``KeyRing.reload``); a malformed file keeps the old list in force.
+digest, scan; WAL sync, LSN-at-time and status for tail), ``client-rw`` (client-ro +
+writes), ``admin`` (client-ro + administration, and status with followers). The peer's
+identity is its CURVE key, which libzmq hands to us as the message's ``User-Id`` after the
+handshake, never a name the peer declares; a replica key may register only under its name,
+so a ``replica`` line without one is malformed. SIGHUP reloads the list (``KeyRing.reload``);
+a malformed file keeps the old list in force.
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ __all__ = [
 AUTHORIZED_KEYS: Final = "authorized_keys"
 ZAP_DOMAIN: Final = "kevo"
 _READ: Final = frozenset(
-    {"get", "digest", "wal_sync", "status", "scan"}
-)  # status: see SEES_FOLLOWERS
+    {"get", "digest", "wal_sync", "lsn_at_time", "status", "scan"}
+)  # status: see SEES_FOLLOWERS; wal_sync, lsn_at_time and status: what tail needs
 ROLE_REQUESTS: Final[dict[str, frozenset[str]]] = {
     "replica": frozenset({"register", "heartbeat", "ack", "wal_sync", "bootstrap", "rewind"}),
     "client-ro": _READ,

@@ -2,9 +2,10 @@
 
 ``WriteAheadLog`` (``wal_files.py``) appends and makes durable; this base class holds the
 part readers and retention need: the segments in LSN order with their sizes and histories,
-``read_from`` (WalSync, catch-up, replay) and dropping whole oldest segments. One lock
-guards the list; reads copy a plan under it and read the files without it, so a slow reader
-never blocks a writer, and a segment retention removes meanwhile is reported as ``TooOld``.
+``read_from`` (WalSync, catch-up, replay), ``first_at_time`` (LsnAtTime) and dropping whole
+oldest segments. One lock guards the list; reads copy a plan under it and read the files
+without it, so a slow reader never blocks a writer, and a segment retention removes
+meanwhile is reported as ``TooOld`` (a time lookup plans again).
 """
 
 from __future__ import annotations
@@ -20,10 +21,13 @@ from kevo_repl.adapters.wal_segments import (
     fsync_dir,
     read_span,
 )
+from kevo_repl.adapters.wal_time import CommitTime, SegmentPlan, first_at_time
 from kevo_repl.core.errors import StorageError, TooOldError
 from kevo_repl.core.retention import SegmentSpan
 
 __all__ = ["SegmentedLog"]
+
+_REPLANS = 8  # searches restarted because retention removed a segment under them
 
 
 class SegmentedLog:
@@ -86,6 +90,26 @@ class SegmentedLog:
             yield from read_span(plan, lsn, max_bytes)
         except FileNotFoundError:  # retention removed a segment before it was opened
             raise TooOldError(lsn, self.retained_from_lsn) from None
+
+    def first_at_time(
+        self, time_us: int, upto_lsn: int, commit_time: CommitTime
+    ) -> tuple[int, int] | None:
+        """``(first_lsn, commit_time_us)`` of the first record up to ``upto_lsn`` committed
+        at or after ``time_us``, as ``wal_time`` defines it (commit times may step back
+        across a failover); ``None`` when none is. ``commit_time`` reads a payload's time."""
+        for _ in range(_REPLANS):
+            with self._lock:
+                self._check_usable()
+                plan = [
+                    SegmentPlan(s.path, s.index, len(s.index), s.data_end)
+                    for s in self._segments
+                    if s.first_lsn <= min(s.last_lsn, upto_lsn)
+                ]
+            try:
+                return first_at_time(plan, time_us, upto_lsn, commit_time)
+            except FileNotFoundError:  # retention removed a segment: plan from the new oldest
+                continue
+        raise StorageError(f"WAL in {self._dir}: segments kept vanishing during a time lookup")
 
     def spans(self) -> list[SegmentSpan]:
         """Every segment's last LSN and size, oldest first (the last is the active one):

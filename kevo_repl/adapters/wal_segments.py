@@ -130,6 +130,14 @@ class SparseIndex:
             self._lsns.append(first_lsn)
             self._offsets.append(offset)
 
+    def __len__(self) -> int:
+        return len(self._offsets)
+
+    def offset(self, i: int) -> int:
+        """The ``i``-th point's offset; points are only appended, so a count taken under the
+        log's lock stays valid without it (the LsnAtTime search)."""
+        return self._offsets[i]
+
     def start_offset(self, lsn: int) -> int:
         """Offset of a record at or before the one holding ``lsn`` (scan from here)."""
         i = bisect_right(self._lsns, lsn) - 1

@@ -17,11 +17,17 @@ __all__ = [
     "TooOldError",
     "TornRecordError",
     "TransportError",
+    "UsageError",
 ]
 
 
 class KevoError(Exception):
     """Base of every error this package raises on purpose."""
+
+
+class UsageError(KevoError):
+    """The command line asks for something impossible that only the node's answer showed
+    (e.g. ``tail --until-lsn`` below where the tail starts): exit 2, as bad arguments."""
 
 
 class StorageError(KevoError):

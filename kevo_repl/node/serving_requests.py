@@ -2,9 +2,9 @@
 
 The same on a primary and on a replica, so any node can be followed: Register (the
 follower's chain against ours), Heartbeat/Ack (positions checked, never believed), WalSync
-from our own WAL up to what is durable here, Bootstrap from our store, Status, Digest and
-Get. Writes go to the node's source: a primary queues them, a replica redirects them.
-Every request is validated before it touches anything; a bad one gets an ``Error`` and
+and LsnAtTime from our own WAL up to what is durable here, Bootstrap from our store, Status,
+Digest and Get. Writes go to the node's source: a primary queues them, a replica redirects
+them. Every request is validated before it touches anything; a bad one gets an ``Error`` and
 changes nothing, and an unexpected failure is logged and answered ``ERROR_INTERNAL``, so no
 peer can stop the node. Large replies go through the per-peer budget of unread bytes.
 """
@@ -30,7 +30,7 @@ from kevo_repl.node.refusals import RefusalLog
 from kevo_repl.node.roles import fence, handover, promote, repoint
 from kevo_repl.node.serving_snapshots import SnapshotRequests
 from kevo_repl.wire import pb
-from kevo_repl.wire.batch import WireError
+from kevo_repl.wire.batch import WireError, decode_batch
 from kevo_repl.wire.envelope import decode_request, error_response
 from kevo_repl.wire.history import chain_from_wire, chain_to_wire
 
@@ -131,6 +131,8 @@ class ServingRequests:
             self._ack(peer, rid, req.ack, now)
         elif kind == "wal_sync":
             self._wal_sync(peer, rid, req.wal_sync, now)
+        elif kind == "lsn_at_time":
+            self._reply(peer, pb.Response(request_id=rid, lsn_at_time=self._lsn_at_time(req)))
         elif kind == "bootstrap":
             self.snapshots.bootstrap(peer, rid, req.bootstrap, now)
         elif kind == "scan":
@@ -303,6 +305,17 @@ class ServingRequests:
             history_id=node.state.chain.current,
         )
         node.serving.reply_or_refuse(peer, pb.Response(request_id=rid, wal_sync=resp))
+
+    def _lsn_at_time(self, req: pb.Request) -> pb.LsnAtTimeResponse:
+        """The first LSN committed at or after a time (``tail --from-time``), from our WAL."""
+        wal, visible = self.node.wal, self.node.visible_lsn
+        found = wal.first_at_time(
+            req.lsn_at_time.time_us, visible, lambda p: decode_batch(p).commit_time_us
+        )
+        resp = pb.LsnAtTimeResponse(last_lsn=visible, retained_from_lsn=wal.retained_from_lsn)
+        if found is not None:
+            resp.lsn, resp.commit_time_us = found
+        return resp
 
     def _rewind(self, peer: bytes, rid: int, req: pb.RewindRequest) -> None:
         """Current values of the keys a rewinding follower's tail touched, from one read."""

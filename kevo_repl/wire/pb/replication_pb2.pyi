@@ -175,7 +175,7 @@ class WalBatch(_message.Message):
     history_id: _builtins.bytes
     """16 bytes"""
     commit_time_us: _builtins.int
-    """primary's wall clock at commit, for display only"""
+    """primary's wall clock at commit: shown, and searched by LsnAtTime"""
     @_builtins.property
     def ops(self) -> _containers.RepeatedScalarFieldContainer[Global___Op.ValueType]: ...
     @_builtins.property
@@ -760,6 +760,66 @@ class BootstrapChunk(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BootstrapChunk: _TypeAlias = BootstrapChunk  # noqa: Y015
+
+@_typing.final
+class LsnAtTimeRequest(_message.Message):
+    """The first LSN committed at or after a time, looked up in the node's own WAL (tail
+    --from-time): a binary search over the segments, then over the hit segment's index points,
+    by the records' commit_time_us; then a forward scan from the hit for the first record
+    committed at or after time_us. Commit times are monotone within one primary's history but
+    may step back across a failover: the answer is then the first such record after the hit,
+    not necessarily the first in the whole WAL.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIME_US_FIELD_NUMBER: _builtins.int
+    time_us: _builtins.int
+    """wall-clock microseconds since the Unix epoch (UTC)"""
+    def __init__(
+        self,
+        *,
+        time_us: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["time_us", b"time_us"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LsnAtTimeRequest: _TypeAlias = LsnAtTimeRequest  # noqa: Y015
+
+@_typing.final
+class LsnAtTimeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LSN_FIELD_NUMBER: _builtins.int
+    COMMIT_TIME_US_FIELD_NUMBER: _builtins.int
+    LAST_LSN_FIELD_NUMBER: _builtins.int
+    RETAINED_FROM_LSN_FIELD_NUMBER: _builtins.int
+    lsn: _builtins.int
+    """first LSN of the record found; 0: none committed at or after time_us"""
+    commit_time_us: _builtins.int
+    """that record's commit time (0 when lsn is 0)"""
+    last_lsn: _builtins.int
+    """the last LSN the node serves (lsn 0: new entries start after it)"""
+    retained_from_lsn: _builtins.int
+    """the first LSN its WAL holds"""
+    def __init__(
+        self,
+        *,
+        lsn: _builtins.int = ...,
+        commit_time_us: _builtins.int = ...,
+        last_lsn: _builtins.int = ...,
+        retained_from_lsn: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["commit_time_us", b"commit_time_us", "last_lsn", b"last_lsn", "lsn", b"lsn", "retained_from_lsn", b"retained_from_lsn"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LsnAtTimeResponse: _TypeAlias = LsnAtTimeResponse  # noqa: Y015
 
 @_typing.final
 class StatusRequest(_message.Message):
@@ -1432,6 +1492,7 @@ class Request(_message.Message):
     REWIND_FIELD_NUMBER: _builtins.int
     FORGET_FIELD_NUMBER: _builtins.int
     SCAN_FIELD_NUMBER: _builtins.int
+    LSN_AT_TIME_FIELD_NUMBER: _builtins.int
     request_id: _builtins.int
     read_token: _builtins.int
     """The read_token of the last reply that carried one: proof that its bytes were read, which
@@ -1471,6 +1532,8 @@ class Request(_message.Message):
     def forget(self) -> Global___ForgetRequest: ...
     @_builtins.property
     def scan(self) -> Global___ScanRequest: ...
+    @_builtins.property
+    def lsn_at_time(self) -> Global___LsnAtTimeRequest: ...
     def __init__(
         self,
         *,
@@ -1493,12 +1556,13 @@ class Request(_message.Message):
         rewind: Global___RewindRequest | None = ...,
         forget: Global___ForgetRequest | None = ...,
         scan: Global___ScanRequest | None = ...,
+        lsn_at_time: Global___LsnAtTimeRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "batch", b"batch", "body", b"body", "bootstrap", b"bootstrap", "delete", b"delete", "digest", b"digest", "forget", b"forget", "get", b"get", "handover", b"handover", "heartbeat", b"heartbeat", "promote", b"promote", "put", b"put", "register", b"register", "repoint", b"repoint", "rewind", b"rewind", "scan", b"scan", "status", b"status", "wal_sync", b"wal_sync"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "batch", b"batch", "body", b"body", "bootstrap", b"bootstrap", "delete", b"delete", "digest", b"digest", "forget", b"forget", "get", b"get", "handover", b"handover", "heartbeat", b"heartbeat", "lsn_at_time", b"lsn_at_time", "promote", b"promote", "put", b"put", "register", b"register", "repoint", b"repoint", "rewind", b"rewind", "scan", b"scan", "status", b"status", "wal_sync", b"wal_sync"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "batch", b"batch", "body", b"body", "bootstrap", b"bootstrap", "delete", b"delete", "digest", b"digest", "forget", b"forget", "get", b"get", "handover", b"handover", "heartbeat", b"heartbeat", "promote", b"promote", "put", b"put", "read_token", b"read_token", "register", b"register", "repoint", b"repoint", "request_id", b"request_id", "rewind", b"rewind", "scan", b"scan", "status", b"status", "wal_sync", b"wal_sync"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "batch", b"batch", "body", b"body", "bootstrap", b"bootstrap", "delete", b"delete", "digest", b"digest", "forget", b"forget", "get", b"get", "handover", b"handover", "heartbeat", b"heartbeat", "lsn_at_time", b"lsn_at_time", "promote", b"promote", "put", b"put", "read_token", b"read_token", "register", b"register", "repoint", b"repoint", "request_id", b"request_id", "rewind", b"rewind", "scan", b"scan", "status", b"status", "wal_sync", b"wal_sync"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["register", "heartbeat", "ack", "wal_sync", "bootstrap", "status", "put", "delete", "batch", "get", "digest", "promote", "repoint", "handover", "rewind", "forget", "scan"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["register", "heartbeat", "ack", "wal_sync", "bootstrap", "status", "put", "delete", "batch", "get", "digest", "promote", "repoint", "handover", "rewind", "forget", "scan", "lsn_at_time"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
@@ -1523,6 +1587,7 @@ class Response(_message.Message):
     HANDOVER_FIELD_NUMBER: _builtins.int
     REWIND_FIELD_NUMBER: _builtins.int
     FORGET_FIELD_NUMBER: _builtins.int
+    LSN_AT_TIME_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     request_id: _builtins.int
     read_token: _builtins.int
@@ -1554,6 +1619,8 @@ class Response(_message.Message):
     @_builtins.property
     def forget(self) -> Global___ForgetResponse: ...
     @_builtins.property
+    def lsn_at_time(self) -> Global___LsnAtTimeResponse: ...
+    @_builtins.property
     def error(self) -> Global___Error: ...
     def __init__(
         self,
@@ -1573,13 +1640,14 @@ class Response(_message.Message):
         handover: Global___HandoverResponse | None = ...,
         rewind: Global___RewindResponse | None = ...,
         forget: Global___ForgetResponse | None = ...,
+        lsn_at_time: Global___LsnAtTimeResponse | None = ...,
         error: Global___Error | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "bootstrap", b"bootstrap", "digest", b"digest", "error", b"error", "forget", b"forget", "get", b"get", "handover", b"handover", "heartbeat", b"heartbeat", "promote", b"promote", "register", b"register", "repoint", b"repoint", "rewind", b"rewind", "status", b"status", "wal_sync", b"wal_sync", "write", b"write"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "bootstrap", b"bootstrap", "digest", b"digest", "error", b"error", "forget", b"forget", "get", b"get", "handover", b"handover", "heartbeat", b"heartbeat", "lsn_at_time", b"lsn_at_time", "promote", b"promote", "register", b"register", "repoint", b"repoint", "rewind", b"rewind", "status", b"status", "wal_sync", b"wal_sync", "write", b"write"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "bootstrap", b"bootstrap", "digest", b"digest", "error", b"error", "forget", b"forget", "get", b"get", "handover", b"handover", "heartbeat", b"heartbeat", "promote", b"promote", "read_token", b"read_token", "register", b"register", "repoint", b"repoint", "request_id", b"request_id", "rewind", b"rewind", "status", b"status", "wal_sync", b"wal_sync", "write", b"write"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "bootstrap", b"bootstrap", "digest", b"digest", "error", b"error", "forget", b"forget", "get", b"get", "handover", b"handover", "heartbeat", b"heartbeat", "lsn_at_time", b"lsn_at_time", "promote", b"promote", "read_token", b"read_token", "register", b"register", "repoint", b"repoint", "request_id", b"request_id", "rewind", b"rewind", "status", b"status", "wal_sync", b"wal_sync", "write", b"write"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["register", "heartbeat", "wal_sync", "bootstrap", "status", "write", "get", "digest", "promote", "repoint", "handover", "rewind", "forget", "error"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["register", "heartbeat", "wal_sync", "bootstrap", "status", "write", "get", "digest", "promote", "repoint", "handover", "rewind", "forget", "lsn_at_time", "error"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
