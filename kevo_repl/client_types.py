@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from kevo_repl.core.errors import KevoError
 from kevo_repl.core.ops import OP_DELETE, OP_PUT
+from kevo_repl.core.text import printable
 from kevo_repl.wire import pb
 from kevo_repl.wire.batch import DEFAULT_LIMITS, encode_client_batch
 
@@ -75,8 +76,8 @@ def check_entry(key: bytes, value: bytes) -> None:
         )
     if len(value) > limits.max_value_bytes:
         raise ValueTooLargeError(
-            f"value of {len(value)} bytes for key {key[:40]!r}: over the node's limit of "
-            f"{limits.max_value_bytes} bytes per value"
+            f"value of {len(value)} bytes for key '{printable(key[:40])}': over the node's "
+            f"limit of {limits.max_value_bytes} bytes per value"
         )
 
 

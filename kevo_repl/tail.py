@@ -33,6 +33,7 @@ from kevo_repl.client import Client, NodeUnreachableError, RemoteError, parse_no
 from kevo_repl.core.errors import KevoError, ProtocolError, UsageError
 from kevo_repl.core.ops import OP_DELETE
 from kevo_repl.core.record import verify_wire_record
+from kevo_repl.core.text import printable
 from kevo_repl.tail_start import TailStart, resolve_start
 from kevo_repl.wire import pb
 from kevo_repl.wire.batch import decode_batch
@@ -318,27 +319,6 @@ class StreamTail:
 
 
 # ---- output ----------------------------------------------------------------------------------
-
-_NAMED = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
-
-
-def printable(b: bytes) -> str:
-    """UTF-8 text; bad bytes and control characters as ``\\xNN``, so a line stays a line."""
-    text = b.decode("utf-8", "surrogateescape")
-    if text.isprintable() and "\\" not in text:
-        return text
-    out = []
-    for ch in text:
-        code = ord(ch)
-        if ch in _NAMED:
-            out.append(_NAMED[ch])
-        elif 0xDC80 <= code <= 0xDCFF:  # a byte that is not UTF-8
-            out.append(f"\\x{code - 0xDC00:02x}")
-        elif not ch.isprintable() and ch != " ":
-            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
-        else:
-            out.append(ch)
-    return "".join(out)
 
 
 def entry_text(e: Entry) -> str:
