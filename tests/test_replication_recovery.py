@@ -6,6 +6,7 @@ import threading
 
 from kevo_repl.client import Client, NodeUnreachableError, RemoteError
 from kevo_repl.wire import pb
+from tests.cli_support import kevo
 from tests.faults.checkers import count_events
 from tests.nodes import Cluster, converged, replica_view, wait_for
 from tests.test_replication_e2e import write_batches
@@ -129,6 +130,11 @@ def test_replica_of_another_history_refuses_until_reinit(cluster: Cluster) -> No
         cluster.restart(r)
         message = wait_for("r0 refuses b", refused)
         assert "unrelated to ours" in message and "--reinit" in message, message
+        # It stays up (docs/errors.md): not ready, saying why, to a probe and to a person.
+        ready = kevo("status", "--node", r.address, "--ready")
+        assert ready.returncode == 1 and "not ready: " in ready.stderr, ready.stderr
+        assert "unrelated to ours" in ready.stderr and r.proc is not None
+        assert r.proc.poll() is None
         assert r.digest() == a_digest
         with r.client() as c:
             assert c.get(b"a00000-0000") is not None  # it keeps serving its data
