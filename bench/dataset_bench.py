@@ -47,12 +47,12 @@ def load_keys(primary: str, count: int, start: int = 0, batch: int = 1000) -> tu
 
 def _replica_info(primary: str, replica_id: str) -> pb.ReplicaInfo:
     with Client(primary, timeout_ms=10_000) as c:
-        return next(r for r in c.status().replicas if r.replica_id == replica_id)
+        return next(r for r in c.status_message().replicas if r.replica_id == replica_id)
 
 
 def _retained_from(primary: str) -> int:
     with Client(primary, timeout_ms=10_000) as c:
-        return int(c.status().retained_from_lsn)
+        return int(c.status_message().retained_from_lsn)
 
 
 def run_bootstrap(keys: int = 1_000_000) -> dict[str, Any]:

@@ -107,7 +107,7 @@ class BenchCluster:
                 raise RuntimeError(f"{name} exited: {tail}")
             try:
                 with Client(f"127.0.0.1:{node.port}", timeout_ms=300) as c:
-                    c.status()
+                    c.status_message()
                 return
             except NodeUnreachableError:
                 if time.monotonic() > deadline:
@@ -177,7 +177,7 @@ def replica_caught_up(
         if cluster is not None:
             cluster.check_alive()
         try:
-            s = client.status()
+            s = client.status_message()
         except NodeUnreachableError:
             return False
         return s.status == pb.STATUS_READY and s.lsn >= lsn

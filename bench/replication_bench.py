@@ -180,12 +180,12 @@ def _measure(
             for address in topo.followers:
                 with Client(address, timeout_ms=10_000) as rc:
                     wait_until("replicas converge", replica_caught_up(rc, last, cluster), 120, 0.01)
-                    gaps += int(rc.status().gaps)
+                    gaps += int(rc.status_message().gaps)
             seen = collect()
         infos = []
         for address in [topo.primary, *topo.relays]:
             with Client(address, timeout_ms=10_000) as c:
-                infos += list(c.status().replicas)
+                infos += list(c.status_message().replicas)
     per_follower = [lags_ms(seen[0], s) for s in seen[1:]]
     return {
         "elapsed": elapsed,

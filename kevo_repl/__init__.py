@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from kevo_repl.adapters.security import ClientCurve
     from kevo_repl.client import Client
+    from kevo_repl.node_status import FollowerStatus, NodeStatus
 
-__all__ = ["Client", "ClientCurve", "__version__"]
+__all__ = ["Client", "ClientCurve", "FollowerStatus", "NodeStatus", "__version__"]
 
 __version__ = "0.1.0"
 
@@ -26,4 +27,8 @@ def __getattr__(name: str) -> Any:
         from kevo_repl.adapters.security import ClientCurve
 
         return ClientCurve
+    if name in ("NodeStatus", "FollowerStatus"):  # what Client.status() returns
+        from kevo_repl import node_status
+
+        return getattr(node_status, name)
     raise AttributeError(f"module 'kevo_repl' has no attribute {name!r}")

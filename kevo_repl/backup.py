@@ -42,7 +42,7 @@ def backup(client: Client, out: Path, progress: bool = False) -> dict[str, Any]:
     """Copy ``client``'s node into the new directory ``out``; returns the manifest."""
     if out.exists() and any(out.iterdir()):
         raise KevoError(f"{out} exists and is not empty: a backup goes into a new directory")
-    status = client.status()
+    status = client.status_message()
     out.mkdir(parents=True, exist_ok=True)
     writer = StateStore.begin_bootstrap(out / STORE_FILE)
     started = time.monotonic()

@@ -36,6 +36,7 @@ from kevo_repl.client_types import (
     check_entry,
     parse_node,
 )
+from kevo_repl.node_status import NodeStatus
 from kevo_repl.wire import pb
 from kevo_repl.wire.batch import DEFAULT_LIMITS, WireError
 from kevo_repl.wire.envelope import decode_response
@@ -131,7 +132,12 @@ class Client:
         resp = self.call(pb.Request(get=body), extra_ms=timeout_ms).get
         return (resp.value if resp.found else None), resp.lsn
 
-    def status(self) -> pb.StatusResponse:
+    def status(self) -> NodeStatus:
+        """The node's state, typed (history ids as hex; the same names as ``status --json``)."""
+        return NodeStatus.from_message(self.status_message())
+
+    def status_message(self) -> pb.StatusResponse:
+        """The raw ``StatusResponse``."""
         return self.call(pb.Request(status=pb.StatusRequest())).status
 
     def digest(self) -> Digest:
@@ -210,7 +216,7 @@ class Client:
 
     def primary_address(self) -> str:
         """``HOST:PORT`` of the primary: this node itself, or the one a replica follows."""
-        s = self.status()
+        s = self.status_message()
         if s.role == pb.ROLE_PRIMARY:
             return self.node
         if not s.primary:

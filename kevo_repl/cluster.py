@@ -179,7 +179,7 @@ def _wait_until_serving(node: str, deadline_s: float, child: _Child | None = Non
             raise NodeUnreachableError(f"{child.name} exited with {child.proc.returncode}")
         try:
             with Client(node, timeout_ms=500) as c:
-                c.status()
+                c.status_message()
             return
         except NodeUnreachableError:
             if time.monotonic() > end:
@@ -301,7 +301,7 @@ def run_demo(data: Path, replicas: int, port: int, keys: int, *, exit_after: boo
             print(f"{name} at LSN {got.lsn}: digest {got.digest[:16]}... {same} to the primary's")
         with Client(primary) as c:
             print()
-            print(status_text(c.status()))
+            print(status_text(c.status_message()))
     except BaseException:
         print(f"node logs: {cluster.log_dir}", file=sys.stderr)
         cluster.stop()

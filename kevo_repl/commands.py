@@ -89,7 +89,7 @@ def _check_wait(c: Client, args: argparse.Namespace) -> None:
         return
     primary = c.primary_address()
     with c.to(primary) as p:
-        known = [r.replica_id for r in p.status().replicas]
+        known = [r.replica_id for r in p.status_message().replicas]
     if args.wait_replicas > len(known):
         names = f" ({', '.join(known)})" if known else ""
         raise KevoError(
@@ -204,7 +204,7 @@ def _status(args: argparse.Namespace) -> int:
             print((stamp if args.watch else "") + status_text(s), flush=True)
 
     with _client(args) as c:
-        s = c.status()
+        s = c.status_message()
         if args.watch and not args.json and sys.stdout.isatty():
             _watch_live(c, s, args.interval)
         else:
@@ -233,7 +233,7 @@ def _watch(c: Client, show: Callable[[pb.StatusResponse], None], interval_s: flo
         while True:
             time.sleep(interval_s)
             try:
-                show(c.status())
+                show(c.status_message())
             except NodeUnreachableError as exc:
                 print(f"kevo-repl: {exc} (retrying)", file=sys.stderr, flush=True)
     except KeyboardInterrupt:
@@ -258,7 +258,7 @@ def _watch_live(c: Client, first: pb.StatusResponse, interval_s: float) -> None:
             while True:
                 time.sleep(interval_s)
                 try:
-                    last = c.status()
+                    last = c.status_message()
                     live.update(view(last), refresh=True)
                 except NodeUnreachableError as exc:
                     live.update(view(last, f"  {exc} (retrying)"), refresh=True)

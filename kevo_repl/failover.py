@@ -47,7 +47,7 @@ def _status(
 ) -> pb.StatusResponse:
     timeout = timeout_ms or args.request_timeout_ms
     with Client(node, timeout_ms=timeout, curve=_curve(args)) as c:
-        return c.status()
+        return c.status_message()
 
 
 def promote_command(args: argparse.Namespace) -> int:

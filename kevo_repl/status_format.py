@@ -9,29 +9,13 @@ from __future__ import annotations
 import io
 from typing import TYPE_CHECKING, Any
 
+from kevo_repl.node_status import role_name, status_name
 from kevo_repl.wire import pb
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
 __all__ = ["role_name", "status_json", "status_name", "status_renderable", "status_text"]
-
-
-_ROLES: dict[int, str] = {
-    pb.ROLE_PRIMARY: "primary",
-    pb.ROLE_REPLICA: "replica",
-    pb.ROLE_READONLY: "readonly",
-}
-
-
-def role_name(role: int) -> str:
-    return _ROLES.get(role, "unknown")
-
-
-def status_name(status: int) -> str:
-    if status in pb.ReplicaStatus.values():
-        return pb.ReplicaStatus.Name(status).removeprefix("STATUS_").lower()  # type: ignore[arg-type]
-    return "unknown"
 
 
 def _replicas(s: pb.StatusResponse) -> list[dict[str, Any]]:

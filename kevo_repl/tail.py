@@ -153,7 +153,7 @@ class StreamTail:
         if not isinstance(start, TailStart):
             start = TailStart(lsn=start)
         with Client(self.node, timeout_ms=self.timeout_ms, curve=self.curve) as c:
-            status = c.status()
+            status = c.status_message()
         lsn = status.lsn
         self._history = status.history_id
         if status.role != pb.ROLE_PRIMARY:
@@ -175,7 +175,7 @@ class StreamTail:
 
                 def retained_from() -> int:
                     same = self._source == self.node
-                    return (status if same else source.status()).retained_from_lsn
+                    return (status if same else source.status_message()).retained_from_lsn
 
                 begin = resolve_start(start, lsn, source, retained_from)
                 if until_lsn is not None and until_lsn < begin.lsn:
@@ -313,7 +313,7 @@ class StreamTail:
         """Silence longer than the timeout (beacons come every ~200 ms): is it still there?"""
         with Client(self.node, timeout_ms=self.timeout_ms, curve=self.curve) as c:
             try:
-                c.status()
+                c.status_message()
             except NodeUnreachableError as exc:
                 raise NodeUnreachableError(f"stream from {self.node} went silent: {exc}") from None
 

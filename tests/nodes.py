@@ -69,7 +69,7 @@ class Node:
         def serving() -> bool:
             self.assert_alive()
             with self.client(300) as c:
-                c.status()
+                c.status_message()
             return True
 
         wait_for(f"{self.name} to serve", serving, timeout_s)
@@ -183,7 +183,7 @@ class Cluster:
 def replica_view(primary: Node, replica_id: str) -> dict[str, object] | None:
     """The primary's Status entry for one replica, as a dict (None if not listed)."""
     with primary.client() as c:
-        status = c.status()
+        status = c.status_message()
     for r in status.replicas:
         if r.replica_id == replica_id:
             return {

@@ -100,7 +100,7 @@ def test_a_replica_with_a_damaged_store_starts_empty_and_converges(
 
 def wal_start(node: Node) -> int:
     with node.client() as c:
-        return int(c.status().retained_from_lsn)
+        return int(c.status_message().retained_from_lsn)
 
 
 def test_a_failed_start_leaves_nothing_it_created(cluster: Cluster, tmp_path: Path) -> None:

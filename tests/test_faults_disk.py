@@ -87,7 +87,7 @@ def test_torn_tail_at_a_random_offset_is_cut_and_the_primary_starts(
     cluster.restart(primary)
     assert count_events(primary.log_path, "wal_truncated") == 1
     with primary.client() as c:
-        assert c.status().lsn == last_lsn
+        assert c.status_message().lsn == last_lsn
         assert c.get(b"torn-0") is None
         c.put(b"after", b"restart")
     verify_acked(primary, acked)
@@ -134,7 +134,7 @@ def test_full_disk_on_a_replica_reports_error_and_recovers(cluster: Cluster) -> 
 
                 def error_message() -> str | None:
                     with r0.client() as c:
-                        s = c.status()
+                        s = c.status_message()
                     return s.error_message if s.status == pb.STATUS_ERROR else None
 
                 message = wait_for("r0 reports the full disk", error_message, 120)
@@ -152,7 +152,7 @@ def test_full_disk_on_a_replica_reports_error_and_recovers(cluster: Cluster) -> 
             assert not writer.errors and writer.acked.refused == 0, (writer.errors, writer.acked)
             verify_acked(r0, writer.acked.expected())
             with r0.client() as c:
-                s = c.status()
+                s = c.status_message()
                 assert s.status == pb.STATUS_READY and not s.error_message
             assert count_events(r0.log_path, "bootstrap_start") == 0
         finally:

@@ -129,7 +129,7 @@ def test_exactly_one_bootstrap_when_the_wal_no_longer_covers_the_outage(
 
         def wal_passed_r0() -> bool:
             with primary.client() as c:
-                return c.status().retained_from_lsn > gone_at + 1
+                return c.status_message().retained_from_lsn > gone_at + 1
 
         wait_for("retention passes the dead replica", wal_passed_r0, 120)
         cluster.restart(r0)

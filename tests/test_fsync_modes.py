@@ -27,7 +27,7 @@ from tests.test_replication_e2e import write_batches
 
 def applied(node: Node) -> int:
     with node.client() as c:
-        return int(c.status().lsn)
+        return int(c.status_message().lsn)
 
 
 @pytest.mark.parametrize("mode", ["interval", "none"])

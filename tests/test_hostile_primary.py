@@ -29,7 +29,7 @@ def primary(cluster: Cluster) -> Iterator[Node]:
 def serving_and_unchanged(node: Node, before: object) -> None:
     node.assert_alive()
     with node.client() as c:
-        assert c.status().lsn == 200
+        assert c.status_message().lsn == 200
         assert c.get(b"k00000-0000") is not None
     assert node.digest() == before
 

@@ -52,7 +52,7 @@ def wait_ready(replica: Node) -> None:
     def ready() -> bool:
         replica.assert_alive()
         with replica.client(1000) as c:
-            return c.status().status == pb.STATUS_READY
+            return c.status_message().status == pb.STATUS_READY
 
     wait_for(f"{replica.name} ready", ready)
 

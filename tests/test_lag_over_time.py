@@ -9,6 +9,7 @@ import signal
 import time
 from typing import Any
 
+import kevo_repl
 from kevo_repl.status_format import status_text
 from kevo_repl.wire import pb
 from tests.cli_support import kevo
@@ -70,6 +71,21 @@ def test_a_paused_replicas_lag_grows_in_seconds_and_recovers(cluster: Cluster) -
     assert "behind its upstream: 0 entries (upstream LSN 1010)" in text, text
     text = kevo("status", "--node", primary.address).stdout
     assert "REPLAY_LAG" in text and "ENTRIES/S" in text and "r1" in text, text
+
+    # The Python client's status is typed: names, not enum numbers; history ids as hex.
+    with primary.client() as c:
+        typed = c.status()
+    assert isinstance(typed, kevo_repl.NodeStatus) and typed.role == "primary" and typed.ready
+    assert typed.history_id == _status(primary)["history_id"] and len(typed.history_id) == 32
+    (f,) = typed.followers
+    assert (f.id, f.status, f.applied_lsn, f.lag_entries) == ("r1", "ready", 1010, 0)
+    assert f.replay_lag_s > 1.0
+    with replica.client() as c:
+        mine = c.status()
+    assert (mine.role, mine.status, mine.upstream_lsn, mine.lag_entries) == (
+        "replica", "ready", 1010, 0,
+    )  # fmt: skip
+    assert mine.history_id == typed.history_id and mine.ready
 
 
 def test_text_status_shows_a_running_bootstraps_progress() -> None:

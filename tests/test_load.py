@@ -45,7 +45,7 @@ def test_a_timeout_mid_load_reports_what_was_committed(cluster: Cluster, tmp_pat
     )
     try:
         with primary.client(1000) as c:
-            wait_for("the load under way", lambda: c.status().lsn >= 20 * BATCH)
+            wait_for("the load under way", lambda: c.status_message().lsn >= 20 * BATCH)
         primary.signal(signal.SIGSTOP)
         try:
             code = load.wait(30)

@@ -73,7 +73,7 @@ def test_writes_waiting_for_replicas_are_capped_with_a_clear_error(cluster: Clus
     assert all(a.error.code == pb.ERROR_UNAVAILABLE for a in refused)
     assert all("wait for replicas" in a.error.message for a in refused)
     with primary.client() as c:
-        assert c.status().lsn == 5  # the refused writes were not committed
+        assert c.status_message().lsn == 5  # the refused writes were not committed
 
 
 def test_forged_acks_release_nothing_and_show_nothing(cluster: Cluster) -> None:

@@ -99,7 +99,7 @@ def test_gets_with_huge_keys_are_refused_and_nothing_is_held(primary: Node) -> N
     # (glibc raises its mmap threshold after large frees): 81 MiB seen; before: 1.5 GB held.
     assert grown < 256, f"RSS grew {grown:.0f} MiB after the client left"
     with primary.client() as c:
-        assert c.status().lsn == primary_lsn
+        assert c.status_message().lsn == primary_lsn
 
 
 def test_a_subscriber_that_never_reads_holds_at_most_the_pub_budget(primary: Node) -> None:

@@ -34,7 +34,7 @@ def test_a_replica_killed_between_its_wal_append_and_apply_recovers_from_its_wal
     cluster.restart(replica)
     assert count_events(replica.log_path, "store_caught_up_from_wal") == 1
     with replica.client() as c:
-        applied = c.status().lsn
+        applied = c.status_message().lsn
     assert applied >= crash_at  # what was logged was applied from the log, upstream down
     cluster.restart(primary)
     wait_for("converged", lambda: converged(primary, replica), 30)
@@ -75,7 +75,7 @@ def test_role_changes_need_the_admin_role_and_upstreams_need_their_key(
 
     def r2_status() -> int:
         with Client(r2.address, timeout_ms=500, curve=r2_ops) as c:
-            return int(c.status().status)
+            return int(c.status_message().status)
 
     wait_for("r2 serving", r2_status, 30)
     wait_for(  # the handshake fails: its Register is never answered, and r2 says why

@@ -171,7 +171,7 @@ def test_killed_replica_resumes_without_bootstrap(cluster: Cluster) -> None:
     def applied(node: Node) -> int:
         node.assert_alive()
         with node.client(1000) as c:
-            return c.status().lsn  # a replica's own Status: its applied LSN
+            return c.status_message().lsn  # a replica's own Status: its applied LSN
 
     def registrations() -> list[dict[str, Any]]:
         """The replica's ``registered`` events, from its JSON log (kept across restarts)."""
@@ -228,7 +228,7 @@ def test_killed_replica_resumes_without_bootstrap(cluster: Cluster) -> None:
 def test_unreachable_node_fails_fast() -> None:
     with Client("127.0.0.1:1", timeout_ms=300) as c:
         try:
-            c.status()
+            c.status_message()
         except NodeUnreachableError as exc:
             assert "127.0.0.1:1" in str(exc)
         else:

@@ -22,7 +22,7 @@ def test_late_replica_bootstraps_once_with_rising_progress_while_writes_go_on(
 
     def wal_passed_lsn_1() -> bool:
         with primary.client() as c:
-            return c.status().retained_from_lsn > 1
+            return c.status_message().retained_from_lsn > 1
 
     wait_for("retention to drop LSN 1", wal_passed_lsn_1)
     stop = threading.Event()
@@ -43,7 +43,7 @@ def test_late_replica_bootstraps_once_with_rising_progress_while_writes_go_on(
 
         def bootstrapped() -> bool:
             with replica.client() as rc:
-                own = rc.status()  # the replica's own Status reports progress live
+                own = rc.status_message()  # the replica's own Status reports progress live
             if own.status == pb.STATUS_BOOTSTRAPPING:
                 progress.append(own.bootstrap_progress)
             v = replica_view(primary, "late")
@@ -120,7 +120,7 @@ def test_replica_of_another_history_refuses_until_reinit(cluster: Cluster) -> No
 
     def refused() -> str | None:
         with r.client() as c:
-            s = c.status()
+            s = c.status_message()
         return s.error_message if s.status == pb.STATUS_ERROR else None
 
     # Default (and with --no-bootstrap): ERROR saying what to do, its data untouched, served.

@@ -47,7 +47,7 @@ SMALL = ["--retention-bytes", "131072", "--segment-bytes", "65536"]
 
 def held_by(primary: Node) -> str:
     with primary.client() as c:
-        return str(c.status().retention_held_by)
+        return str(c.status_message().retention_held_by)
 
 
 def test_a_stopped_replica_resumes_by_catch_up_while_under_the_cap(cluster: Cluster) -> None:
@@ -82,7 +82,7 @@ def test_past_the_cap_a_stopped_replica_bootstraps_once(cluster: Cluster) -> Non
 
     def refused() -> str | None:
         with replica.client() as c:
-            s = c.status()
+            s = c.status_message()
         return s.error_message if s.status == pb.STATUS_ERROR else None
 
     assert "--no-bootstrap forbids it" in wait_for("r1 refuses to bootstrap", refused, 30)
@@ -102,7 +102,7 @@ def test_writes_during_a_bootstrap_do_not_make_it_start_over(cluster: Cluster) -
 
     def bootstrapping() -> bool:
         with replica.client() as c:
-            return c.status().status == pb.STATUS_BOOTSTRAPPING
+            return c.status_message().status == pb.STATUS_BOOTSTRAPPING
 
     wait_for("r1 bootstrapping", bootstrapping, 30)
     replica.signal(signal.SIGSTOP)  # mid-bootstrap: writes and retention go on meanwhile
@@ -119,4 +119,4 @@ def test_writes_during_a_bootstrap_do_not_make_it_start_over(cluster: Cluster) -
 
 def wal_start(primary: Node) -> int:
     with primary.client() as c:
-        return int(c.status().retained_from_lsn)
+        return int(c.status_message().retained_from_lsn)

@@ -74,7 +74,7 @@ def _start_secure(cluster: Cluster, keys: Path, name: str, role: str, *extra: st
     def serving() -> bool:
         node.assert_alive()
         with Client(node.address, timeout_ms=300, curve=_server_curve(keys, name, role)) as c:
-            c.status()
+            c.status_message()
         return True
 
     wait_for(f"{name} serving", serving)
@@ -117,11 +117,11 @@ def test_roles_identity_and_refusals(cluster: Cluster, keys: Path) -> None:
         with pytest.raises(RemoteError) as err:
             ro.put(b"x", b"y")
         assert err.value.code == pb.ERROR_UNAUTHORIZED
-        seen = ro.status()
+        seen = ro.status_message()
         assert seen.lsn == lsn and len(seen.replicas) == 0
         assert ro.lsn_at_time(0).lsn == 1  # tail --from-time's lookup: the roles that tail
     with _client(primary, keys, "ops") as ops:
-        assert [r.replica_id for r in ops.status().replicas] == ["r1"]
+        assert [r.replica_id for r in ops.status_message().replicas] == ["r1"]
     out = kevo(
         "tail", "--node", primary.address, "--from-lsn", "1", "--count", "3", "--format", "json",
         "--keys", str(keys), "--key-name", "ro",
@@ -145,7 +145,7 @@ def test_roles_identity_and_refusals(cluster: Cluster, keys: Path) -> None:
         plain.get(b"k1")
     with _client(primary, keys, "app") as app:
         assert app.get(b"k99", min_lsn=lsn) == b"v99"
-        assert app.status().server_key == _key(keys, "primary")  # announced for key dirs
+        assert app.status_message().server_key == _key(keys, "primary")  # announced for key dirs
     # Through the replica: a write and a tail are sent on to the primary, with the
     # primary's key from the key dir (not the replica's, given for the first hop)
     via_r1 = ("--node", replica.address, "--keys", str(keys), "--server-key", str(keys / "r1.key"))
@@ -211,7 +211,7 @@ def test_unlisted_key_gets_no_stream_and_revocation_cuts_a_subscriber(
 
             def cut() -> bool:
                 _drain(listener)
-                ops.status()  # the node serves admin after the rebind
+                ops.status_message()  # the node serves admin after the rebind
                 return True
 
             wait_for("primary rebinds", cut)
@@ -243,7 +243,7 @@ def test_a_replica_key_registers_only_under_its_own_name(cluster: Cluster, keys:
     )
     wait_for("refusal logged", lambda: "UNAUTHORIZED" in impostor.log_path.read_text())
     with _client(primary, keys, "ops") as ops:
-        assert [r.replica_id for r in ops.status().replicas] == []
+        assert [r.replica_id for r in ops.status_message().replicas] == []
 
 
 NAMELESS = "a replica key needs the replica id it may register as"

@@ -198,7 +198,11 @@ def test_tail_of_a_retained_away_lsn_says_so(cluster: Cluster) -> None:
             c.batch([(f"k{i}-{j}".encode(), value) for j in range(10)])
 
         def retained_from() -> int:
-            return c.status().retained_from_lsn if c.status().retained_from_lsn > 1 else 0
+            return (
+                c.status_message().retained_from_lsn
+                if c.status_message().retained_from_lsn > 1
+                else 0
+            )
 
         first = wait_for("WAL retention to drop segment 1", retained_from, timeout_s=10)
     r = kevo("tail", "--node", primary.address, "--from-lsn", "1", "--count", "1")
@@ -269,7 +273,11 @@ def test_tail_of_more_entries_than_retention_kept_starts_at_the_first_retained(
     with primary.client() as c:
 
         def retained_from() -> int:
-            return c.status().retained_from_lsn if c.status().retained_from_lsn > 1 else 0
+            return (
+                c.status_message().retained_from_lsn
+                if c.status_message().retained_from_lsn > 1
+                else 0
+            )
 
         first = wait_for("WAL retention to drop segment 1", retained_from, timeout_s=10)
     r = kevo("tail", "--node", primary.address, "--from-lsn", "-400", "--until-lsn", str(last))
@@ -417,7 +425,7 @@ def test_tail_of_a_replica_from_the_last_n_and_from_a_time(cluster: Cluster) -> 
     wait_for("the clock to pass the recorded time", lambda: time.time_ns() // 1000 > between)
     b_first, b_last = fill(primary, [5, 5], "rb")
     with replica.client() as c:
-        wait_for("the replica to apply burst B", lambda: c.status().lsn == b_last)
+        wait_for("the replica to apply burst B", lambda: c.status_message().lsn == b_last)
     r = kevo("tail", "--node", replica.address, "--from-lsn", "-7", "--until-lsn", str(b_last))
     assert r.returncode == 0, r.stderr
     assert lsns_of(r.stdout) == list(range(b_last - 6, b_last + 1))

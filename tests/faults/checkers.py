@@ -92,13 +92,13 @@ def wait_caught_up(primary: Node, replicas: Iterable[Node], timeout_s: float = 6
     """
     start = time.monotonic()
     with primary.client() as c:
-        target = c.status().lsn
+        target = c.status_message().lsn
     for r in replicas:
 
         def applied(node: Node = r) -> bool:
             node.assert_alive()
             with node.client(1000) as rc:
-                return rc.status().lsn >= target
+                return rc.status_message().lsn >= target
 
         wait_for(f"{r.name} to apply LSN {target}", applied, timeout_s)
     return time.monotonic() - start
@@ -189,7 +189,7 @@ class LsnMonitor:
         if client is None or client.node != node.address:
             client = clients[node.name] = Client(node.address, timeout_ms=300)
         try:
-            s = client.status()
+            s = client.status_message()
         except KevoError:
             client.close()
             clients.pop(node.name, None)

@@ -155,7 +155,7 @@ class FaultRun:
             def all_disconnected() -> bool:
                 for r in self.replicas:
                     with r.client(500) as c:
-                        if c.status().status != pb.STATUS_DISCONNECTED:
+                        if c.status_message().status != pb.STATUS_DISCONNECTED:
                             return False
                 return True
 
