@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from kevo_repl.client import Client
 from kevo_repl.core.errors import KevoError
 from kevo_repl.core.history import HISTORY_ID_BYTES
 from kevo_repl.node.local_state import STORE_FILE
+from kevo_repl.progress import ProgressBar
 from kevo_repl.wire import pb
 from kevo_repl.wire.history import chain_from_wire
 
@@ -47,12 +47,13 @@ def backup(client: Client, out: Path, progress: bool = False) -> dict[str, Any]:
     writer = StateStore.begin_bootstrap(out / STORE_FILE)
     started = time.monotonic()
     last: pb.BootstrapChunk | None = None
+    bar = ProgressBar(f"backup of {client.node}", 1.0) if progress else None
     try:
         for chunk in client.snapshot_stream(backup=True):
             writer.add(list(chunk.keys), list(chunk.values))
             last = chunk
-            if progress:
-                _progress(chunk, writer.keys_added, started)
+            if bar is not None:
+                bar.update(chunk.progress, _detail(chunk, writer.keys_added, started))
         if last is None or not last.is_last:
             raise KevoError(f"the backup stream from {client.node} ended early")
         history_id = last.history_id or status.history_id  # an empty store has none yet
@@ -63,8 +64,9 @@ def backup(client: Client, out: Path, progress: bool = False) -> dict[str, Any]:
         writer.abort()
         shutil.rmtree(out, ignore_errors=True)  # a failed backup leaves nothing behind
         raise
-    if progress:
-        print(file=sys.stderr)
+    finally:
+        if bar is not None:
+            bar.close()
     chain = chain_from_wire(status.history)
     if last.snapshot_lsn and chain.at(last.snapshot_lsn) != history_id:  # a promotion between
         shutil.rmtree(out, ignore_errors=True)
@@ -126,11 +128,7 @@ def check_not_a_backup(data: Path) -> None:
         )
 
 
-def _progress(chunk: pb.BootstrapChunk, keys: int, started: float) -> None:
+def _detail(chunk: pb.BootstrapChunk, keys: int, started: float) -> str:
     elapsed = max(time.monotonic() - started, 1e-6)
     total = f"/{chunk.total_keys}" if chunk.total_keys else ""
-    sys.stderr.write(
-        f"\rbackup: {chunk.progress * 100:5.1f}%  {keys}{total} keys  "
-        f"{keys / elapsed:,.0f} keys/s  LSN {chunk.snapshot_lsn}"
-    )
-    sys.stderr.flush()
+    return f"{keys}{total} keys  {keys / elapsed:,.0f} keys/s  LSN {chunk.snapshot_lsn}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from kevo_repl.client import batch_request
 from tests.cli_support import kevo
 from tests.faults.checkers import count_events
 from tests.nodes import Cluster, converged, wait_for
+from tests.test_replication_e2e import write_batches
 from tests.test_security import _start_secure, keys  # noqa: F401  (keys: a fixture)
 
 
@@ -110,3 +112,15 @@ def test_backup_needs_the_admin_or_replica_role(
     assert out.returncode == 0, out.stderr
     out = kevo("scan", "--node", primary.address, *key, "ro")  # any reader may scan
     assert out.returncode == 0, out.stderr
+
+
+def test_backup_progress_is_a_bar_on_stderr_and_stdout_stays_clean(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    primary = cluster.primary()
+    write_batches(primary, batches=5, size=200)
+    out = kevo("backup", "--node", primary.address, "--out", str(tmp_path / "b"), "--progress")
+    assert out.returncode == 0, out.stderr
+    bar = [line for line in out.stderr.splitlines() if line.startswith("backup of")]
+    assert bar and "100%" in bar[-1] and re.search(r" (\d+)/\1 keys ", bar[-1]), out.stderr
+    assert "━" not in out.stdout and "\x1b" not in out.stdout
