@@ -164,7 +164,12 @@ class StateStore:
             return self._commit(((first_lsn, last_lsn, ops, keys, values),), history_id) != before
 
     def apply_many(
-        self, batches: Sequence[Batch], history_id: bytes, *, new_history: bool = False
+        self,
+        batches: Sequence[Batch],
+        history_id: bytes,
+        *,
+        new_history: bool = False,
+        absent: list[int] | None = None,
     ) -> int:
         """Apply consecutive batches in one transaction (coalescing under load).
 
@@ -173,12 +178,19 @@ class StateStore:
         the store's is refused.
 
         Already-applied batches are skipped; any error leaves the store unchanged. Returns the
-        new ``applied_lsn``.
+        new ``applied_lsn``. ``absent`` collects the LSN of every delete that found no key
+        (what Redis's ``DEL`` counts), for the writer's reply.
         """
         with self._write_lock:
-            return self._commit(batches, history_id, new_history)
+            return self._commit(batches, history_id, new_history, absent)
 
-    def _commit(self, batches: Sequence[Batch], history_id: bytes, switch: bool = False) -> int:
+    def _commit(
+        self,
+        batches: Sequence[Batch],
+        history_id: bytes,
+        switch: bool = False,
+        absent: list[int] | None = None,
+    ) -> int:
         env = self._require_env()
         if not history_id:
             raise ProtocolError("batch without a history id")
@@ -196,15 +208,20 @@ class StateStore:
 
         def body(txn: lmdb.Transaction[bytes]) -> None:
             cursor = txn.cursor(db=data)
-            for _, puts_only, ops, keys, values in pending:
+            missed: list[int] = []
+            for last, puts_only, ops, keys, values in pending:
                 if puts_only:
                     cursor.putmulti(zip(keys, values, strict=True))
                     continue
+                lsn = last - len(keys)
                 for op, key, value in zip(ops, keys, values, strict=True):
+                    lsn += 1
                     if op == OP_PUT:
                         txn.put(key, value, db=data)
-                    else:
-                        txn.delete(key, db=data)
+                    elif not txn.delete(key, db=data):
+                        missed.append(lsn)
+            if absent is not None:  # the body may run again (a map resize): set, not append
+                absent[:] = missed
             write_meta(txn, meta, new_lsn, new_history)
 
         try:
