@@ -253,6 +253,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     _node_flags(ld)
     ld.add_argument("file", nargs="?", default="-", help="a file, or - for stdin (default)")
     ld.add_argument("--batch", type=_count(1), default=1000, help="entries per batch")
+    ld.add_argument(
+        "--retry-s",
+        type=_count(0),
+        default=0,
+        metavar="S",
+        help="if the primary stops answering, wait up to S seconds for it (or a new primary "
+        "it names) and resend from the first unconfirmed batch; batches that did commit are "
+        "answered, not written again (default 0: stop, exit 3, naming the line to resume at)",
+    )
 
     st = add("status", "a node's role, LSNs and replicas")
     _node_flags(st)

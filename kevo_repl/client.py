@@ -5,6 +5,11 @@ its ROUTER on P+1 over one DEALER. Every call has a deadline, so an unreachable 
 ``NodeUnreachableError`` instead of hanging. A write sent to a replica is refused with
 ``ERROR_NOT_PRIMARY`` naming the primary; the client follows that once, by itself.
 
+Every batch is idempotent: a client has a random 16-byte ``client_id`` and numbers its
+batches (``seq``), so a batch resent after a lost answer (``mark_retry``) is answered by the
+primary with its original LSNs instead of being written twice (docs/protocol.md, "Idempotent
+retry window"). Puts and deletes are not numbered.
+
 Example::
 
     with Client("127.0.0.1:7100") as c:
@@ -16,6 +21,7 @@ Example::
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Generator, Iterable, Sequence
 from types import TracebackType
 
@@ -34,6 +40,7 @@ from kevo_repl.client_types import (
     WriteResult,
     batch_request,
     check_entry,
+    mark_retry,
     parse_node,
 )
 from kevo_repl.node_status import NodeStatus
@@ -53,6 +60,7 @@ __all__ = [
     "WriteResult",
     "batch_request",
     "check_entry",
+    "mark_retry",
     "parse_node",
 ]
 
@@ -74,6 +82,9 @@ class Client:
         self.curve = curve
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._ids = itertools.count(1)
+        self.client_id = os.urandom(16)  # names this client's batches to the retry window
+        self._seqs = itertools.count(1)
+        self.seen_lsn = 0  # the highest LSN a write or status answer showed us
         self._read_token = 0
         self._watch: ConnectWatch | None = None
         self._sock = self._connect(node)
@@ -116,7 +127,24 @@ class Client:
         timeout_ms: int = 0,
     ) -> WriteResult:
         """One atomic batch: ``(key, value)`` puts, ``(key, None)`` deletes."""
-        return self._write(batch_request(entries, wait_replicas, timeout_ms), timeout_ms)
+        return self._write(self.batch_request(entries, wait_replicas, timeout_ms), timeout_ms)
+
+    def batch_request(
+        self,
+        entries: Iterable[tuple[bytes, bytes | None]],
+        wait_replicas: int = 0,
+        timeout_ms: int = 0,
+    ) -> pb.Request:
+        """A batch request with this client's id and next seq, for ``call_many``; resend
+        the same object (after ``mark_retry``) to have it answered, not written, again."""
+        return batch_request(
+            entries,
+            wait_replicas,
+            timeout_ms,
+            client_id=self.client_id,
+            seq=next(self._seqs),
+            seen_lsn=self.seen_lsn,
+        )
 
     # ---- reads -------------------------------------------------------------------------------
 
@@ -210,9 +238,11 @@ class Client:
         """A client of another node with our settings, and that node's CURVE key (the
         server key given for this node is this node's alone)."""
         curve = self.curve.for_node(node) if self.curve and node != self.node else self.curve
-        return Client(
+        other = Client(
             node, timeout_ms=self.timeout_ms, follow_redirects=follow_redirects, curve=curve
         )
+        other.seen_lsn = self.seen_lsn  # still an LSN seen before its batches are sent
+        return other
 
     def primary_address(self) -> str:
         """``HOST:PORT`` of the primary: this node itself, or the one a replica follows."""
@@ -331,6 +361,11 @@ class Client:
             raise RemoteError(pb.ERROR_BAD_REQUEST, f"unreadable response: {exc}") from exc
         if resp.read_token:
             self._read_token = resp.read_token
+        body = resp.WhichOneof("body")
+        if body == "write":
+            self.seen_lsn = max(self.seen_lsn, resp.write.lsn)
+        elif body == "status":
+            self.seen_lsn = max(self.seen_lsn, resp.status.lsn)
         return resp
 
     def _reset(self) -> None:

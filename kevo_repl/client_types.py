@@ -22,6 +22,7 @@ __all__ = [
     "WriteResult",
     "batch_request",
     "check_entry",
+    "mark_retry",
     "parse_node",
 ]
 
@@ -105,9 +106,20 @@ def parse_node(node: str) -> tuple[str, int]:
 
 
 def batch_request(
-    entries: Iterable[tuple[bytes, bytes | None]], wait_replicas: int = 0, timeout_ms: int = 0
+    entries: Iterable[tuple[bytes, bytes | None]],
+    wait_replicas: int = 0,
+    timeout_ms: int = 0,
+    *,
+    client_id: bytes = b"",
+    seq: int = 0,
+    seen_lsn: int = 0,
 ) -> pb.Request:
-    """A ``BatchRequest``: ``(key, value)`` puts and ``(key, None)`` deletes, in order."""
+    """A ``BatchRequest``: ``(key, value)`` puts and ``(key, None)`` deletes, in order.
+
+    With ``client_id`` and ``seq`` it is idempotent: resent (``mark_retry``), the primary
+    answers it from its retry window instead of writing it twice. ``Client.batch_request``
+    fills them in; without them the batch is written each time it is sent.
+    """
     ops: list[int] = []
     keys: list[bytes] = []
     values: list[bytes] = []
@@ -117,5 +129,19 @@ def batch_request(
         keys.append(key)
         values.append(b"" if value is None else value)
     payload = encode_client_batch(ops, keys, values)
-    body = pb.BatchRequest(batch=payload, wait_replicas=wait_replicas, timeout_ms=timeout_ms)
+    body = pb.BatchRequest(
+        batch=payload,
+        wait_replicas=wait_replicas,
+        timeout_ms=timeout_ms,
+        client_id=client_id,
+        seq=seq,
+        seen_lsn=seen_lsn,
+    )
     return pb.Request(batch=body)
+
+
+def mark_retry(req: pb.Request) -> None:
+    """Flag a batch request as a resend: if the primary no longer remembers it and it may
+    have committed where the window cannot see, it is refused instead of written again."""
+    if req.WhichOneof("body") == "batch" and req.batch.client_id:
+        req.batch.retry = True

@@ -291,6 +291,10 @@ def _load(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise KevoError(f"cannot read {path}: {exc.strerror or exc}") from None
     progress = Progress(sys.stderr, total) if sys.stderr.isatty() else None
+
+    def notice(text: str) -> None:
+        print(("\n" if progress else "") + f"kevo-repl: {text}", file=sys.stderr, flush=True)
+
     started = time.monotonic()
     try:
         result = load_lines(
@@ -300,6 +304,8 @@ def _load(args: argparse.Namespace) -> int:
             timeout_ms=args.request_timeout_ms,
             progress=progress,
             curve=_curve(args),
+            retry_s=args.retry_s,
+            notice=notice,
         )
     finally:
         if stream is not sys.stdin.buffer:
@@ -309,7 +315,8 @@ def _load(args: argparse.Namespace) -> int:
     print(
         f"loaded {result.entries} entries in {result.batches} batches"
         f" ({result.entries / max(elapsed, 1e-6):,.0f} entries/s)"
-        + ("" if result.entries else "; the input held no entries"),
+        + ("" if result.entries else "; the input held no entries")
+        + (f"; {result.resent} batches resent after an outage" if result.resent else ""),
         file=sys.stderr,
     )
     return 0

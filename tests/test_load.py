@@ -1,8 +1,10 @@
 """``kevo-repl load`` against a primary that stops answering mid-load (issue 9).
 
-The primary is frozen with SIGSTOP while a pipelined window is in flight: the load must
-still say which lines were committed (every batch whose answer arrived) and which were sent
-without an answer, exit 3, and agree with what the primary holds once it runs again.
+The primary is frozen with SIGSTOP while a pipelined window is in flight: the load (without
+``--retry-s``) must still say which lines were committed (every batch whose answer arrived)
+and which were sent without an answer, name the last committed LSN and the first line not
+committed, exit 3, and agree with what the primary holds once it runs again. With
+``--retry-s``: tests/test_load_retry.py.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ from typing import cast
 
 import pytest
 
-from kevo_repl.client import Client, NodeUnreachableError, PipelineTimeoutError
-from kevo_repl.load import LoadResult, LoadUnreachableError, _Batch, _send
+from kevo_repl.client import Client, NodeUnreachableError, PipelineTimeoutError, batch_request
+from kevo_repl.load_send import Batch, LoadResult, LoadUnreachableError, WindowSender
 from kevo_repl.wire import pb
 from tests.cli_support import Spawned
 from tests.nodes import Cluster, wait_for
@@ -65,11 +67,17 @@ def test_a_timeout_mid_load_reports_what_was_committed(cluster: Cluster, tmp_pat
         out,
     )
     unsent = re.search(r"nothing after line (\d+) was sent", out)
-    assert committed and unknown and unsent, out
+    resume = re.search(
+        r"last committed LSN (\d+); first line not committed: (\d+) \(load from there, or "
+        r"with --retry-s S to wait for the primary and resume\)",
+        out,
+    )
+    assert committed and unknown and unsent and resume, out
     through, entries, lsn = map(int, committed.groups())
     first_unknown, last_unknown = map(int, unknown.groups())
     assert through == entries == lsn >= 20 * BATCH  # one entry per line, a fresh primary
     assert first_unknown == through + 1
+    assert tuple(map(int, resume.groups())) == (lsn, through + 1)
     assert last_unknown == int(unsent.group(1)) < LINES
     assert (last_unknown - through) % BATCH == 0 and last_unknown - through <= 16 * BATCH
     # Running again, the primary holds every committed line, no line that was never sent, and
@@ -91,22 +99,26 @@ class _Silent:
     def call_many(self, requests: list[pb.Request], *, window: int) -> list[pb.Response]:
         raise PipelineTimeoutError("no answer from n:1 within 5 ms", self.answers)
 
+    def batch_request(self, entries: list[tuple[bytes, bytes | None]]) -> pb.Request:
+        return batch_request(entries)
+
 
 def _written(lsn: int) -> pb.Response:
     return pb.Response(write=pb.WriteResponse(lsn=lsn))
 
 
 def test_answers_after_a_silent_batch_still_count_as_committed() -> None:
-    pending = [_Batch(1 + 2 * i, 2 + 2 * i, [(b"k", b"v")] * 2, 0) for i in range(5)]
+    pending = [Batch(1 + 2 * i, 2 + 2 * i, [(b"k", b"v")] * 2, 0) for i in range(5)]
     answers = [_written(2), None, _written(6), None]  # the fifth batch was never sent
     result = LoadResult()
     with pytest.raises(LoadUnreachableError) as err:
-        _send(cast(Client, _Silent(answers)), pending, result, None)
+        WindowSender(cast(Client, _Silent(answers)), result).send(pending)
     assert isinstance(err.value, NodeUnreachableError)  # exit 3 from the CLI
     assert str(err.value) == (
         "no answer from n:1 within 5 ms; lines 1-2 were committed (2 entries, up to LSN 2); "
         "lines 5-6 were committed too (2 entries, up to LSN 6); lines 3-4, 7-8 have an unknown "
         "outcome (sent, no answer: they may or may not have been committed); "
-        "nothing after line 8 was sent"
+        "nothing after line 8 was sent; last committed LSN 2; first line not committed: 3 "
+        "(load from there, or with --retry-s S to wait for the primary and resume)"
     )
     assert (result.entries, result.committed_through_line, result.last_lsn) == (2, 2, 2)

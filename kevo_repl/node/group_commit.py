@@ -1,10 +1,12 @@
 """The primary's write path: many client writes, a few WAL records, one fdatasync, one publish.
 
 Writes drained from the ROUTER are sealed into WAL payloads by concatenating the clients'
-columnar batches (no entry is re-encoded). ``start`` takes a group of pending writes of at
-most ``max_group_bytes``, cuts it into records of at most ``record_target_bytes`` (a single
-larger write gets a record of its own), writes them and hands their fdatasync to a helper
-thread; the loop goes on draining meanwhile. ``finish_ready`` then takes the groups whose
+columnar batches (no entry is re-encoded), behind a prefix that names each idempotent batch
+by (client id, seq) and the offset of its first entry, so its LSNs are known from the WAL
+alone (``retry_guard``). ``start`` takes a group of pending writes of at most
+``max_group_bytes``, cuts it into records of at most ``record_target_bytes`` (a single larger
+write gets a record of its own), writes them and hands their fdatasync to a helper thread;
+the loop goes on draining meanwhile. ``finish_ready`` then takes the groups whose
 sync completed, in LSN order, applies them to LMDB and returns them to be published and
 answered. So a group is visible (store, stream, WalSync) only once durable, in every fsync
 mode: a replica never holds a batch the primary could lose, and no read sees a write that a
@@ -27,7 +29,8 @@ from kevo_repl.adapters.state_lmdb import Batch, StateStore
 from kevo_repl.adapters.wal_files import Appended, WriteAheadLog
 from kevo_repl.core.errors import KevoError
 from kevo_repl.core.record import RECORD_HEADER_BYTES, decode_record
-from kevo_repl.wire.batch import decode_batch, seal_batch
+from kevo_repl.wire import pb
+from kevo_repl.wire.batch import CLIENT_WRITE_BYTES, decode_batch, seal_batch
 
 __all__ = [
     "RECORD_OVERHEAD_BYTES",
@@ -39,7 +42,8 @@ __all__ = [
 ]
 
 MAX_IN_FLIGHT = 1  # groups written but not yet durable; beyond it new writes wait
-# A record is its client payloads plus this at most: the record header and the sealing suffix
+# A record is its client payloads (with their prefix entries, ``sealed_bytes``) plus this at
+# most: the record header and the sealing suffix
 # (history id and commit time).
 RECORD_OVERHEAD_BYTES = RECORD_HEADER_BYTES + 64
 _MIB = 1024 * 1024
@@ -58,6 +62,40 @@ class PendingWrite:
     ops: Sequence[int]  # the validated columns, applied without parsing the payload again
     keys: Sequence[bytes]
     values: Sequence[bytes]
+    client_id: bytes = b""  # an idempotent batch: sealed with its (client id, seq) and hash
+    seq: int = 0
+    payload_hash: bytes = b""
+    # Retries of this batch that arrived before it committed, (peer, request id): answered
+    # with it, never written again.
+    also: list[tuple[bytes, int]] = field(default_factory=list)
+
+    @property
+    def sealed_bytes(self) -> int:
+        """What the write adds to a record: its payload, and its entry in the prefix."""
+        return len(self.payload) + (CLIENT_WRITE_BYTES if self.client_id else 0)
+
+    def answerers(self) -> list[tuple[bytes, int]]:
+        return [(self.peer, self.request_id), *self.also]
+
+
+def _client_writes(writes: list[PendingWrite]) -> list[pb.ClientWrite]:
+    """The record's prefix: each idempotent write at the index of its first entry, the
+    same order and offsets ``SealedRecord.committed`` gives LSNs by."""
+    out: list[pb.ClientWrite] = []
+    offset = 0
+    for w in writes:
+        if w.client_id:
+            out.append(
+                pb.ClientWrite(
+                    client_id=w.client_id,
+                    seq=w.seq,
+                    offset=offset,
+                    count=w.count,
+                    payload_hash=w.payload_hash,
+                )
+            )
+        offset += w.count
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +199,10 @@ class GroupCommitter:
         try:
             for writes in group:
                 payload = seal_batch(
-                    [w.payload for w in writes], self.wal.history_id, self.wall_us()
+                    [w.payload for w in writes],
+                    self.wal.history_id,
+                    self.wall_us(),
+                    _client_writes(writes),
                 )
                 appended = self.wal.write(payload, sum(w.count for w in writes))
                 records.append(SealedRecord(appended, writes))
@@ -189,7 +230,7 @@ class GroupCommitter:
         current_bytes = total = entries = 0
         while self.pending:
             w = self.pending[0]
-            size = len(w.payload)
+            size = w.sealed_bytes
             if records or current:  # a group always takes at least one write
                 if total + size > self.max_group_bytes:
                     break
@@ -197,7 +238,7 @@ class GroupCommitter:
                     break
             self.pending.popleft()
             self.pending_entries -= w.count
-            self.pending_bytes -= size
+            self.pending_bytes -= len(w.payload)
             if current and current_bytes + size > self.record_target_bytes:
                 records.append(current)
                 current, current_bytes = [], 0

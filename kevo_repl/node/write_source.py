@@ -7,6 +7,11 @@ have it: ``wait_replicas``), and the next group is written (``GroupCommitter``).
 fdatasync; its record still reaches followers only once durable, and a read of a key such a
 write touched waits until it is applied (``read_fence``). A failed WAL write or fdatasync
 answers every waiting writer ``ERROR_OUTCOME_UNKNOWN`` and stops the node.
+
+A batch with a client id and seq is checked against the retry window first (``retry_guard``):
+a retry of a committed batch gets its original LSNs, one of a batch still pending is
+answered with it; neither is written again, and neither is refused by ``--sync-refuse``
+(which says nothing was written).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from kevo_repl.node.group_commit import (
     PendingWrite,
 )
 from kevo_repl.node.parked_reads import MAX_WAIT_MS
+from kevo_repl.node.retry_guard import RetryGuard, payload_hash, rebuild_window
 from kevo_repl.wire import pb
 from kevo_repl.wire.batch import WireError, WireLimits, encode_single, parse_client_batch
 from kevo_repl.wire.envelope import encode_write_reply, error_response
@@ -71,6 +77,14 @@ class WriteSource:
             record_target_bytes=limits.max_stream_record_bytes - RECORD_OVERHEAD_BYTES,
         )
         self.committer.committed_lsn = node.wal.last_lsn
+        window = rebuild_window(node.wal, node.wal.last_lsn)
+        self.retries = RetryGuard(window)
+        node.log.info(
+            "retry_window_rebuilt",
+            batches=window.batches,
+            clients=window.clients,
+            floor_lsn=window.floor_lsn,
+        )
 
     # ---- the node's questions ----------------------------------------------------------------
 
@@ -118,6 +132,7 @@ class WriteSource:
             return False
         limits = node.config.limits
         body: pb.PutRequest | pb.DeleteRequest | pb.BatchRequest
+        digest = b""
         if kind == "batch":
             body = req.batch
             payload = body.batch
@@ -130,6 +145,10 @@ class WriteSource:
             ops: Sequence[int] = batch.ops
             keys: Sequence[bytes] = batch.keys
             values: Sequence[bytes] = batch.values
+            if body.client_id:
+                digest = payload_hash(payload)
+                if self._answered_as_retry(peer, req, digest):
+                    return False
         else:  # one put or delete: checked and encoded directly, the common hot path
             body = req.put if kind == "put" else req.delete
             op = OP_PUT if kind == "put" else OP_DELETE
@@ -147,14 +166,7 @@ class WriteSource:
         if config.sync_refuse and config.sync_replicas:
             self._refuse_unconfirmable(config.sync_replicas)
         if wait:
-            waiting = node.followers.waiters + self.committer.waiting_writes
-            if waiting >= node.followers.max_waiters:
-                raise WireError(
-                    f"{waiting} writes already wait for replicas (the limit is "
-                    f"{node.followers.max_waiters}); retry later or send fewer with "
-                    "wait_replicas",
-                    pb.ERROR_UNAVAILABLE,
-                )
+            self._check_waiters()
         write = PendingWrite(
             peer,
             req.request_id,
@@ -166,7 +178,45 @@ class WriteSource:
             keys,
             values,
         )
+        if digest:
+            write.client_id, write.seq, write.payload_hash = (
+                req.batch.client_id,
+                req.batch.seq,
+                digest,
+            )
+            self.retries.accepted(write)
         return self.committer.add(write)
+
+    def _check_waiters(self) -> None:
+        followers = self.node.followers
+        waiting = followers.waiters + self.committer.waiting_writes
+        if waiting >= followers.max_waiters:
+            raise WireError(
+                f"{waiting} writes already wait for replicas (the limit is "
+                f"{followers.max_waiters}); retry later or send fewer with wait_replicas",
+                pb.ERROR_UNAVAILABLE,
+            )
+
+    def _answered_as_retry(self, peer: bytes, req: pb.Request, digest: bytes) -> bool:
+        """A batch the window or the queue already holds: answer it as the original was."""
+        body = req.batch
+        found = self.retries.check(body, digest)
+        if found is None:
+            return False
+        if isinstance(found, PendingWrite):
+            found.also.append((peer, req.request_id))
+            return True
+        wait = max(min(body.wait_replicas, 1000), self.node.config.sync_replicas)
+        if not wait:
+            self._send(peer, encode_write_reply(req.request_id, found.first_lsn, found.last_lsn))
+            return True
+        self._check_waiters()  # a retry waits like a write (nothing was written: retry later)
+        timeout = min(body.timeout_ms or self.node.config.sync_timeout_ms, MAX_WAIT_MS)
+        token = _WaitToken(peer, req.request_id, found.first_lsn, found.last_lsn)
+        done = self.node.followers.wait_for(token, found.last_lsn, wait, monotonic_ms() + timeout)
+        if done is not None:
+            self.released([done])
+        return True
 
     def _refuse_unconfirmable(self, needed: int) -> None:
         """``--sync-refuse``: while fewer followers than ``needed`` are connected a write
@@ -206,7 +256,9 @@ class WriteSource:
         if flight is not None and self.committer.ack_before_sync:
             for c in flight.committed():  # writes that wait for no follower: answered now
                 if not c.write.wait_replicas:
-                    self._send(c.write.peer, encode_write_reply(c.write.request_id, *c.lsns))
+                    for peer, rid in c.write.answerers():
+                        self._send(peer, encode_write_reply(rid, *c.lsns))
+                    c.write.also.clear()  # retries from now on are answered at the commit
 
     def _finish_groups(self, wait: bool = False) -> None:
         try:
@@ -216,6 +268,7 @@ class WriteSource:
             return
         for flight in done:
             now = monotonic_ms()
+            self.retries.committed(flight.committed())
             self.node.publish(
                 [
                     (r.appended.first_lsn, r.appended.last_lsn, r.appended.record)
@@ -230,13 +283,17 @@ class WriteSource:
         acked = self.committer.ack_before_sync
         for c in committed:
             w = c.write
-            if w.wait_replicas:
-                token = _WaitToken(w.peer, w.request_id, c.first_lsn, c.last_lsn)
-                done = registry.wait_for(token, c.last_lsn, w.wait_replicas, now + w.timeout_ms)
-                if done is not None:
-                    self.released([done])
-            elif not acked:
-                self._send(w.peer, encode_write_reply(w.request_id, *c.lsns))
+            # Answered at the write already (ack_before_sync), but for retries since.
+            targets = w.also if acked and not w.wait_replicas else w.answerers()
+            for peer, rid in targets:
+                if w.wait_replicas:
+                    token = _WaitToken(peer, rid, c.first_lsn, c.last_lsn)
+                    done = registry.wait_for(token, c.last_lsn, w.wait_replicas, now + w.timeout_ms)
+                    if done is not None:
+                        self.released([done])
+                else:
+                    self._send(peer, encode_write_reply(rid, *c.lsns))
+            w.also = []
 
     def released(self, waits: list[WaitResult]) -> None:
         """Writes that enough followers applied, or whose wait timed out: answer them."""
@@ -262,8 +319,10 @@ class WriteSource:
         )
         writes = [w for f in self.committer.drop_in_flight() for w in f.writes()]
         writes += self.committer.take_pending()
+        self.retries.dropped()
         for w in writes:
-            self._send(w.peer, error_response(w.request_id, pb.ERROR_OUTCOME_UNKNOWN, msg))
+            for peer, rid in w.answerers():
+                self._send(peer, error_response(rid, pb.ERROR_OUTCOME_UNKNOWN, msg))
         self.node.log.error(event, error=str(exc), writes_with_unknown_outcome=len(writes))
         self.node.fail(f"{event}: {exc}")
 

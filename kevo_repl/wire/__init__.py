@@ -9,6 +9,7 @@ anything a peer got wrong.
 from kevo_repl.wire import pb
 from kevo_repl.wire.backend import FAST_BACKEND, protobuf_backend, slow_backend_warning
 from kevo_repl.wire.batch import (
+    CLIENT_WRITE_BYTES,
     DEFAULT_LIMITS,
     HISTORY_ID_BYTES,
     KNOWN_OPS,
@@ -20,6 +21,7 @@ from kevo_repl.wire.batch import (
     encode_single,
     parse_client_batch,
     parse_message,
+    read_client_writes,
     seal_batch,
     validate_client_batch,
 )
@@ -40,6 +42,7 @@ from kevo_repl.wire.envelope import (
 )
 
 __all__ = [
+    "CLIENT_WRITE_BYTES",
     "DEFAULT_LIMITS",
     "FAST_BACKEND",
     "HISTORY_ID_BYTES",
@@ -66,6 +69,7 @@ __all__ = [
     "parse_message",
     "pb",
     "protobuf_backend",
+    "read_client_writes",
     "seal_batch",
     "slow_backend_warning",
     "split_stream_frame",

@@ -4,9 +4,12 @@ A ``WalBatch`` is three parallel columns (ops, keys, values) plus ``history_id``
 ``commit_time_us``. Protobuf parsing merges concatenated messages: repeated fields append
 (packed runs included: the spec requires a parser to accept several packed runs of one field
 and join them) and singular scalars take the last value. So a group commit is
-``b"".join(client_payloads) + suffix`` where the suffix only sets history id and commit time:
-the primary checks each client payload once (:func:`validate_client_batch`) and never
-re-encodes an entry. Client payloads must not set the suffix fields themselves.
+``prefix + b"".join(client_payloads) + suffix`` where the suffix only sets history id and
+commit time and the prefix only lists ``client_writes`` (which entries belong to which
+idempotent client batch, by entry offset: repeated, so one per batch, in order): the
+primary checks each client payload once (:func:`validate_client_batch`) and never re-encodes
+an entry. Client payloads may set neither. The prefix comes first so a restart can read the
+client writes of many records (:func:`read_client_writes`) without parsing their entries.
 
 The payload is stored in the WAL verbatim and parsed by every replica, so validation rejects
 anything a replica could misread: unknown ops, ragged columns, unknown fields.
@@ -26,6 +29,7 @@ from kevo_repl.core.record import MAX_PAYLOAD_BYTES
 from kevo_repl.wire import pb
 
 __all__ = [
+    "CLIENT_WRITE_BYTES",
     "DEFAULT_LIMITS",
     "HISTORY_ID_BYTES",
     "KNOWN_OPS",
@@ -37,6 +41,7 @@ __all__ = [
     "encode_single",
     "parse_client_batch",
     "parse_message",
+    "read_client_writes",
     "seal_batch",
     "validate_client_batch",
     "varint",
@@ -45,6 +50,11 @@ __all__ = [
 BytesLike = bytes | bytearray | memoryview
 HISTORY_ID_BYTES: Final = 16
 KNOWN_OPS: Final = frozenset({pb.OP_PUT, pb.OP_DELETE})
+
+# The most one ClientWrite adds to a record's prefix: tag, length, a 16-byte id and hash,
+# seq, offset and count as varints (61 bytes at most).
+CLIENT_WRITE_BYTES: Final = 64
+_CLIENT_WRITES_TAG: Final = 0x32  # WalBatch field 6, length-delimited
 
 _M = TypeVar("_M", bound=Message)
 _KIB: Final = 1024
@@ -151,8 +161,11 @@ def parse_client_batch(
     count = len(ops)
     if len(UnknownFieldSet(batch)):
         raise WireError("batch: unknown fields (a newer client?); they would be stored blindly")
-    if batch.history_id or batch.commit_time_us:
-        raise WireError("batch: history_id and commit_time_us are set by the primary, not clients")
+    if batch.history_id or batch.commit_time_us or len(batch.client_writes):
+        raise WireError(
+            "batch: history_id, commit_time_us and client_writes are set by the primary, "
+            "not clients"
+        )
     if count == len(keys) == len(values) == 0:
         raise WireError("batch: no entries")
     if not count == len(keys) == len(values):
@@ -217,11 +230,18 @@ def encode_single(op: int, key: bytes, value: bytes) -> bytes:
     )
 
 
-def seal_batch(client_payloads: Sequence[bytes], history_id: bytes, commit_time_us: int) -> bytes:
-    """One WAL payload from validated client payloads: their concatenation plus a suffix.
+def seal_batch(
+    client_payloads: Sequence[bytes],
+    history_id: bytes,
+    commit_time_us: int,
+    client_writes: Sequence[pb.ClientWrite] = (),
+) -> bytes:
+    """One WAL payload from validated client payloads: a prefix, their concatenation, a suffix.
 
-    The suffix ``WalBatch(history_id, commit_time_us)`` comes last, so its scalars win. Raises
-    ``ValueError`` on local misuse (nothing to seal, history id not 16 bytes).
+    The prefix lists ``client_writes`` (each ``offset`` is its first entry's index among all
+    the payloads' entries); the suffix ``WalBatch(history_id, commit_time_us)`` comes last, so
+    its scalars win. Raises ``ValueError`` on local misuse (nothing to seal, history id not 16
+    bytes).
     """
     if not client_payloads:
         raise ValueError("seal_batch: no client payloads")
@@ -229,8 +249,36 @@ def seal_batch(client_payloads: Sequence[bytes], history_id: bytes, commit_time_
         raise ValueError(
             f"seal_batch: history_id must be {HISTORY_ID_BYTES} bytes, got {len(history_id)}"
         )
+    prefix = pb.WalBatch(client_writes=client_writes).SerializeToString() if client_writes else b""
     suffix = pb.WalBatch(history_id=history_id, commit_time_us=commit_time_us)
-    return b"".join((*client_payloads, suffix.SerializeToString()))
+    return b"".join((prefix, *client_payloads, suffix.SerializeToString()))
+
+
+def read_client_writes(payload: BytesLike) -> list[pb.ClientWrite]:
+    """The ``client_writes`` of a sealed payload, from its prefix alone (entries unparsed).
+
+    Sound because client payloads never hold field 6 (:func:`parse_client_batch`), so the
+    prefix is the run of field-6 tags the payload starts with. Raises ``WireError`` on a
+    prefix cut short or unparsable.
+    """
+    view = memoryview(payload)
+    out: list[pb.ClientWrite] = []
+    pos, end = 0, len(view)
+    while pos < end and view[pos] == _CLIENT_WRITES_TAG:
+        length, shift, pos = 0, 0, pos + 1
+        while True:
+            if pos >= end or shift > 63:
+                raise WireError("WAL batch: client write prefix cut short")
+            byte = view[pos]
+            length |= (byte & 0x7F) << shift
+            shift, pos = shift + 7, pos + 1
+            if byte < 0x80:
+                break
+        if pos + length > end:
+            raise WireError("WAL batch: client write prefix cut short")
+        out.append(parse_message(pb.ClientWrite(), view[pos : pos + length], "client write"))
+        pos += length
+    return out
 
 
 def decode_batch(payload: BytesLike) -> pb.WalBatch:

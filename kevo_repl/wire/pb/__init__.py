@@ -7,6 +7,7 @@ from kevo_repl.wire.pb import replication_pb2 as replication_pb2
 from kevo_repl.wire.pb.replication_pb2 import (
     DESCRIPTOR as DESCRIPTOR,
     WalBatch as WalBatch,
+    ClientWrite as ClientWrite,
     WalEntry as WalEntry,
     Beacon as Beacon,
     HistoryEntry as HistoryEntry,
@@ -81,6 +82,8 @@ from kevo_repl.wire.pb.replication_pb2 import (
     ERROR_INTERNAL as ERROR_INTERNAL,
     ERROR_OUTCOME_UNKNOWN as ERROR_OUTCOME_UNKNOWN,
     ERROR_UNREAD_REPLIES as ERROR_UNREAD_REPLIES,
+    ERROR_RETRY_TOO_OLD as ERROR_RETRY_TOO_OLD,
+    ERROR_SEQ_REUSED as ERROR_SEQ_REUSED,
 )
 
 __all__ = [
@@ -89,6 +92,7 @@ __all__ = [
     "Beacon",
     "BootstrapChunk",
     "BootstrapRequest",
+    "ClientWrite",
     "DESCRIPTOR",
     "DeleteRequest",
     "DigestRequest",
@@ -101,6 +105,8 @@ __all__ = [
     "ERROR_NOT_PRIMARY",
     "ERROR_NOT_REGISTERED",
     "ERROR_OUTCOME_UNKNOWN",
+    "ERROR_RETRY_TOO_OLD",
+    "ERROR_SEQ_REUSED",
     "ERROR_TIMEOUT",
     "ERROR_TOO_LARGE",
     "ERROR_TOO_OLD",

@@ -123,6 +123,10 @@ class _ErrorCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorCode.V
     """the WAL failed mid-write: the write may or may not survive"""
     ERROR_UNREAD_REPLIES: _ErrorCode.ValueType  # 14
     """too many reply bytes unread: echo read_token (see Request)"""
+    ERROR_RETRY_TOO_OLD: _ErrorCode.ValueType  # 15
+    """a retried batch older than the idempotent retry window"""
+    ERROR_SEQ_REUSED: _ErrorCode.ValueType  # 16
+    """a batch's (client_id, seq) was used for other bytes"""
 
 class ErrorCode(_ErrorCode, metaclass=_ErrorCodeEnumTypeWrapper): ...
 
@@ -154,6 +158,10 @@ ERROR_OUTCOME_UNKNOWN: ErrorCode.ValueType  # 13
 """the WAL failed mid-write: the write may or may not survive"""
 ERROR_UNREAD_REPLIES: ErrorCode.ValueType  # 14
 """too many reply bytes unread: echo read_token (see Request)"""
+ERROR_RETRY_TOO_OLD: ErrorCode.ValueType  # 15
+"""a retried batch older than the idempotent retry window"""
+ERROR_SEQ_REUSED: ErrorCode.ValueType  # 16
+"""a batch's (client_id, seq) was used for other bytes"""
 Global___ErrorCode: _TypeAlias = ErrorCode  # noqa: Y015
 
 @_typing.final
@@ -163,6 +171,9 @@ class WalBatch(_message.Message):
     One batch: the payload of one WAL record. Columnar so that concatenating serialized
     WalBatch messages is itself a valid WalBatch (protobuf merge): group commit joins client
     batches without rebuilding entries. LSNs are not here: they are in the record header.
+    A sealed record is prefix + client payloads + suffix: the prefix (client_writes only, one
+    per idempotent client batch, in entry order) and the suffix (history_id, commit_time_us)
+    are the primary's; clients may set neither.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -172,6 +183,7 @@ class WalBatch(_message.Message):
     VALUES_FIELD_NUMBER: _builtins.int
     HISTORY_ID_FIELD_NUMBER: _builtins.int
     COMMIT_TIME_US_FIELD_NUMBER: _builtins.int
+    CLIENT_WRITES_FIELD_NUMBER: _builtins.int
     history_id: _builtins.bytes
     """16 bytes"""
     commit_time_us: _builtins.int
@@ -184,6 +196,8 @@ class WalBatch(_message.Message):
     def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
         """empty for deletes"""
 
+    @_builtins.property
+    def client_writes(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClientWrite]: ...
     def __init__(
         self,
         *,
@@ -192,14 +206,54 @@ class WalBatch(_message.Message):
         values: _abc.Iterable[_builtins.bytes] | None = ...,
         history_id: _builtins.bytes = ...,
         commit_time_us: _builtins.int = ...,
+        client_writes: _abc.Iterable[Global___ClientWrite] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["commit_time_us", b"commit_time_us", "history_id", b"history_id", "keys", b"keys", "ops", b"ops", "values", b"values"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_writes", b"client_writes", "commit_time_us", b"commit_time_us", "history_id", b"history_id", "keys", b"keys", "ops", b"ops", "values", b"values"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WalBatch: _TypeAlias = WalBatch  # noqa: Y015
+
+@_typing.final
+class ClientWrite(_message.Message):
+    """An idempotent client batch inside a record: its entries are the record's entries
+    offset .. offset + count - 1, so its LSNs are first_lsn + offset .. first_lsn + offset +
+    count - 1. Every node holds it (the WAL is the same on all), so a restarted or promoted
+    primary rebuilds its retry window from the WAL's tail.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    PAYLOAD_HASH_FIELD_NUMBER: _builtins.int
+    client_id: _builtins.bytes
+    """16 bytes"""
+    seq: _builtins.int
+    offset: _builtins.int
+    count: _builtins.int
+    payload_hash: _builtins.bytes
+    """BLAKE2b-128 of the BatchRequest.batch bytes"""
+    def __init__(
+        self,
+        *,
+        client_id: _builtins.bytes = ...,
+        seq: _builtins.int = ...,
+        offset: _builtins.int = ...,
+        count: _builtins.int = ...,
+        payload_hash: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "count", b"count", "offset", b"offset", "payload_hash", b"payload_hash", "seq", b"seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClientWrite: _TypeAlias = ClientWrite  # noqa: Y015
 
 @_typing.final
 class WalEntry(_message.Message):
@@ -1298,20 +1352,39 @@ class BatchRequest(_message.Message):
     BATCH_FIELD_NUMBER: _builtins.int
     WAIT_REPLICAS_FIELD_NUMBER: _builtins.int
     TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    RETRY_FIELD_NUMBER: _builtins.int
+    SEEN_LSN_FIELD_NUMBER: _builtins.int
     batch: _builtins.bytes
-    """a serialized WalBatch without history_id / commit_time_us"""
+    """a serialized WalBatch: ops, keys, values only"""
     wait_replicas: _builtins.int
     timeout_ms: _builtins.int
+    client_id: _builtins.bytes
+    """Idempotent retry (docs/protocol.md): a batch whose (client_id, seq) the primary still
+    remembers is answered with its original LSNs and written nothing. Empty: no dedupe.
+    16 bytes, random per client
+    """
+    seq: _builtins.int
+    """per client_id, from 1, increasing"""
+    retry: _builtins.bool
+    """a resend of a batch whose answer never came"""
+    seen_lsn: _builtins.int
+    """an LSN the client saw before it first sent this batch"""
     def __init__(
         self,
         *,
         batch: _builtins.bytes = ...,
         wait_replicas: _builtins.int = ...,
         timeout_ms: _builtins.int = ...,
+        client_id: _builtins.bytes = ...,
+        seq: _builtins.int = ...,
+        retry: _builtins.bool = ...,
+        seen_lsn: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "timeout_ms", b"timeout_ms", "wait_replicas", b"wait_replicas"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "client_id", b"client_id", "retry", b"retry", "seen_lsn", b"seen_lsn", "seq", b"seq", "timeout_ms", b"timeout_ms", "wait_replicas", b"wait_replicas"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
