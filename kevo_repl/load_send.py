@@ -177,7 +177,7 @@ class WindowSender:
             try:
                 with self.client.to(self.client.node) as probe:
                     probe.timeout_ms = min(_PROBE_MS, left_ms)
-                    s = probe.status()
+                    s = probe.status_message()
             except (NodeUnreachableError, UnresolvableHostError, RemoteError):
                 continue
             if s.role == pb.ROLE_PRIMARY and not s.fenced:

@@ -6,6 +6,11 @@ pays nothing per entry. The reads happen on the HTTP server's thread while the n
 they are single attribute reads of ints (atomic under the GIL) and a copy of the registry's
 replica list; a value may be one turn stale, never torn. The LMDB store itself is not opened
 from that thread (a bootstrap swaps it), so no key count is exported.
+
+The write and apply paths record into fixed-bucket ``Histogram``s (``NodeStats``: a bisect
+and two additions per group commit), turned into histogram families here. Durations are in
+seconds and sizes in entries, as ``promtool check metrics`` wants base units; every label
+value comes from the protocol's enums or the registry's replica ids, never from a request.
 """
 
 from __future__ import annotations
@@ -14,10 +19,17 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import ProcessCollector, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from kevo_repl.adapters.clock import monotonic_ms
+from kevo_repl.core.histogram import INF, Histogram
+from kevo_repl.node.stats import ERROR_NAMES, NodeStats
 from kevo_repl.wire import pb
 
 if TYPE_CHECKING:
@@ -34,6 +46,19 @@ def _gauge(name: str, doc: str, value: float) -> Metric:
 
 def _counter(name: str, doc: str, value: float) -> Metric:
     return CounterMetricFamily(name, doc, value=value)
+
+
+def _histogram(name: str, doc: str, hist: Histogram) -> Metric:
+    snap = hist.snapshot()
+    buckets = [("+Inf" if bound == INF else repr(bound), float(n)) for bound, n in snap.buckets]
+    return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=snap.sum)
+
+
+def _by_label(name: str, doc: str, label: str, counts: dict[str, int]) -> Metric:
+    family = CounterMetricFamily(name, doc, labels=[label])
+    for value, n in counts.items():
+        family.add_metric([value], n)
+    return family
 
 
 def _info(node_id: str, role: str, history_id: bytes) -> Metric:
@@ -75,6 +100,7 @@ class NodeCollector(Collector):
         yield _counter("kevo_bytes_published", "Bytes published on PUB.", c.bytes_published)
         yield _counter("kevo_catchups_served", "WalSync requests answered.", c.catchups_served)
         yield _counter("kevo_bootstraps_served", "Bootstrap sessions started.", c.bootstraps_served)
+        yield from _stats(node.stats)
         yield from self._replicas()
         if not primary:
             yield from self._following()
@@ -104,8 +130,8 @@ class NodeCollector(Collector):
         replicas = _copy_list(registry.replicas)
         labels = ["replica"]
         lag = GaugeMetricFamily("kevo_replica_lag_entries", "Entries behind.", labels=labels)
-        lag_ms = GaugeMetricFamily(
-            "kevo_replica_lag_ms", "Age of the oldest unapplied commit (ms).", labels=labels
+        lag_s = GaugeMetricFamily(
+            "kevo_replica_lag_seconds", "Age of the oldest commit not yet applied.", labels=labels
         )
         applied = GaugeMetricFamily(
             "kevo_replica_applied_lsn", "LSN the replica acknowledged.", labels=labels
@@ -116,12 +142,35 @@ class NodeCollector(Collector):
         for r in replicas:
             rid = [r.replica_id]
             lag.add_metric(rid, registry.lag_entries(r))
-            lag_ms.add_metric(rid, registry.lag_ms(r, now))
+            lag_s.add_metric(rid, registry.lag_ms(r, now) / 1000)
             applied.add_metric(rid, r.applied_lsn)
             for name in _STATUS_NAMES:
                 status.add_metric([r.replica_id, name], 1 if r.status.name.lower() == name else 0)
-        yield from (lag, lag_ms, applied, status)
+        yield from (lag, lag_s, applied, status)
         yield _gauge("kevo_replicas", "Replicas registered.", len(replicas))
+
+
+def _stats(stats: NodeStats) -> Iterator[Metric]:
+    """The write/apply path's histograms (a replica's group is one drain of its upstream's
+    records) and the ROUTER's requests and error answers."""
+    yield _histogram(
+        "kevo_commit_duration_seconds",
+        "Group commit latency: from taking a group (a replica: appending a drain) until it is "
+        "durable and published.",
+        stats.commit_seconds,
+    )
+    yield _histogram("kevo_wal_fsync_duration_seconds", "One WAL fdatasync.", stats.fsync_seconds)
+    yield _histogram("kevo_commit_group_entries", "Entries per group commit.", stats.group_entries)
+    yield _histogram(
+        "kevo_apply_duration_seconds",
+        "Store apply of one group commit (one LMDB transaction per history).",
+        stats.apply_seconds,
+    )
+    yield _by_label(
+        "kevo_requests", "Requests taken on the ROUTER, by kind.", "kind", dict(stats.requests)
+    )
+    errors = {ERROR_NAMES[code]: n for code, n in dict(stats.errors).items()}
+    yield _by_label("kevo_error_responses", "Error answers sent, by code.", "code", errors)
 
 
 def _copy_list(get: Any) -> list[Any]:

@@ -4,7 +4,8 @@ Docker and a cluster are not available here, so the checks are what can fail wit
 the manifests against the Kubernetes OpenAPI schemas (kubernetes-validate, strict: unknown
 fields fail), the compose file's services, ports, volumes and health checks, and every node
 command line in any of these files parsed by kevo-repl's own parser (a renamed flag breaks
-this test, not a deployment).
+this test, not a deployment). The Grafana dashboard's queries are checked against what a live
+primary and replica serve: a renamed series or label breaks this test, not a dashboard.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import configparser
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,8 @@ import yaml
 
 from kevo_repl.cli import build_parser
 from tests.cli_support import kevo
+from tests.metrics_support import parse, scrape, scrape_text, series_names, started_pair
+from tests.nodes import Cluster, wait_for
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 K8S_VERSION = "1.30.0"
@@ -134,3 +138,57 @@ def test_systemd_units_start_nodes_from_valid_config_files() -> None:
         settings = json.loads(r.stdout)
         assert settings["port"] == 7100 and settings["bind"] == "0.0.0.0"
         assert str(settings["data"]).startswith(service["ReadWritePaths"])
+
+
+DASHBOARD = DEPLOY / "grafana" / "kevo-repl.json"
+_NAME = re.compile(r"\b(kevo_[a-z0-9_]+)")
+_GROUPING = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")
+_PROMETHEUS_LABELS = {"instance", "job", "le"}  # added by the scrape, or a histogram's
+
+
+def dashboard_queries(dash: dict[str, Any]) -> list[str]:
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    return exprs + [v["definition"] for v in dash["templating"]["list"] if v["type"] == "query"]
+
+
+def test_grafana_dashboard_is_importable() -> None:
+    dash = json.loads(DASHBOARD.read_text())
+    assert dash["schemaVersion"] >= 36 and dash["title"] and dash["uid"]
+    assert [i["name"] for i in dash["__inputs"]] == ["DS_PROMETHEUS"]
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))
+    for p in dash["panels"]:
+        assert p["datasource"] == {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}, p["title"]
+        assert p["targets"] and all(t["expr"] for t in p["targets"]), p["title"]
+        assert {"h", "w", "x", "y"} <= p["gridPos"].keys()
+    used = {n for e in dashboard_queries(dash) for n in _NAME.findall(e)}
+    wanted = {  # what an operator looks at first: lag, positions, the write path, traffic
+        "kevo_replica_lag_seconds",
+        "kevo_replica_lag_entries",
+        "kevo_applied_lsn",
+        "kevo_durable_lsn",
+        "kevo_commit_duration_seconds_bucket",
+        "kevo_wal_fsync_duration_seconds_bucket",
+        "kevo_commit_group_entries_bucket",
+        "kevo_apply_duration_seconds_bucket",
+        "kevo_requests_total",
+        "kevo_error_responses_total",
+        "kevo_bytes_published_total",
+    }
+    assert wanted <= used, f"no panel shows {wanted - used}"
+
+
+def test_grafana_dashboard_queries_only_what_nodes_serve(cluster: Cluster) -> None:
+    _, pm, _, rm = started_pair(cluster)
+    listed = ("kevo_replica_lag_seconds", (("replica", "r1"),))
+    wait_for("r1 registered on the primary", lambda: listed in scrape(pm))
+    texts = [scrape_text(pm), scrape_text(rm)]
+    served = set().union(*(series_names(t) for t in texts))
+    labels = {k for t in texts for (_, ls) in parse(t) for k, _ in ls} | _PROMETHEUS_LABELS
+    for expr in dashboard_queries(json.loads(DASHBOARD.read_text())):
+        names = set(_NAME.findall(expr))
+        assert names, f"a query that reads no kevo series: {expr}"
+        assert names <= served, f"{expr} reads {names - served}, which no node serves"
+        for group in _GROUPING.findall(expr):
+            used = {g.strip() for g in group.split(",") if g.strip()}
+            assert used <= labels, f"{expr} groups by {used - labels}, which no series has"

@@ -36,7 +36,7 @@ def _expected() -> dict[bytes, bytes]:
 
 def _lsn(node: Node) -> int:
     with node.client(1000) as c:
-        return c.status().lsn
+        return c.status_message().lsn
 
 
 class _Load:
@@ -108,7 +108,7 @@ def test_load_with_retry_survives_a_killed_primary_and_writes_each_batch_once(
     assert str(LINES) in out.splitlines(), out  # the last LSN printed: the last line's
     assert "batches resent after an outage" in out, out
     with primary.client(3000) as c:
-        assert c.status().lsn == LINES  # every line once: no batch doubled, none lost
+        assert c.status_message().lsn == LINES  # every line once: no batch doubled, none lost
         assert c.digest().keys == HOT_KEYS
         for key, value in _expected().items():
             assert c.get(key) == value, key
@@ -137,7 +137,7 @@ def test_load_with_retry_answers_batches_the_frozen_primary_committed_late(
         load.end()
     assert code == 0, out
     with primary.client(3000) as c:
-        assert c.status().lsn == LINES, out
+        assert c.status_message().lsn == LINES, out
         for key, value in _expected().items():
             assert c.get(key) == value, key
 
@@ -157,18 +157,18 @@ def test_a_resent_batch_gets_its_original_lsn_across_a_restart(cluster: Cluster)
         assert (first.first_lsn, first.lsn) == (2, 3)
         mark_retry(req)
         again = _resend(c, req)
-        assert (again.first_lsn, again.lsn) == (2, 3) and c.status().lsn == 3
+        assert (again.first_lsn, again.lsn) == (2, 3) and c.status_message().lsn == 3
     primary.kill()
     cluster.restart(primary)
     with primary.client() as c:  # another connection, another client: the same answer
-        assert _resend(c, req).lsn == 3 and c.status().lsn == 3  # the window, from the WAL
+        assert _resend(c, req).lsn == 3 and c.status_message().lsn == 3  # the window, from the WAL
         other = pb.Request()
         other.CopyFrom(req)
         other.batch.batch = batch_request([(b"a", b"changed")]).batch.batch
         with pytest.raises(RemoteError) as err:
             c.call(other)
         assert err.value.code == pb.ERROR_SEQ_REUSED and "other contents" in str(err.value)
-        assert c.status().lsn == 3 and c.get(b"a") == b"1"  # nothing written
+        assert c.status_message().lsn == 3 and c.get(b"a") == b"1"  # nothing written
         # A retry of a seq never committed, first sent after LSN 3: written, once.
         fresh = c.batch_request([(b"c", b"3")])
         assert fresh.batch.seen_lsn == 3
@@ -195,7 +195,7 @@ def test_a_promoted_replica_answers_retries_of_what_its_primary_committed(
     assert fork == lsn
     with replica.client() as c:
         mark_retry(req)
-        assert _resend(c, req).lsn == lsn and c.status().lsn == lsn
+        assert _resend(c, req).lsn == lsn and c.status_message().lsn == lsn
 
 
 @pytest.mark.parametrize("fsync", ["always", "interval"])
@@ -211,4 +211,4 @@ def test_a_retry_of_a_batch_still_pending_is_answered_with_it(cluster: Cluster, 
         mark_retry(copy)
         answers = c.call_many([req, copy])
         assert [(a.write.first_lsn, a.write.lsn) for a in answers] == [(1, 500)] * 2
-        assert wait_for("the batch durable", lambda: c.status().lsn) == 500  # written once
+        assert wait_for("the batch durable", lambda: c.status_message().lsn) == 500  # written once

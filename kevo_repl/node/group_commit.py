@@ -14,6 +14,9 @@ crash could still take back. With ``ack_before_sync`` (``--fsync interval``) the
 answered as soon as their record is written instead; reads of the keys they wrote wait until
 the group is applied (``unapplied``), so clients still read their writes.
 
+Each group is timed for ``--metrics-port`` (``NodeStats``): its fdatasync on the helper
+thread, its store apply here; the driver times the whole commit once it is published.
+
 The byte caps keep every record receivable by every follower (the stream carries records up
 to ``record_target_bytes``; WalSync replies carry any record), and bound what is pending.
 """
@@ -25,10 +28,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from kevo_repl.adapters.clock import monotonic_s
 from kevo_repl.adapters.state_lmdb import Batch, StateStore
 from kevo_repl.adapters.wal_files import Appended, WriteAheadLog
 from kevo_repl.core.errors import KevoError
 from kevo_repl.core.record import RECORD_HEADER_BYTES, decode_record
+from kevo_repl.node.stats import NodeStats
 from kevo_repl.wire import pb
 from kevo_repl.wire.batch import CLIENT_WRITE_BYTES, decode_batch, seal_batch
 
@@ -129,10 +134,15 @@ class SealedRecord:
 class InFlightGroup:
     records: list[SealedRecord]
     sync: Future[int]
+    started_s: float = 0.0  # monotonic seconds when the group was taken: its commit latency
 
     @property
     def last_lsn(self) -> int:
         return self.records[-1].appended.last_lsn
+
+    @property
+    def entries(self) -> int:
+        return self.last_lsn - self.records[0].appended.first_lsn + 1
 
     def committed(self) -> list[CommittedWrite]:
         return [c for r in self.records for c in r.committed()]
@@ -148,6 +158,8 @@ class GroupCommitter:
     wal: WriteAheadLog
     store: StateStore
     wall_us: Callable[[], int]
+    stats: NodeStats = field(default_factory=NodeStats)
+    clock_s: Callable[[], float] = monotonic_s  # durations for the histograms
     ack_before_sync: bool = False  # fsync=interval: answer at write, publish once durable
     max_group_entries: int = 65536
     max_group_bytes: int = 16 * _MIB  # one fdatasync covers at most this much (or one write)
@@ -194,6 +206,7 @@ class GroupCommitter:
         """
         if not self.pending or len(self.in_flight) >= MAX_IN_FLIGHT:
             return None  # the writes wait for a finished group to make room
+        started = self.clock_s()
         records: list[SealedRecord] = []
         group = self._take_group()
         try:
@@ -212,9 +225,9 @@ class GroupCommitter:
                 self.pending_entries += w.count
                 self.pending_bytes += len(w.payload)
             raise
-        sync = self._syncer.submit(self.wal.sync)
+        sync = self._syncer.submit(self.stats.timed_sync(self.wal.sync))
         sync.add_done_callback(lambda _: on_durable())
-        flight = InFlightGroup(records, sync)
+        flight = InFlightGroup(records, sync, started)
         self.in_flight.append(flight)
         if self.ack_before_sync:
             for record in records:
@@ -317,6 +330,7 @@ class GroupCommitter:
         # replays it from the WAL (catch_up_store) instead of failing the committed write.
         if self.store_error:
             return
+        started = self.clock_s()
         batches: list[Batch] = []
         for record in flight.records:
             writes = record.writes
@@ -335,6 +349,8 @@ class GroupCommitter:
             self.store.apply_many(batches, history, new_history=history != self.store.history_id)
         except KevoError as exc:
             self.store_error = str(exc)
+            return
+        self.stats.apply_seconds.observe(self.clock_s() - started)
 
     def _forget_applied(self, flight: InFlightGroup) -> None:
         last = flight.last_lsn

@@ -42,6 +42,7 @@ from kevo_repl.node.config import NodeConfig
 from kevo_repl.node.local_state import open_local_state
 from kevo_repl.node.serving import ServingSockets
 from kevo_repl.node.serving_requests import ServingRequests
+from kevo_repl.node.stats import NodeStats
 from kevo_repl.wire import pb
 from kevo_repl.wire.backend import slow_backend_warning
 from kevo_repl.wire.envelope import encode_beacon
@@ -97,6 +98,7 @@ class Node:
         self.retention_held_by = ""  # the follower whose position keeps the oldest segment
         self.counters = Counters()
         self.published_rate = RateWindow.starting(monotonic_ms(), 0, 0)  # 10 s, for Status
+        self.stats = NodeStats()  # histograms, requests and errors for --metrics-port
         self.last_publish_ms = self._last_tick_ms = self._last_retain_ms = 0
         self.state = open_local_state(Path(config.data_dir), role, config.segment_size, self.log)
         self.followers = Registry(
@@ -124,6 +126,7 @@ class Node:
                 max_stream_record_bytes=config.limits.max_stream_record_bytes,
                 security=self.security,
                 log=self.log,
+                stats=self.stats,
             )
             self.requests = ServingRequests(self)
             self.source: Source = self._make_source(self.upstream)

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from kevo_repl.adapters.state_lmdb import StateStore
 from kevo_repl.wire import pb
 from kevo_repl.wire.batch import WireError
-from kevo_repl.wire.envelope import error_response
 
 __all__ = ["MAX_PARKED", "MAX_PARKED_PER_PEER", "MAX_WAIT_MS", "ParkedReads"]
 
@@ -38,7 +37,7 @@ class _Parked:
 class ParkedReads:
     store: Callable[[], StateStore]  # a getter: a replica swaps its store after a bootstrap
     reply: Callable[[bytes, pb.Response], object]  # the serving side's budget-aware reply
-    send: Callable[[bytes, bytes], object]  # for small frames (errors)
+    send_error: Callable[[bytes, int, pb.ErrorCode.ValueType, str], object]  # counted by code
     max_key_bytes: int
     _parked: list[_Parked] = field(default_factory=list)
     _per_peer: Counter[bytes] = field(default_factory=Counter)
@@ -76,7 +75,7 @@ class ParkedReads:
                 self._answer(p.peer, p.request_id, p.key)
             elif now_ms >= p.deadline_ms:
                 msg = f"min_lsn {p.min_lsn} not reached in time (applied LSN is {applied})"
-                self.send(p.peer, error_response(p.request_id, pb.ERROR_TIMEOUT, msg))
+                self.send_error(p.peer, p.request_id, pb.ERROR_TIMEOUT, msg)
             else:
                 keep.append(p)
                 continue

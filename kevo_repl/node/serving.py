@@ -10,6 +10,9 @@ What a peer can make the node hold is bounded here (docs/security.md): the PUB q
 (``publish_record``); the ROUTER queues at most ``ROUTER_SNDHWM`` replies per peer, of which
 the large ones stay within the peer's ``ReplyBudget`` (``reply``), and takes at most
 ``ROUTER_RCVHWM`` requests per peer before TCP pushes back.
+
+Every error answer leaves through here (``send_error``, or an ``Error`` body given to
+``reply``), so it is counted by code once, for ``--metrics-port``.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from kevo_repl.adapters.zmq_io import (
 )
 from kevo_repl.core.errors import TransportError
 from kevo_repl.node.reply_budget import ReplyBudget
+from kevo_repl.node.stats import NodeStats
 from kevo_repl.wire import pb
 from kevo_repl.wire.envelope import TOPIC_WAL, error_response
 
@@ -50,6 +54,7 @@ class ServingSockets:
         max_stream_record_bytes: int,
         security: ServerSecurity | None,
         log: Any,
+        stats: NodeStats | None = None,
     ) -> None:
         self._ctx = ctx
         self._bind = bind
@@ -62,6 +67,7 @@ class ServingSockets:
         self.security = security
         self.budget = ReplyBudget()
         self._log = log
+        self.stats = stats if stats is not None else NodeStats()
         self.pub, self.router = self._bind_both()
 
     def _bind_both(self) -> tuple[zmq.Socket[bytes], zmq.Socket[bytes]]:
@@ -98,6 +104,23 @@ class ServingSockets:
         """A small reply (an error, a write's answer); False if the peer cannot take it."""
         return send_nowait(self.router, [peer, frame])
 
+    def send_error(
+        self,
+        peer: bytes,
+        request_id: int,
+        code: pb.ErrorCode.ValueType,
+        message: str,
+        *,
+        primary: str = "",
+        retained_from_lsn: int = 0,
+    ) -> bool:
+        """An ``Error`` answer (``error_response``), counted by its code."""
+        self.stats.error(code)
+        frame = error_response(
+            request_id, code, message, primary=primary, retained_from_lsn=retained_from_lsn
+        )
+        return self.send(peer, frame)
+
     def reply(self, peer: bytes, resp: pb.Response) -> bool | None:
         """Send a reply within the peer's budget of unread bytes.
 
@@ -109,6 +132,8 @@ class ServingSockets:
         budget = self.budget
         if not budget.allows(peer, size):
             return None
+        if resp.WhichOneof("body") == "error":  # a digest or a snapshot stream that failed
+            self.stats.error(resp.error.code)
         token = budget.stamp(peer, size)
         if token:
             resp.read_token = token
@@ -126,7 +151,7 @@ class ServingSockets:
                 f"{unread} bytes of earlier replies to this connection are unread; read them "
                 "and send the read_token of the last one"
             )
-            self.send(peer, error_response(resp.request_id, pb.ERROR_UNREAD_REPLIES, msg))
+            self.send_error(peer, resp.request_id, pb.ERROR_UNREAD_REPLIES, msg)
 
     def confirm(self, peer: bytes, read_token: int) -> None:
         if read_token:

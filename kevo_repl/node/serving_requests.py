@@ -7,6 +7,7 @@ Digest and Get. Writes go to the node's source: a primary queues them, a replica
 them. Every request is validated before it touches anything; a bad one gets an ``Error`` and
 changes nothing, and an unexpected failure is logged and answered ``ERROR_INTERNAL``, so no
 peer can stop the node. Large replies go through the per-peer budget of unread bytes.
+Each request is counted by kind and each error answer by code (``NodeStats``).
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ from kevo_repl.node.parked_reads import ParkedReads
 from kevo_repl.node.refusals import RefusalLog
 from kevo_repl.node.roles import fence, handover, promote, repoint
 from kevo_repl.node.serving_snapshots import SnapshotRequests
+from kevo_repl.node.stats import INVALID_KIND
 from kevo_repl.wire import pb
 from kevo_repl.wire.batch import WireError, decode_batch
-from kevo_repl.wire.envelope import decode_request, error_response
+from kevo_repl.wire.envelope import decode_request
 from kevo_repl.wire.history import chain_from_wire, chain_to_wire
 
 if TYPE_CHECKING:
@@ -79,7 +81,7 @@ class ServingRequests:
         self.reads = ParkedReads(
             lambda: node.store,
             serving.reply_or_refuse,
-            serving.send,
+            serving.send_error,
             node.config.limits.max_key_bytes,
         )
         self.digests = DigestQueue(lambda: node.store)
@@ -91,29 +93,32 @@ class ServingRequests:
     def handle(self, peer: bytes, frame: bytes, user: str = "") -> None:
         node = self.node
         serving = node.serving
+        requests = node.stats.requests
         try:
             req = decode_request(frame, node.config.limits)
         except WireError as exc:
-            self._send(peer, error_response(0, exc.code, str(exc)))
+            requests[INVALID_KIND] += 1
+            self._error(peer, 0, exc.code, str(exc))
             return
         if req.read_token:
             serving.confirm(peer, req.read_token)
         kind = req.WhichOneof("body")
         rid = req.request_id
+        requests[kind or INVALID_KIND] += 1  # a oneof case: the label set is the protocol's
         if kind is None or not serving.allowed(user, kind):
             msg = f"this key may not send {kind} requests"
-            self._send(peer, error_response(rid, pb.ERROR_UNAUTHORIZED, msg))
+            self._error(peer, rid, pb.ERROR_UNAUTHORIZED, msg)
             return
         try:
             self._dispatch(peer, req, kind, monotonic_ms(), user)
         except WireError as exc:
-            self._send(peer, error_response(rid, exc.code, str(exc)))
+            self._error(peer, rid, exc.code, str(exc))
         except StorageError as exc:
             node.log.error("request_failed", request=kind, error=str(exc))
-            self._send(peer, error_response(rid, pb.ERROR_UNAVAILABLE, str(exc)))
+            self._error(peer, rid, pb.ERROR_UNAVAILABLE, str(exc))
         except Exception as exc:  # a bug must not stop the node for everyone: log it loudly
             node.log.exception("request_crashed", request=kind, error=repr(exc))
-            self._send(peer, error_response(rid, pb.ERROR_INTERNAL, f"internal error: {exc!r}"))
+            self._error(peer, rid, pb.ERROR_INTERNAL, f"internal error: {exc!r}")
 
     def _dispatch(self, peer: bytes, req: pb.Request, kind: str, now: int, user: str) -> None:
         rid = req.request_id
@@ -167,7 +172,7 @@ class ServingRequests:
             raise WireError("register: replica_id must be 1..256 characters")
         if key_name and reg.replica_id != key_name:
             msg = f"this key belongs to replica {key_name!r}, not {reg.replica_id!r}"
-            self._send(peer, error_response(rid, pb.ERROR_UNAUTHORIZED, msg))
+            self._error(peer, rid, pb.ERROR_UNAUTHORIZED, msg)
             return
         theirs = chain_from_wire(reg.history, reg.history_id)
         try:
@@ -175,10 +180,10 @@ class ServingRequests:
                 reg.replica_id, peer, reg.address[:512], reg.role, reg.applied_lsn, now
             )
         except DuplicateReplicaError as exc:
-            self._send(peer, error_response(rid, pb.ERROR_DUPLICATE_REPLICA, str(exc)))
+            self._error(peer, rid, pb.ERROR_DUPLICATE_REPLICA, str(exc))
             return
         except RegistryFullError as exc:
-            self._send(peer, error_response(rid, pb.ERROR_UNAVAILABLE, str(exc)))
+            self._error(peer, rid, pb.ERROR_UNAVAILABLE, str(exc))
             return
         ours = node.state.chain
         if node.role == pb.ROLE_PRIMARY and theirs.descends_from(ours):
@@ -235,7 +240,7 @@ class ServingRequests:
             self._impossible(peer, rid, exc, now)
             return
         if r is None:
-            self._send(peer, error_response(rid, pb.ERROR_NOT_REGISTERED, "register first"))
+            self._error(peer, rid, pb.ERROR_NOT_REGISTERED, "register first")
             return
         self.node.source.released(done)
         peers = [x.address for x in registry.replicas()[:64] if x is not r and x.address]
@@ -260,7 +265,7 @@ class ServingRequests:
             self._impossible(peer, rid, exc, now)
             return
         if r is None:
-            self._send(peer, error_response(rid, pb.ERROR_NOT_REGISTERED, "register first"))
+            self._error(peer, rid, pb.ERROR_NOT_REGISTERED, "register first")
         self.node.source.released(done)
 
     def _impossible(self, peer: bytes, rid: int, exc: ImpossiblePositionError, now: int) -> None:
@@ -268,7 +273,7 @@ class ServingRequests:
         r = self.node.followers.get(peer)
         who = r.replica_id if r is not None else peer.hex()
         self.refusals.refused("impossible_position", now, replica_id=who, error=str(exc))
-        self._send(peer, error_response(rid, pb.ERROR_BAD_REQUEST, str(exc)))
+        self._error(peer, rid, pb.ERROR_BAD_REQUEST, str(exc))
 
     def _wal_sync(self, peer: bytes, rid: int, req: pb.WalSyncRequest, now: int) -> None:
         node = self.node
@@ -290,10 +295,7 @@ class ServingRequests:
         except TooOldError:
             node.log.info("wal_sync_too_old", from_lsn=req.from_lsn)
             msg = f"LSN {req.from_lsn} was retained away; WAL starts at {wal.retained_from_lsn}"
-            frame = error_response(
-                rid, pb.ERROR_TOO_OLD, msg, retained_from_lsn=wal.retained_from_lsn
-            )
-            self._send(peer, frame)
+            self._error(peer, rid, pb.ERROR_TOO_OLD, msg, retained_from_lsn=wal.retained_from_lsn)
             return
         if node.followers.get(peer) is not None:  # a replica, not a tail or a tool
             node.followers.note_catchup(peer, now)
@@ -382,5 +384,13 @@ class ServingRequests:
     def _reply(self, peer: bytes, resp: pb.Response) -> None:
         self.node.serving.reply_or_refuse(peer, resp)
 
-    def _send(self, peer: bytes, frame: bytes) -> None:
-        self.node.serving.send(peer, frame)
+    def _error(
+        self,
+        peer: bytes,
+        rid: int,
+        code: pb.ErrorCode.ValueType,
+        message: str,
+        *,
+        retained_from_lsn: int = 0,
+    ) -> None:
+        self.node.serving.send_error(peer, rid, code, message, retained_from_lsn=retained_from_lsn)

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 from kevo_repl.node.bootstrap_stream import BootstrapSession, SessionsFullError
 from kevo_repl.wire import pb
 from kevo_repl.wire.batch import WireError
-from kevo_repl.wire.envelope import error_response
 
 if TYPE_CHECKING:
     from kevo_repl.node.node import Node
@@ -30,7 +29,7 @@ class SnapshotRequests:
             return
         kind = "backup" if req.backup else "bootstrap"
         if kind == "bootstrap" and node.followers.get(peer) is None:
-            self._send(peer, error_response(rid, pb.ERROR_NOT_REGISTERED, "register first"))
+            self._error(peer, rid, pb.ERROR_NOT_REGISTERED, "register first")
             return
         session = self._start_session(peer, rid, req.credit, req.chunk_bytes, now, kind)
         if session is None:
@@ -65,7 +64,7 @@ class SnapshotRequests:
         try:
             return self.node.sessions.start(peer, rid, credit, chunk_bytes, now, kind, prefix)
         except SessionsFullError as exc:
-            self._send(peer, error_response(rid, pb.ERROR_UNAVAILABLE, str(exc)))
+            self._error(peer, rid, pb.ERROR_UNAVAILABLE, str(exc))
             return None
 
     def _session_credit(
@@ -95,5 +94,5 @@ class SnapshotRequests:
     def _reply(self, peer: bytes, resp: pb.Response) -> None:
         self.node.serving.reply_or_refuse(peer, resp)
 
-    def _send(self, peer: bytes, frame: bytes) -> None:
-        self.node.serving.send(peer, frame)
+    def _error(self, peer: bytes, rid: int, code: pb.ErrorCode.ValueType, message: str) -> None:
+        self.node.serving.send_error(peer, rid, code, message)

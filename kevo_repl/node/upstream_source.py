@@ -7,6 +7,8 @@ fdatasynced on a helper thread. Only once that sync is done is a record *visible
 node's durable LSN (what it acks to its upstream), published on its own PUB, served by its
 WalSync. A bootstrap installs a snapshot and starts the WAL afresh past it. A tail that has
 diverged from the upstream's line is written to a file for the operator and never served.
+Each drain is timed for ``--metrics-port`` like a primary's group commit: its store apply,
+its fdatasync, and from its WAL append to published.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from kevo_repl.adapters.clock import monotonic_ms
+from kevo_repl.adapters.clock import monotonic_ms, monotonic_s
 from kevo_repl.adapters.security import ClientCurve
 from kevo_repl.adapters.state_lmdb import Batch, BootstrapWriter, StateStore
 from kevo_repl.core.errors import KevoError, ProtocolError, StorageError
@@ -41,10 +43,10 @@ from kevo_repl.core.follower_types import (
 )
 from kevo_repl.core.record import decode_record, peek_lsns
 from kevo_repl.core.registry import WaitResult
+from kevo_repl.node.stats import DrainTimes
 from kevo_repl.node.upstream_link import Decoded, UpstreamLink
 from kevo_repl.wire import pb
 from kevo_repl.wire.batch import WireError, decode_batch
-from kevo_repl.wire.envelope import error_response
 
 if TYPE_CHECKING:
     from kevo_repl.node.node import Node
@@ -112,6 +114,7 @@ class UpstreamSource:
         self.unreachable = ""  # why the upstream does not answer, as logged ("" if it does)
         self._to_apply: list[Decoded] = []
         self._unsynced: list[tuple[int, int, bytes]] = []  # written here, not yet durable
+        self._drains = DrainTimes(node.stats)  # appended, not yet published: for metrics
         self._visible = self.follower.durable_lsn
         self._sync: tuple[Future[int], int] | None = None
         self._syncer = ThreadPoolExecutor(1, thread_name_prefix="wal-sync")
@@ -150,8 +153,8 @@ class UpstreamSource:
 
     def queue_write(self, peer: bytes, req: pb.Request, kind: str) -> bool:
         msg = f"this node is a replica; send writes to the primary at {self.primary}"
-        frame = error_response(req.request_id, pb.ERROR_NOT_PRIMARY, msg, primary=self.primary)
-        self.node.serving.send(peer, frame)
+        serving = self.node.serving
+        serving.send_error(peer, req.request_id, pb.ERROR_NOT_PRIMARY, msg, primary=self.primary)
         return False
 
     def released(self, waits: list[WaitResult]) -> None:
@@ -239,6 +242,7 @@ class UpstreamSource:
         self.link.decoded.clear()
         node = self.node
         wal, store = node.wal, node.store
+        started = monotonic_s()
         try:
             for _first, last, batch, record in queued:
                 if last > wal.last_lsn:  # a store that failed to apply may have it logged
@@ -250,11 +254,14 @@ class UpstreamSource:
                 if not groups or groups[-1][0] != batch.history_id:
                     groups.append((batch.history_id, []))
                 groups[-1][1].append((first, last, batch.ops, batch.keys, batch.values))
+            applying = monotonic_s()
             for history, batches in groups:
                 store.apply_many(batches, history, new_history=history != store.history_id)
         except KevoError as exc:
             self._storage_failed(str(exc))
             return
+        entries = sum(last - first + 1 for first, last, _b, _r in queued)
+        self._drains.applied(queued[-1][1], entries, started, applying)
         self._unsynced += [(first, last, record) for first, last, _b, record in queued]
         self._start_sync()
         self.run(self.follower.take_ack())
@@ -262,7 +269,7 @@ class UpstreamSource:
     def _start_sync(self) -> None:
         if self._sync is not None or not self._unsynced:
             return
-        future = self._syncer.submit(self.node.wal.sync)
+        future = self._syncer.submit(self.node.stats.timed_sync(self.node.wal.sync))
         future.add_done_callback(lambda _: self.node.wake())
         self._sync = (future, self._unsynced[-1][1])
 
@@ -281,6 +288,7 @@ class UpstreamSource:
         if ready:
             self._visible = ready[-1][1]
             self.node.publish(ready, now)
+            self._drains.published(durable)
         self.follower.durable(durable)
         self.run(self.follower.take_ack())
         self._start_sync()
@@ -303,6 +311,7 @@ class UpstreamSource:
             node.store.rewind(action.puts, action.lsn, action.history_id)
             node.state.reset_wal(action.lsn + 1, action.history_id or node.wal.history_id)
             self._unsynced.clear()
+            self._drains.clear()
             self._visible = action.lsn
         elif isinstance(action, BeginBootstrap):
             if node.store.applied_lsn:  # never silently: say what is discarded
@@ -333,6 +342,7 @@ class UpstreamSource:
             # The old log does not lead to the snapshot: start one right after it.
             node.state.reset_wal(action.snapshot_lsn + 1, action.history_id)
             self._unsynced.clear()
+            self._drains.clear()
             self._visible = action.snapshot_lsn
             node.followers.note_commit(action.snapshot_lsn, monotonic_ms())
 

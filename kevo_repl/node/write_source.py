@@ -36,7 +36,7 @@ from kevo_repl.node.parked_reads import MAX_WAIT_MS
 from kevo_repl.node.retry_guard import RetryGuard, payload_hash, rebuild_window
 from kevo_repl.wire import pb
 from kevo_repl.wire.batch import WireError, WireLimits, encode_single, parse_client_batch
-from kevo_repl.wire.envelope import encode_write_reply, error_response
+from kevo_repl.wire.envelope import encode_write_reply
 
 if TYPE_CHECKING:
     from kevo_repl.node.node import Node
@@ -73,6 +73,7 @@ class WriteSource:
             node.wal,
             node.store,
             wall_us,
+            node.stats,
             ack_before_sync=node.config.fsync != "always",
             record_target_bytes=limits.max_stream_record_bytes - RECORD_OVERHEAD_BYTES,
         )
@@ -127,8 +128,7 @@ class WriteSource:
             msg = f"this primary accepts no writes: {node.fenced}" + (
                 f"; send them to {where}" if where else ""
             )
-            frame = error_response(req.request_id, pb.ERROR_NOT_PRIMARY, msg, primary=where)
-            node.serving.send(peer, frame)
+            node.serving.send_error(peer, req.request_id, pb.ERROR_NOT_PRIMARY, msg, primary=where)
             return False
         limits = node.config.limits
         body: pb.PutRequest | pb.DeleteRequest | pb.BatchRequest
@@ -276,6 +276,9 @@ class WriteSource:
                 ],
                 now,
             )
+            stats = self.node.stats  # taken to durable and published: the commit's latency
+            stats.commit_seconds.observe(self.committer.clock_s() - flight.started_s)
+            stats.group_entries.observe(flight.entries)
             self._answer(flight.committed(), now)
 
     def _answer(self, committed: list[CommittedWrite], now: int) -> None:
@@ -322,7 +325,7 @@ class WriteSource:
         self.retries.dropped()
         for w in writes:
             for peer, rid in w.answerers():
-                self._send(peer, error_response(rid, pb.ERROR_OUTCOME_UNKNOWN, msg))
+                self.node.serving.send_error(peer, rid, pb.ERROR_OUTCOME_UNKNOWN, msg)
         self.node.log.error(event, error=str(exc), writes_with_unknown_outcome=len(writes))
         self.node.fail(f"{event}: {exc}")
 
