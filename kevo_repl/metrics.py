@@ -139,14 +139,25 @@ class NodeCollector(Collector):
         status = GaugeMetricFamily(
             "kevo_replica_status", "1 for the replica's current status.", labels=[*labels, "status"]
         )
+        kinds = ("write", "flush", "replay")  # PostgreSQL's three (docs/protocol.md)
+        lags = {
+            k: GaugeMetricFamily(
+                f"kevo_replica_{k}_lag_seconds",
+                f"pg_stat_replication's {k}_lag, measured here from commit times.",
+                labels=labels,
+            )
+            for k in kinds
+        }
         for r in replicas:
             rid = [r.replica_id]
             lag.add_metric(rid, registry.lag_entries(r))
             lag_s.add_metric(rid, registry.lag_ms(r, now) / 1000)
+            for k, value in zip(kinds, registry.lags_s(r, now), strict=True):
+                lags[k].add_metric(rid, value)
             applied.add_metric(rid, r.applied_lsn)
             for name in _STATUS_NAMES:
                 status.add_metric([r.replica_id, name], 1 if r.status.name.lower() == name else 0)
-        yield from (lag, lag_s, applied, status)
+        yield from (lag, lag_s, applied, status, *lags.values())
         yield _gauge("kevo_replicas", "Replicas registered.", len(replicas))
 
 
