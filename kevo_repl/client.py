@@ -323,7 +323,9 @@ class Client:
             with self.to(exc.primary, follow_redirects=False) as c:
                 resp = c.call(req, extra_ms=timeout_ms)
         w = resp.write
-        return WriteResult(w.lsn, w.first_lsn, w.replicas_applied, w.wait_timed_out)
+        return WriteResult(
+            w.lsn, w.first_lsn, w.replicas_applied, w.wait_timed_out, w.deletes_absent
+        )
 
     def _connect(self, node: str) -> zmq.Socket[bytes]:
         host, port = parse_node(node)

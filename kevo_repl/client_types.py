@@ -88,6 +88,7 @@ class WriteResult:
     first_lsn: int
     replicas_applied: int
     wait_timed_out: bool
+    deletes_absent: int = 0  # deletes that found no key (0 when not known: see the proto)
 
 
 @dataclass(frozen=True, slots=True)

@@ -105,6 +105,8 @@ def _delete(args: argparse.Namespace) -> int:
         r = c.delete(
             args.key.encode(), wait_replicas=args.wait_replicas, timeout_ms=args.timeout_ms
         )
+    if r.deletes_absent:  # still committed (an LSN), as Redis DEL answers 0
+        print("deleted (key was absent)", file=sys.stderr)
     return _print_write(r.lsn, args.wait_replicas, r.replicas_applied, r.wait_timed_out)
 
 

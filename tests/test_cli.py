@@ -227,3 +227,15 @@ def test_bench_runs_from_the_cli_and_prints_one_json_object() -> None:
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert doc["command"] == "zmq" and doc["rows"][0]["entries_per_s"] > 0
+
+
+def test_delete_of_an_absent_key_says_so_and_still_commits(nodes: tuple[Node, Node]) -> None:
+    primary, replica = nodes
+    assert kevo("put", "--node", primary.address, "dab:k", "v").returncode == 0
+    first = kevo("delete", "--node", primary.address, "dab:k")
+    assert first.returncode == 0 and "absent" not in first.stderr, first.stderr
+    for extra in ((), ("--wait-replicas", "1", "--timeout-ms", "5000")):  # both reply paths
+        again = kevo("delete", "--node", replica.address, "dab:k", *extra)  # via its primary
+        assert again.returncode == 0, again.stderr
+        assert "deleted (key was absent)" in again.stderr, again.stderr
+        assert lsn_of(again.stdout) > lsn_of(first.stdout)  # committed, as Redis DEL counts

@@ -135,6 +135,7 @@ class InFlightGroup:
     records: list[SealedRecord]
     sync: Future[int]
     started_s: float = 0.0  # monotonic seconds when the group was taken: its commit latency
+    absent: list[int] = field(default_factory=list)  # LSNs of deletes that found no key
 
     @property
     def last_lsn(self) -> int:
@@ -346,7 +347,12 @@ class GroupCommitter:
             batches.append((a.first_lsn, a.last_lsn, ops, keys, values))
         history = self.wal.history_id  # a promotion's first group starts a new history
         try:
-            self.store.apply_many(batches, history, new_history=history != self.store.history_id)
+            self.store.apply_many(
+                batches,
+                history,
+                new_history=history != self.store.history_id,
+                absent=flight.absent,
+            )
         except KevoError as exc:
             self.store_error = str(exc)
             return

@@ -16,6 +16,7 @@ answered with it; neither is written again, and neither is refused by ``--sync-r
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -50,6 +51,12 @@ class _WaitToken:
     request_id: int
     first_lsn: int
     last_lsn: int
+    deletes_absent: int = 0
+
+
+def _absent_in(absent: list[int], first: int, last: int) -> int:
+    """How many of the sorted ``absent`` LSNs lie in ``first..last``."""
+    return bisect.bisect_right(absent, last) - bisect.bisect_left(absent, first) if absent else 0
 
 
 def _check_entry(key: bytes, value: bytes, limits: WireLimits) -> None:
@@ -279,23 +286,24 @@ class WriteSource:
             stats = self.node.stats  # taken to durable and published: the commit's latency
             stats.commit_seconds.observe(self.committer.clock_s() - flight.started_s)
             stats.group_entries.observe(flight.entries)
-            self._answer(flight.committed(), now)
+            self._answer(flight.committed(), now, flight.absent)
 
-    def _answer(self, committed: list[CommittedWrite], now: int) -> None:
+    def _answer(self, committed: list[CommittedWrite], now: int, absent: list[int]) -> None:
         registry = self.node.followers
         acked = self.committer.ack_before_sync
         for c in committed:
             w = c.write
+            gone = _absent_in(absent, c.first_lsn, c.last_lsn)
             # Answered at the write already (ack_before_sync), but for retries since.
             targets = w.also if acked and not w.wait_replicas else w.answerers()
             for peer, rid in targets:
                 if w.wait_replicas:
-                    token = _WaitToken(peer, rid, c.first_lsn, c.last_lsn)
+                    token = _WaitToken(peer, rid, c.first_lsn, c.last_lsn, gone)
                     done = registry.wait_for(token, c.last_lsn, w.wait_replicas, now + w.timeout_ms)
                     if done is not None:
                         self.released([done])
                 else:
-                    self._send(peer, encode_write_reply(rid, *c.lsns))
+                    self._send(peer, encode_write_reply(rid, *c.lsns, gone))
             w.also = []
 
     def released(self, waits: list[WaitResult]) -> None:
@@ -308,6 +316,7 @@ class WriteSource:
                 first_lsn=token.first_lsn,
                 replicas_applied=done.replicas_applied,
                 wait_timed_out=done.timed_out,
+                deletes_absent=token.deletes_absent,
             )
             resp = pb.Response(request_id=token.request_id, write=write)
             self.node.serving.reply_or_refuse(token.peer, resp)

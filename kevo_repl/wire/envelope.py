@@ -108,12 +108,14 @@ def error_response(
     return pb.Response(request_id=request_id, error=error).SerializeToString()
 
 
-def encode_write_reply(request_id: int, first_lsn: int, lsn: int) -> bytes:
-    """``Response{request_id, write{lsn, first_lsn}}`` byte for byte, without building
-    messages: every acknowledged write is answered with one, so this is a hot path."""
+def encode_write_reply(request_id: int, first_lsn: int, lsn: int, deletes_absent: int = 0) -> bytes:
+    """``Response{request_id, write{lsn, first_lsn, deletes_absent}}`` byte for byte, without
+    building messages: every acknowledged write is answered with one, so this is a hot path."""
     body = (b"\x08" + varint(lsn) if lsn else b"") + (
         b"\x10" + varint(first_lsn) if first_lsn else b""
     )
+    if deletes_absent:
+        body += b"\x28" + varint(deletes_absent)
     head = b"\x08" + varint(request_id) if request_id else b""
     return head + b"\xa2\x01" + varint(len(body)) + body
 

@@ -1398,12 +1398,18 @@ class WriteResponse(_message.Message):
     FIRST_LSN_FIELD_NUMBER: _builtins.int
     REPLICAS_APPLIED_FIELD_NUMBER: _builtins.int
     WAIT_TIMED_OUT_FIELD_NUMBER: _builtins.int
+    DELETES_ABSENT_FIELD_NUMBER: _builtins.int
     lsn: _builtins.int
     """last LSN of the committed batch"""
     first_lsn: _builtins.int
     replicas_applied: _builtins.int
     """how many replicas had applied it when the reply left"""
     wait_timed_out: _builtins.bool
+    deletes_absent: _builtins.int
+    """Deletes in it that found no key (Redis's DEL count, inverted). Counted when the write is
+    answered after its apply; 0 when answered before it (--fsync interval) or from the
+    retry window.
+    """
     def __init__(
         self,
         *,
@@ -1411,10 +1417,11 @@ class WriteResponse(_message.Message):
         first_lsn: _builtins.int = ...,
         replicas_applied: _builtins.int = ...,
         wait_timed_out: _builtins.bool = ...,
+        deletes_absent: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["first_lsn", b"first_lsn", "lsn", b"lsn", "replicas_applied", b"replicas_applied", "wait_timed_out", b"wait_timed_out"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deletes_absent", b"deletes_absent", "first_lsn", b"first_lsn", "lsn", b"lsn", "replicas_applied", b"replicas_applied", "wait_timed_out", b"wait_timed_out"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
