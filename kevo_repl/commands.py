@@ -295,7 +295,7 @@ def _load(args: argparse.Namespace) -> int:
     progress = Progress(sys.stderr, total) if sys.stderr.isatty() else None
 
     def notice(text: str) -> None:
-        print(("\n" if progress else "") + f"kevo-repl: {text}", file=sys.stderr, flush=True)
+        print(f"kevo-repl: {text}", file=sys.stderr, flush=True)  # above a bar, if drawn
 
     started = time.monotonic()
     try:
@@ -310,6 +310,8 @@ def _load(args: argparse.Namespace) -> int:
             notice=notice,
         )
     finally:
+        if progress is not None:
+            progress.close()  # the bar's last state stays on the terminal, error or not
         if stream is not sys.stdin.buffer:
             stream.close()
     elapsed = time.monotonic() - started

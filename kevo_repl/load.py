@@ -108,27 +108,21 @@ def _batches(stream: BinaryIO, size: int) -> Iterator[Batch]:
 
 
 class Progress:
-    """A one-line progress bar on stderr, redrawn at most ten times a second."""
+    """The load's bar (``ProgressBar``, rich): bytes of the input read, entries and rate."""
 
     def __init__(self, out: TextIO, total_bytes: int | None) -> None:
-        self.out = out
+        from kevo_repl.progress import ProgressBar
+
         self.total = total_bytes
         self.started = time.monotonic()
-        self._drawn = 0.0
+        self._bar = ProgressBar("load", float(total_bytes) if total_bytes else None, out)
 
-    def update(self, entries: int, read_bytes: int, *, final: bool = False) -> None:
-        now = time.monotonic()
-        if not final and now - self._drawn < 0.1:
-            return
-        self._drawn = now
-        rate = entries / max(now - self.started, 1e-6)
-        text = f"{entries} entries  {rate:,.0f}/s"
-        if self.total:
-            frac = min(1.0, read_bytes / self.total)
-            filled = int(frac * 30)
-            text = f"[{'#' * filled}{'.' * (30 - filled)}] {frac:6.1%}  {text}"
-        self.out.write("\r" + text + ("\n" if final else ""))
-        self.out.flush()
+    def update(self, entries: int, read_bytes: int) -> None:
+        rate = entries / max(time.monotonic() - self.started, 1e-6)
+        self._bar.update(read_bytes if self.total else entries, f"{entries} entries  {rate:,.0f}/s")
+
+    def close(self) -> None:
+        self._bar.close()
 
 
 def load_lines(
@@ -172,7 +166,7 @@ def load_lines(
     finally:
         sender.close()
     if progress is not None:
-        progress.update(result.entries, progress.total or 0, final=True)
+        progress.update(result.entries, progress.total or 0)
     return result
 
 

@@ -45,6 +45,7 @@ class ProgressBar:
         self._progress.update(self._task, completed=completed, detail=detail)
 
     def close(self) -> None:
-        """Draw the last state and leave the line on the terminal."""
-        self._progress.refresh()
-        self._progress.stop()
+        """Draw the last state and leave the line on the terminal (once)."""
+        if self._progress.live.is_started:
+            self._progress.refresh()
+            self._progress.stop()

@@ -122,3 +122,17 @@ def test_answers_after_a_silent_batch_still_count_as_committed() -> None:
         "(load from there, or with --retry-s S to wait for the primary and resume)"
     )
     assert (result.entries, result.committed_through_line, result.last_lsn) == (2, 2, 2)
+
+
+def test_the_load_progress_bar_shows_bytes_read_and_entries() -> None:
+    import io
+
+    from kevo_repl.load import Progress
+
+    out = io.StringIO()
+    bar = Progress(out, total_bytes=1000)
+    bar.update(10, 500)
+    bar.close()
+    bar.close()  # once only
+    (line,) = [x for x in out.getvalue().splitlines() if x.startswith("load")]
+    assert "50%" in line and "10 entries" in line, out.getvalue()
