@@ -60,6 +60,7 @@ __all__ = [
     "encode_segment_header",
     "fsync_dir",
     "open_for_append",
+    "open_segment",
     "parse_segment_name",
     "read_records",
     "read_span",
@@ -77,6 +78,17 @@ SECTOR_BYTES: Final = 512
 
 _HEADER = struct.Struct("<8sIHH16sQ")
 _NAME = re.compile(r"^(\d{20})\.wal$")
+
+
+def open_segment(path: Path) -> int:
+    """A read-only fd of a segment; a vanished one raises ``FileNotFoundError`` (retention
+    took it: the caller decides), any other failure ``StorageError`` naming the path."""
+    try:
+        return os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise StorageError(f"opening {path}: {exc}") from exc
 
 
 def segment_name(first_lsn: int) -> str:
@@ -259,12 +271,7 @@ def read_span(
     for path, start, end in plan:
         if start >= end:
             continue
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            raise
-        except OSError as exc:
-            raise StorageError(f"opening {path}: {exc}") from exc
+        fd = open_segment(path)
         try:
             for _, last_lsn, record in read_records(fd, path, start, end):
                 if last_lsn < lsn:

@@ -29,8 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from kevo_repl.adapters.wal_segments import SEGMENT_HEADER_BYTES, SparseIndex, read_records
-from kevo_repl.core.errors import StorageError
+from kevo_repl.adapters.wal_segments import (
+    SEGMENT_HEADER_BYTES,
+    SparseIndex,
+    open_segment,
+    read_records,
+)
 from kevo_repl.core.record import RECORD_HEADER_BYTES
 
 __all__ = ["CommitTime", "SegmentPlan", "first_at_time"]
@@ -89,12 +93,7 @@ class _Reader:
     def _fd(self, path: Path) -> int:
         fd = self._fds.get(path)
         if fd is None:
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:
-                raise
-            except OSError as exc:
-                raise StorageError(f"opening {path}: {exc}") from exc
+            fd = open_segment(path)
             self._fds[path] = fd
         return fd
 
