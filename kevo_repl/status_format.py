@@ -103,6 +103,13 @@ def status_renderable(s: pb.StatusResponse) -> RenderableType:
 
     doc = status_json(s)
     lines = _head(doc)
+    if doc["role"] != "primary" and doc["status"] == "bootstrapping":
+        from rich.table import Table
+
+        line = Table.grid()  # a row ends its line, a bare bar would not
+        line.add_row(_bar(doc["bootstrap_progress"]))
+        head: RenderableType = Group(Text(lines[0]), line, Text("\n".join(lines[1:])))
+        return Group(head, Text(""), _table(doc["replicas"])) if doc["replicas"] else head
     if doc["role"] != "primary" and not doc["replicas"]:
         return Text("\n".join(lines))
     if not doc["replicas"]:
@@ -158,7 +165,11 @@ def _table(replicas: list[dict[str, Any]]) -> RenderableType:
         table.add_column(
             name, justify="left" if name in ("ID", "ADDRESS", "ROLE", "STATUS") else "right"
         )
+    copying = any(r["status"] == "bootstrapping" for r in replicas)
+    if copying:  # a bar for each follower whose bootstrap runs
+        table.add_column("BOOTSTRAP", justify="left")
     for r in replicas:
+        bar = [_bar(r["bootstrap_progress"]) if r["status"] == "bootstrapping" else ""]
         table.add_row(
             r["id"],
             r["address"],
@@ -174,8 +185,15 @@ def _table(replicas: list[dict[str, Any]]) -> RenderableType:
             _count(r["entries_per_s"]),
             _bytes(r["bytes_per_s"]),
             f"{r['last_seen_ms'] / 1000:.1f}s ago",
+            *(bar if copying else []),
         )
     return table
+
+
+def _bar(fraction: float) -> RenderableType:
+    from rich.progress_bar import ProgressBar
+
+    return ProgressBar(total=1.0, completed=fraction, width=20)
 
 
 def _state(doc: dict[str, Any]) -> str:

@@ -98,11 +98,13 @@ def test_text_status_shows_a_running_bootstraps_progress() -> None:
             )
         ],
     )
-    assert "bootstrapping 42.1%" in status_text(s)
+    text = status_text(s)
+    assert "bootstrapping 42.1%" in text and "BOOTSTRAP" in text and "━" * 8 in text, text
     s = pb.StatusResponse(
         role=pb.ROLE_REPLICA,
         node_id="r9",
         status=pb.STATUS_BOOTSTRAPPING,
         bootstrap_progress=0.5,
     )
-    assert "r9: bootstrapping 50.0%" in status_text(s)
+    text = status_text(s)
+    assert "r9: bootstrapping 50.0%" in text and "\n" + "━" * 10 + "\n" in text, text
