@@ -217,7 +217,7 @@ def _status(args: argparse.Namespace) -> int:
         return 0
     if args.json or args.watch:
         return 1
-    from kevo_repl.status_format import status_name
+    from kevo_repl.node_status import status_name
 
     why = s.upstream_problem or s.error_message or f"status {status_name(s.status)}"
     print(f"kevo-repl: not ready: {why}", file=sys.stderr)

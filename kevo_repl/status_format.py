@@ -15,7 +15,7 @@ from kevo_repl.wire import pb
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
-__all__ = ["role_name", "status_json", "status_name", "status_renderable", "status_text"]
+__all__ = ["status_json", "status_renderable", "status_text"]
 
 
 def _replicas(s: pb.StatusResponse) -> list[dict[str, Any]]:

@@ -111,6 +111,18 @@ def _first_difference(lsns: list[object]) -> str:
     return "lengths differ"
 
 
+def write_until_printed(primary: Node, tail: Spawned, lines: int) -> None:
+    """Write ``new`` until the tail has printed ``lines`` lines: it has joined once its
+    start-up calls are done, and writes before that are "old"."""
+    with primary.client() as c:
+
+        def printed() -> bool:
+            c.put(b"new", b"x")
+            return len(tail.lines) >= lines
+
+        wait_for(f"tail prints {lines} new entries", printed, timeout_s=20)
+
+
 def test_tail_from_lsn_1_under_concurrent_writes_prints_every_lsn_once(cluster: Cluster) -> None:
     primary = cluster.primary()
     batches = make_batches(400, seed=1, prefix="t")
@@ -171,15 +183,7 @@ def test_tail_without_from_lsn_shows_only_new_writes(cluster: Cluster) -> None:
         c.put(b"old", b"1")
     tail = Spawned.start("tail", "--node", primary.address, "--count", "2", stderr_to_stdout=False)
     try:
-        with primary.client() as c:
-
-            def wrote_after_tail_joined() -> bool:
-                # The tail has joined once its status call is done; writes before that
-                # are "old". Keep writing until two arrive.
-                c.put(b"new", b"x")
-                return len(tail.lines) >= 2
-
-            wait_for("tail prints two new entries", wrote_after_tail_joined, timeout_s=20)
+        write_until_printed(primary, tail, 2)
         assert tail.wait() == 0
     finally:
         tail.kill()
@@ -336,13 +340,7 @@ def test_tail_from_a_time_before_the_wal_or_after_the_last_commit(cluster: Clust
         stderr_to_stdout=False,
     )  # fmt: skip
     try:
-        with primary.client() as c:
-
-            def two_new_entries() -> bool:
-                c.put(b"new", b"x")
-                return len(tail.lines) >= 2
-
-            wait_for("tail prints two new entries", two_new_entries, timeout_s=20)
+        write_until_printed(primary, tail, 2)
         assert tail.wait() == 0
     finally:
         tail.kill()

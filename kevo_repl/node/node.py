@@ -34,7 +34,6 @@ from kevo_repl.adapters.wal_files import WriteAheadLog
 from kevo_repl.core.errors import StorageError
 from kevo_repl.core.registry import Registry, WaitResult
 from kevo_repl.core.retention import plan_retention
-from kevo_repl.core.throughput import RateWindow
 from kevo_repl.logs import get_logger
 from kevo_repl.node.bootstrap_stream import BootstrapSessions
 from kevo_repl.node.checkpointer import Checkpointer
@@ -97,8 +96,7 @@ class Node:
         self.fence_primary = ""  # and where the writes should go, if known
         self.retention_held_by = ""  # the follower whose position keeps the oldest segment
         self.counters = Counters()
-        self.published_rate = RateWindow.starting(monotonic_ms(), 0, 0)  # 10 s, for Status
-        self.stats = NodeStats()  # histograms, requests and errors for --metrics-port
+        self.stats = NodeStats()  # histograms, counters, rates (metrics, Status)
         self.last_publish_ms = self._last_tick_ms = self._last_retain_ms = 0
         self.state = open_local_state(Path(config.data_dir), role, config.segment_size, self.log)
         self.followers = Registry(
@@ -297,7 +295,7 @@ class Node:
             else:
                 unpublished += 1
         self.followers.note_commit(records[-1][1], now, nbytes)
-        self.published_rate.note(now, c.entries_published, c.bytes_published)
+        self.stats.published.note(now, c.entries_published, c.bytes_published)
         if unpublished:
             c.records_by_walsync_only += unpublished
             self.beacon(now)

@@ -352,7 +352,7 @@ class ServingRequests:
             wal_bytes=node.wal.size_bytes,
         )
         c = node.counters
-        status.entries_per_s, status.bytes_per_s = node.published_rate.rates(
+        status.entries_per_s, status.bytes_per_s = node.stats.published.rates(
             now, c.entries_published, c.bytes_published
         )
         if node.security is not None:  # clients learn it here for their key dir

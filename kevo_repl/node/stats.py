@@ -13,8 +13,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from kevo_repl.adapters.clock import monotonic_s
+from kevo_repl.adapters.clock import monotonic_ms, monotonic_s
 from kevo_repl.core.histogram import ENTRY_BOUNDS, SECONDS_BOUNDS, Histogram
+from kevo_repl.core.throughput import RateWindow
 from kevo_repl.wire import pb
 
 __all__ = ["ERROR_NAMES", "INVALID_KIND", "REQUEST_KINDS", "DrainTimes", "NodeStats"]
@@ -44,6 +45,8 @@ class NodeStats:
         default_factory=lambda: dict.fromkeys((*REQUEST_KINDS, INVALID_KIND), 0)
     )
     errors: dict[int, int] = field(default_factory=lambda: dict.fromkeys(ERROR_NAMES, 0))
+    # Entries and bytes published over the last 10 s (Status), from the published counters.
+    published: RateWindow = field(default_factory=lambda: RateWindow.starting(monotonic_ms(), 0, 0))
 
     def error(self, code: int) -> None:
         """An error response sent; a code outside the enum counts as ``unspecified``."""
