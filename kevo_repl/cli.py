@@ -16,6 +16,7 @@ from pathlib import Path
 from kevo_repl.client import NodeUnreachableError, RemoteError, UnresolvableHostError, parse_node
 from kevo_repl.config import CONFIGURABLE_COMMANDS, ConfigError, config_defaults
 from kevo_repl.core.errors import KevoError, UsageError
+from kevo_repl.ha.flags import member_flags
 from kevo_repl.logs import configure_logging
 from kevo_repl.tail_cli import tail_flags, tail_misuse
 from kevo_repl.wire.batch import DEFAULT_LIMITS
@@ -29,7 +30,12 @@ _LEVELS = ["debug", "info", "warning", "error"]
 _EPILOG = """\
 A node is addressed as HOST:P, its PUB port; its ROUTER is P+1.
 exit codes: 0 ok, 1 absent key / refused / failed, 2 bad arguments, 3 node unreachable"""
-_REQUIRED = {"primary": ("data",), "replica": ("data", "primary"), "cluster": ("data",)}
+_REQUIRED = {
+    "primary": ("data",),
+    "replica": ("data", "primary"),
+    "node": ("data",),
+    "cluster": ("data",),
+}
 
 
 def _node_arg(text: str) -> str:
@@ -206,6 +212,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "--primary-key", type=Path, default=None, help="CURVE: default KEYS/primary.key"
     )
     _config_flags(rp)
+
+    nd = add("node", "run a member of a group whose leader is chosen through etcd")
+    _serving_flags(nd, 7100)
+    member_flags(nd, _count(1))
+    _config_flags(nd)
 
     cl = add("cluster", "a primary and N replicas as child processes")
     cl.add_argument("--data", type=Path, help="data directory (required)")

@@ -18,7 +18,7 @@ from typing import BinaryIO
 from kevo_repl.adapters.security import ClientCurve, write_keypair
 from kevo_repl.client import Client, NodeUnreachableError
 from kevo_repl.core.errors import KevoError
-from kevo_repl.serve import run_cluster_command, run_primary, run_replica
+from kevo_repl.serve import run_cluster_command, run_member, run_primary, run_replica
 from kevo_repl.tail_cli import run_tail
 from kevo_repl.wire import pb
 
@@ -355,6 +355,7 @@ def _failover(name: str, args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "primary": run_primary,
     "replica": run_replica,
+    "node": run_member,
     "cluster": run_cluster_command,
     "demo": _demo,
     "put": _put,

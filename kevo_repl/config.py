@@ -23,7 +23,7 @@ from typing import Any
 
 __all__ = ["CONFIGURABLE_COMMANDS", "ConfigError", "config_defaults", "configurable_actions"]
 
-CONFIGURABLE_COMMANDS = ("primary", "replica", "cluster")
+CONFIGURABLE_COMMANDS = ("primary", "replica", "node", "cluster")
 _NOT_CONFIGURABLE = frozenset({"help", "config", "print_config"})
 
 

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from kevo_repl.client import parse_node
 from kevo_repl.core.errors import KevoError
 
-__all__ = ["run_cluster_command", "run_primary", "run_replica", "settings"]
+__all__ = ["run_cluster_command", "run_member", "run_primary", "run_replica", "settings"]
 
 _NOT_SETTINGS = frozenset({"command", "config", "print_config", "func"})
 
@@ -136,7 +136,41 @@ def run_replica(args: argparse.Namespace) -> int:
     return _run(config, args)
 
 
-def _run(config: Any, args: argparse.Namespace) -> int:
+def run_member(args: argparse.Namespace) -> int:
+    """``node``: ask etcd what to be (``kevo_repl/ha/agent.py``), then run the node with its
+    agent beside it; on the way out the agent revokes its lease, so no TTL is waited for."""
+    if args.print_config:
+        return _print_settings(args)
+    from kevo_repl.adapters.etcd_kv import EtcdKV
+    from kevo_repl.backup import check_not_a_backup
+    from kevo_repl.ha.agent import Agent
+    from kevo_repl.ha.scope import ScopeKeys
+    from kevo_repl.logs import get_logger
+    from kevo_repl.node.config import NodeConfig
+
+    check_not_a_backup(args.data)
+    try:
+        kv = EtcdKV(args.etcd, timeout_s=min(1.0, args.ttl_s / 6))
+    except ValueError as exc:
+        raise KevoError(str(exc)) from None
+    address = args.advertise or f"{args.bind}:{args.port}"
+    log = get_logger(node=args.id, role="agent")
+    agent = Agent(kv, ScopeKeys(args.scope), args.id, address, args.ttl_s,
+                  args.max_lag_on_failover, log)  # fmt: skip
+    upstream, holds_key = agent.join()
+    config = NodeConfig(**_common(args), node_id=args.id, upstream=upstream, fsync=args.fsync)
+    try:
+        return _run(config, args, agent.start, holds_key)
+    finally:
+        agent.close()
+
+
+def _run(
+    config: Any,
+    args: argparse.Namespace,
+    attach: Callable[[Any, bool], None] | None = None,
+    holds_key: bool = False,
+) -> int:
     from kevo_repl.adapters.datadir import StartLeftovers
     from kevo_repl.metrics import NodeCollector
     from kevo_repl.node.node import Node
@@ -147,6 +181,8 @@ def _run(config: Any, args: argparse.Namespace) -> int:
     except BaseException as exc:
         leftovers.remove(exc)
         raise
+    if attach is not None:
+        attach(node, holds_key)
     return _run_node(node, args.bind, args.metrics_port, NodeCollector(node), leftovers.remove)
 
 

@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import signal
 import threading
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -94,6 +97,11 @@ class Node:
         self.upstream = config.upstream  # "" while this node is the primary
         self.fenced = ""  # a primary that accepts no writes now: why (node/roles.py)
         self.fence_primary = ""  # and where the writes should go, if known
+        # Set by an etcd agent (kevo_repl/ha/): writes are accepted only before this
+        # monotonic ms (its leader lease, less a margin); None: no lease governs this node.
+        self.writes_until_ms: int | None = None
+        self.leader_hint = ""  # the agent's leader, where refused writes are sent
+        self._calls: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = queue.SimpleQueue()
         self.retention_held_by = ""  # the follower whose position keeps the oldest segment
         self.counters = Counters()
         self.stats = NodeStats()  # histograms, counters, rates (metrics, Status)
@@ -195,6 +203,32 @@ class Node:
         """A source replaced a socket (a reconnect): poll the new set next turn."""
         self._pollers_dirty = True
 
+    def lease_writes(self, until_ms: int | None, leader: str = "") -> None:
+        """From the agent's thread: accept writes until ``until_ms`` only (two plain stores;
+        the loop compares the deadline with its clock before each write it accepts)."""
+        self.leader_hint = leader
+        self.writes_until_ms = until_ms
+
+    def call_in_loop(self, fn: Callable[[], Any]) -> Future[Any]:
+        """From another thread: run ``fn`` on the loop's thread between two turns."""
+        future: Future[Any] = Future()
+        self._calls.put((fn, future))
+        self.wake()
+        return future
+
+    def _run_calls(self) -> None:
+        while True:
+            try:
+                fn, future = self._calls.get_nowait()
+            except queue.Empty:
+                return
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn())
+            except Exception as exc:  # the caller sees it (a refused promote, say)
+                future.set_exception(exc)
+
     def wake(self) -> None:
         """From a helper thread: a sync finished; wake the loop's poll."""
         with contextlib.suppress(BlockingIOError):  # full: wake-ups are pending anyway
@@ -224,6 +258,7 @@ class Node:
                     with contextlib.suppress(BlockingIOError):
                         while os.read(self._wake_r, 4096):
                             pass
+                self._run_calls()
                 now = monotonic_ms()
                 self.source.on_ready(ready)
                 self.source.turn(now)

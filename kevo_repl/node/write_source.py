@@ -115,9 +115,12 @@ class WriteSource:
         return self.committer.unapplied.get(key, 0)
 
     def describe(self, status: pb.StatusResponse) -> None:
+        node = self.node
+        until = node.writes_until_ms
+        unleased = until is not None and monotonic_ms() >= until
         status.status = pb.STATUS_READY
-        status.primary = self.node.fence_primary or self.node.address
-        status.fenced = self.node.fenced
+        status.primary = node.fence_primary or (unleased and node.leader_hint) or node.address
+        status.fenced = node.fenced or ("it does not hold the leader lease in etcd" * unleased)
         c = self.node.config
         status.sync.CopyFrom(
             pb.SyncPolicy(
@@ -130,9 +133,11 @@ class WriteSource:
     def queue_write(self, peer: bytes, req: pb.Request, kind: str) -> bool:
         """Check and queue one write; True when a full group is pending (commit it now)."""
         node = self.node
-        if node.fenced:
-            where = node.fence_primary
-            msg = f"this primary accepts no writes: {node.fenced}" + (
+        until = node.writes_until_ms
+        if node.fenced or (until is not None and monotonic_ms() >= until):
+            why = node.fenced or "it does not hold the leader lease in etcd"
+            where = node.fence_primary or node.leader_hint
+            msg = f"this primary accepts no writes: {why}" + (
                 f"; send them to {where}" if where else ""
             )
             node.serving.send_error(peer, req.request_id, pb.ERROR_NOT_PRIMARY, msg, primary=where)

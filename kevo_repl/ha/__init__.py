@@ -1,0 +1,1 @@
+"""Automatic failover on etcd: an agent beside each node, and the commands that read a group."""
