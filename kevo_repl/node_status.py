@@ -105,6 +105,7 @@ class NodeStatus:
     bootstrap_progress: float
     error: str
     upstream_problem: str
+    coordinator: str  # a member of an etcd group: what its agent sees ("" if none)
     fenced: str  # a primary: why it accepts no writes now ("" if it does)
     server_key: str
     followers: tuple[FollowerStatus, ...]
@@ -145,6 +146,7 @@ class NodeStatus:
             bootstrap_progress=s.bootstrap_progress,
             error=s.error_message,
             upstream_problem=s.upstream_problem,
+            coordinator=s.coordinator,
             fenced=s.fenced,
             server_key=s.server_key,
             followers=tuple(FollowerStatus.from_message(r) for r in s.replicas),

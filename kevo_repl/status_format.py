@@ -58,6 +58,7 @@ def status_json(s: pb.StatusResponse) -> dict[str, Any]:
         "entries_per_s": round(s.entries_per_s, 1),
         "bytes_per_s": round(s.bytes_per_s, 1),
         "replicas": _replicas(s),
+        "coordinator": s.coordinator,
     }
     if s.role == pb.ROLE_PRIMARY:
         sync = {
@@ -137,6 +138,8 @@ def _head(doc: dict[str, Any]) -> list[str]:
             lines.append(f"error: {doc['error']}")
         if doc["upstream_problem"]:
             lines.append(str(doc["upstream_problem"]))
+        if doc["coordinator"]:
+            lines.append(f"coordinator: {doc['coordinator']}")
         return lines
     lines = [
         f"primary {doc['node_id']}  history {doc['history_id']}",
@@ -145,6 +148,8 @@ def _head(doc: dict[str, Any]) -> list[str]:
     ]
     if doc["fenced"]:
         lines.append(f"accepts no writes: {doc['fenced']}")
+    if doc["coordinator"]:
+        lines.append(f"coordinator: {doc['coordinator']}")
     sync = doc["sync"]
     if sync["replicas"]:
         refuse = ", refused while fewer are connected" if sync["refuse"] else ""

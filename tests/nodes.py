@@ -44,10 +44,11 @@ class Node:
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
     env: dict[str, str] = field(default_factory=dict)  # added to ours, at every (re)start
+    host: str = "127.0.0.1"  # or an address inside or beside a network namespace
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def start(self) -> Node:
         log = self.log_path.open("ab")

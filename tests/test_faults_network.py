@@ -22,17 +22,6 @@ from tests.nodes import Cluster, Node, replica_view, wait_for
 
 
 @dataclass
-class HostNode(Node):
-    """A node reached at ``host`` instead of loopback (inside or beside a namespace)."""
-
-    host: str = "127.0.0.1"
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
-
-
-@dataclass
 class Net:
     ns: NetNs
     cluster: Cluster
@@ -41,7 +30,7 @@ class Net:
     r1: Node  # on loopback
 
 
-def _start(cluster: Cluster, node: HostNode) -> HostNode:
+def _start(cluster: Cluster, node: Node) -> Node:
     cluster.nodes.append(node)
     node.start()
     node.wait_serving()
@@ -62,7 +51,7 @@ def net(cluster: Cluster) -> Iterator[Net]:
             "primary", "--data", str(root / "primary"), "--bind", ns.host_ip, "--port", str(port)
         )
         primary = _start(
-            cluster, HostNode("primary", port, argv, root / "primary.log", host=ns.host_ip)
+            cluster, Node("primary", port, argv, root / "primary.log", host=ns.host_ip)
         )
         rport = free_port_pair()
         argv = [
@@ -72,7 +61,7 @@ def net(cluster: Cluster) -> Iterator[Net]:
                 "--bind", ns.ns_ip, "--port", str(rport), "--id", "r0", "--heartbeat-ms", "100",
             ),
         ]  # fmt: skip
-        r0 = _start(cluster, HostNode("r0", rport, argv, root / "r0.log", host=ns.ns_ip))
+        r0 = _start(cluster, Node("r0", rport, argv, root / "r0.log", host=ns.ns_ip))
         r1 = cluster.replica("r1", primary.address)
         yield Net(ns, cluster, primary, r0, r1)
     finally:

@@ -46,6 +46,7 @@ from kevo_repl.ha.handover import Handover
 from kevo_repl.ha.scope import ScopeKeys, read_scope
 from kevo_repl.node import roles
 from kevo_repl.node_status import NodeStatus
+from kevo_repl.wire import pb
 from kevo_repl.wire.batch import WireError
 
 if TYPE_CHECKING:
@@ -90,6 +91,7 @@ class Agent:
         self._said = ""  # the last election verdict logged (said once, not every turn)
         self._optime: OpTime | None = None
         self.handover: Handover | None = None
+        self._unreachable_since = 0.0
 
     # ---- start -------------------------------------------------------------------------------
 
@@ -181,7 +183,9 @@ class Agent:
             except EtcdUnavailable as exc:
                 if self.etcd_ok:
                     self.log.error("etcd_unreachable", etcd=self.kv.where, error=str(exc))
+                    self._unreachable_since = time.monotonic()
                 self.etcd_ok = False
+                self._note_unreachable(str(exc))
                 self._drop_watch()
                 delay = min(self.interval_s, 0.5)
             except Exception as exc:  # a bug here must not take the node down with it
@@ -205,6 +209,22 @@ class Agent:
                 return
             if event.key not in own:
                 return
+
+    def _note(self, text: str) -> None:
+        """What ``status`` of this node shows as its coordinator."""
+        assert self.node is not None
+        self.node.coordinator = f"etcd {self.kv.where} scope {self.keys.name}: {text}"
+
+    def _note_unreachable(self, error: str) -> None:
+        assert self.node is not None
+        down = time.monotonic() - self._unreachable_since
+        left_ms = (self.node.writes_until_ms or 0) - monotonic_ms()
+        then = (
+            f"accepting writes for {left_ms / 1000:.1f} s more (until its lease would end)"
+            if left_ms > 0 and self.node.role == pb.ROLE_PRIMARY
+            else "serving reads; nothing is promoted without etcd"
+        )
+        self._note(f"unreachable for {down:.1f} s ({error[:120]}); {then}")
 
     def _drop_watch(self) -> None:
         if self._cancel_watch is not None:
@@ -270,11 +290,13 @@ class Agent:
             scope = read_scope(self.kv, self.keys)
             leader = scope.leader
         if leader is not None and leader.id == self.id:
+            self._note("this member holds the leader key")
             return self._lead(scope, local)
         if self.handover is not None:
             self.handover = None
         node.lease_writes(0, leader.addr if leader else "")
         if leader is not None:
+            self._note(f"leader {leader.id} at {leader.addr}")
             self._leaderless_since = 0
             self._publish(local, leader.id)
             theirs = scope.members.get(leader.id)
@@ -373,6 +395,7 @@ class Agent:
         return 0.0
 
     def _say(self, verdict: str) -> None:
+        self._note(f"no leader; {verdict}")
         if verdict != self._said:
             self._said = verdict
             self.log.info("election", verdict=verdict)

@@ -1,7 +1,7 @@
-"""A single-member etcd on loopback, for ``cluster --failover``, the tests and the soak.
+"""A single-member etcd of our own, for ``cluster --failover``, the tests and the soak.
 
 It runs Debian's ``etcd`` binary (package ``etcd-server``) as a child process with its data
-under the given directory, listening on 127.0.0.1 only. ``stop()`` ends exactly that
+under the given directory, listening on one address (127.0.0.1 unless told). ``stop()`` ends exactly that
 process; ``start()`` again reuses the data directory, so the scope survives a restart (the
 "etcd stopped and started again" fault). Where the binary is missing, the error says how
 to install it.
@@ -31,9 +31,17 @@ def etcd_binary() -> str | None:
 
 
 class LocalEtcd:
-    """``etcd`` on ``127.0.0.1:client_port`` (peer port ``client_port + 1``)."""
+    """``etcd`` on ``host:client_port`` (peer port ``client_port + 1``); ``host`` is loopback,
+    or an address of a network namespace's veth that a test made."""
 
-    def __init__(self, data_dir: Path, client_port: int, log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        client_port: int,
+        log_path: Path | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.host = host
         self.data_dir = data_dir
         self.client_port = client_port
         self.peer_port = client_port + 1
@@ -42,14 +50,14 @@ class LocalEtcd:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"http://{self.host}:{self.client_port}"
 
     def start(self, timeout_s: float = 30.0) -> LocalEtcd:
         binary = etcd_binary()
         if binary is None:
             raise KevoError(ETCD_MISSING)
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
-        peer = f"http://127.0.0.1:{self.peer_port}"
+        peer = f"http://{self.host}:{self.peer_port}"
         argv = [
             binary,
             "--name=kevo",

@@ -101,6 +101,7 @@ class Node:
         # monotonic ms (its leader lease, less a margin); None: no lease governs this node.
         self.writes_until_ms: int | None = None
         self.leader_hint = ""  # the agent's leader, where refused writes are sent
+        self.coordinator = ""  # the agent's view, for Status ("" without an agent)
         self._calls: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = queue.SimpleQueue()
         self.retention_held_by = ""  # the follower whose position keeps the oldest segment
         self.counters = Counters()

@@ -350,6 +350,7 @@ class ServingRequests:
             node_id=node.config.node_id,
             retention_held_by=node.retention_held_by,
             wal_bytes=node.wal.size_bytes,
+            coordinator=node.coordinator,
         )
         c = node.counters
         status.entries_per_s, status.bytes_per_s = node.stats.published.rates(

@@ -100,6 +100,12 @@ class NetNs:
         """Drop every packet in and out of the namespace's veth (both directions)."""
         self._rules(f'iifname "{self.ns_if}" drop', f'oifname "{self.ns_if}" drop')
 
+    def cut_port(self, host: str, port: int) -> None:
+        """Drop only the namespace's traffic with ``host:port`` (one service, both ways)."""
+        self._rules(
+            f"ip saddr {host} tcp sport {port} drop", f"ip daddr {host} tcp dport {port} drop"
+        )
+
     def loss(self, percent: int) -> None:
         """Drop ``percent`` % of packets each way at random (netem is not available here)."""
         self._rules(

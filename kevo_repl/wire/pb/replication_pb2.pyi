@@ -923,6 +923,7 @@ class StatusResponse(_message.Message):
     REPLAY_LAG_S_FIELD_NUMBER: _builtins.int
     ENTRIES_PER_S_FIELD_NUMBER: _builtins.int
     BYTES_PER_S_FIELD_NUMBER: _builtins.int
+    COORDINATOR_FIELD_NUMBER: _builtins.int
     role: Global___Role.ValueType
     history_id: _builtins.bytes
     lsn: _builtins.int
@@ -964,6 +965,8 @@ class StatusResponse(_message.Message):
     entries_per_s: _builtins.float
     """published by this node over the last 10 s"""
     bytes_per_s: _builtins.float
+    coordinator: _builtins.str
+    """a member of an etcd group: what its agent sees ("" if none)"""
     @_builtins.property
     def replicas(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReplicaInfo]: ...
     @_builtins.property
@@ -1010,10 +1013,11 @@ class StatusResponse(_message.Message):
         replay_lag_s: _builtins.float = ...,
         entries_per_s: _builtins.float = ...,
         bytes_per_s: _builtins.float = ...,
+        coordinator: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sync", b"sync"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bootstrap_progress", b"bootstrap_progress", "bootstraps", b"bootstraps", "bytes_per_s", b"bytes_per_s", "catchups", b"catchups", "durable_lsn", b"durable_lsn", "entries_per_s", b"entries_per_s", "error_message", b"error_message", "fenced", b"fenced", "flush_lag_s", b"flush_lag_s", "gaps", b"gaps", "history", b"history", "history_id", b"history_id", "lsn", b"lsn", "node_id", b"node_id", "peers", b"peers", "primary", b"primary", "replay_lag_s", b"replay_lag_s", "replicas", b"replicas", "retained_from_lsn", b"retained_from_lsn", "retention_held_by", b"retention_held_by", "role", b"role", "server_key", b"server_key", "status", b"status", "sync", b"sync", "upstream", b"upstream", "upstream_lsn", b"upstream_lsn", "upstream_problem", b"upstream_problem", "wal_bytes", b"wal_bytes", "write_lag_s", b"write_lag_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bootstrap_progress", b"bootstrap_progress", "bootstraps", b"bootstraps", "bytes_per_s", b"bytes_per_s", "catchups", b"catchups", "coordinator", b"coordinator", "durable_lsn", b"durable_lsn", "entries_per_s", b"entries_per_s", "error_message", b"error_message", "fenced", b"fenced", "flush_lag_s", b"flush_lag_s", "gaps", b"gaps", "history", b"history", "history_id", b"history_id", "lsn", b"lsn", "node_id", b"node_id", "peers", b"peers", "primary", b"primary", "replay_lag_s", b"replay_lag_s", "replicas", b"replicas", "retained_from_lsn", b"retained_from_lsn", "retention_held_by", b"retention_held_by", "role", b"role", "server_key", b"server_key", "status", b"status", "sync", b"sync", "upstream", b"upstream", "upstream_lsn", b"upstream_lsn", "upstream_problem", b"upstream_problem", "wal_bytes", b"wal_bytes", "write_lag_s", b"write_lag_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
