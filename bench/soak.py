@@ -1,6 +1,7 @@
 """Soak: random process faults under a steady fsync=always write load, then a report.
 
     python -m bench.soak [--seconds 600] [--seed N] [--replicas 2] [--out bench/results]
+    python -m bench.soak --failover [--faults 20]   (bench/soak_failover.py)
     make soak SOAK_ARGS="--seconds 120"
 
 One primary and N replicas (real processes on loopback), one writer recording every write's
@@ -157,8 +158,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--replicas", type=int, default=2)
     p.add_argument("--quiesce-every", type=int, default=5)
     p.add_argument("--out", type=Path, default=Path("bench/results"))
+    p.add_argument(
+        "--failover",
+        action="store_true",
+        help="instead: leader kills, pauses and partitions of an etcd group "
+        "(bench/soak_failover.py)",
+    )
+    p.add_argument("--faults", type=int, default=20, help="with --failover: how many")
     args = p.parse_args(argv)
     seed = args.seed if args.seed is not None else random.randrange(1_000_000)
+    if args.failover:
+        from bench.soak_failover import markdown as failover_markdown
+        from bench.soak_failover import soak_failover
+
+        print(f"failover soak: {args.faults} faults, seed {seed}", flush=True)
+        report = soak_failover(args.faults, seed)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "soak-failover-last.json").write_text(json.dumps(report, indent=2) + "\n")
+        (args.out / "soak-failover-last.md").write_text(failover_markdown(report))
+        print(failover_markdown(report))
+        return 0 if report["ok"] else 1
     print(f"soak: {args.seconds:.0f} s, seed {seed}", flush=True)
     report = soak(args.seconds, seed, args.replicas, args.quiesce_every)
     args.out.mkdir(parents=True, exist_ok=True)
