@@ -138,7 +138,7 @@ def soak_failover(faults: int, seed: int) -> dict[str, Any]:
                 lambda: [m.address for m in group.members.values()],
                 prefix=f"w{i}",
                 max_seconds=3600,
-            )  # fmt: skip
+            )
             for i in range(2)
         ]
         try:
