@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         from bench.soak_failover import soak_failover
 
         print(f"failover soak: {args.faults} faults, seed {seed}", flush=True)
-        report = soak_failover(args.faults, seed)
+        report = soak_failover(args.faults, seed, keep_logs=args.out / "soak-failover-logs")
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "soak-failover-last.json").write_text(json.dumps(report, indent=2) + "\n")
         (args.out / "soak-failover-last.md").write_text(failover_markdown(report))

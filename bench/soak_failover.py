@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import signal
 import tempfile
 import time
@@ -112,16 +113,25 @@ class _Run:
         group = self.group
         if group.wait_leader() == member:
             return
-        request = {"id": uuid.uuid4().hex, "to": member, "timeout_s": 30}
-        group.kv.put(group.keys.switchover, json.dumps(request))
-        wait_for(f"{member} to lead", lambda: group.wait_leader() == member, 60)
+        def asked() -> bool:  # (again, if the leader refused: the target was not ready yet)
+            pending = group.read().switchover
+            if pending is None or "error" in pending:
+                request = {"id": uuid.uuid4().hex, "to": member, "timeout_s": 30}
+                group.kv.put(group.keys.switchover, json.dumps(request))
+            return group.leader_id() == member
+
+        wait_for(f"{member} to lead", asked, 60)
+        group.wait_leader()
         for other in group.members:
             if other != member:
                 self.rejoined(other, member)
 
 
-def soak_failover(faults: int, seed: int) -> dict[str, Any]:
-    """Run ``faults`` random faults; returns the report (``ok`` says if invariants held)."""
+def soak_failover(
+    faults: int, seed: int, kinds: tuple[str, ...] = KINDS, keep_logs: Path | None = None
+) -> dict[str, Any]:
+    """Run ``faults`` random faults; returns the report (``ok`` says if invariants held).
+    On a failure the members' logs are copied into ``keep_logs``."""
     rng = random.Random(seed)
     started = time.monotonic()
     report: dict[str, Any] = {"seed": seed, "faults_planned": faults, "ttl_s": TTL}
@@ -151,7 +161,7 @@ def soak_failover(faults: int, seed: int) -> dict[str, Any]:
             run = _Run(group, ns, etcd, writers)
             run.more_acks(200)
             for _ in range(faults):
-                run.inject(rng.choice(KINDS))
+                run.inject(rng.choice(kinds))
             for w in writers:
                 w.stop()
                 failures += [f"writer failed: {e!r}" for e in w.errors]
@@ -177,6 +187,11 @@ def soak_failover(faults: int, seed: int) -> dict[str, Any]:
         except (AssertionError, Exception) as exc:
             failures.append(f"{type(exc).__name__}: {exc}")
             report["node_logs"] = [f"{m}: {n.log_tail(15)}" for m, n in group.members.items()]
+            if keep_logs is not None:
+                keep_logs.mkdir(parents=True, exist_ok=True)
+                for m, n in group.members.items():
+                    shutil.copy(n.log_path, keep_logs / f"{m}.log")
+                report["logs_kept_in"] = str(keep_logs)
         finally:
             for w in writers:
                 w.stop()

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kevo_repl.adapters.history_file import load_chain, save_chain
+from kevo_repl.adapters.history_file import load_chain, save_chain, save_own_history
 from kevo_repl.adapters.state_bootstrap import check_finished
 from kevo_repl.adapters.state_format import bootstrap_path, fsync_path
 from kevo_repl.adapters.state_lmdb import StateStore
@@ -100,6 +100,7 @@ def restore(backup_dir: Path, data: Path, new_history: bool) -> dict[str, Any]:
             raise KevoError(f"{backup_dir} has no HISTORY: not a kevo-repl backup")
         chain = chain.extend(os.urandom(HISTORY_ID_BYTES), int(manifest["lsn"]))
         save_chain(data, chain)
+        save_own_history(data, chain.current)
         (data / BACKUP_FILE).unlink()  # a primary of its own history now, no longer a copy
         manifest = {**manifest, "new_history": chain.current.hex()}
     fsync_path(data)

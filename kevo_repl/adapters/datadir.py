@@ -127,7 +127,15 @@ class StartLeftovers:
     quarantined store, never anything when another process holds the directory's lock).
     """
 
-    OWN: Final = ("wal", "state.mdb", "state.mdb-lock", "HISTORY", "CONSISTENT_AT", LOCK_NAME)
+    OWN: Final = (
+        "wal",
+        "state.mdb",
+        "state.mdb-lock",
+        "HISTORY",
+        "CONSISTENT_AT",
+        "OWN_HISTORY",
+        LOCK_NAME,
+    )
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir

@@ -1,5 +1,9 @@
 """A node's history chain on disk: ``DIR/HISTORY``, one ``<history id hex> <fork LSN>`` a line,
-and ``DIR/CONSISTENT_AT``, the LSN a rewound store must reach before it may be served.
+``DIR/CONSISTENT_AT``, the LSN a rewound store must reach before it may be served, and
+``DIR/OWN_HISTORY``, the history this directory started (as a new primary, by a promotion
+or a restore with a new history): only on that history may it be started as a primary, or
+a replica's copy of a history would become a second primary of it that followers could not
+tell from the first.
 
 Like PostgreSQL's timeline history files: small, text, written whole to a temporary file,
 fsynced and renamed over the old one (then the directory is fsynced), so a crash leaves the
@@ -20,14 +24,18 @@ from kevo_repl.core.history import HistoryChain, HistoryError
 __all__ = [
     "CONSISTENT_AT_FILE",
     "HISTORY_FILE",
+    "OWN_HISTORY_FILE",
     "load_chain",
     "load_consistent_at",
+    "load_own_history",
     "save_chain",
     "save_consistent_at",
+    "save_own_history",
 ]
 
 HISTORY_FILE: Final = "HISTORY"
 CONSISTENT_AT_FILE: Final = "CONSISTENT_AT"
+OWN_HISTORY_FILE: Final = "OWN_HISTORY"
 
 
 def load_chain(data_dir: Path) -> HistoryChain | None:
@@ -74,6 +82,22 @@ def save_consistent_at(data_dir: Path, lsn: int) -> None:
     """Saved before a rewind's store write: a restart before ``lsn`` must not serve reads."""
     if lsn or (data_dir / CONSISTENT_AT_FILE).exists():
         _replace(data_dir, CONSISTENT_AT_FILE, f"{lsn}\n")
+
+
+def load_own_history(data_dir: Path) -> bytes | None:
+    """The history this directory started (None: none, or a directory from before)."""
+    path = data_dir / OWN_HISTORY_FILE
+    try:
+        return bytes.fromhex(path.read_text().strip())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise StorageError(f"reading {path}: {exc}") from None
+
+
+def save_own_history(data_dir: Path, history_id: bytes) -> None:
+    """Saved with the chain that starts ``history_id`` here."""
+    _replace(data_dir, OWN_HISTORY_FILE, history_id.hex() + "\n")
 
 
 def _replace(data_dir: Path, name: str, body: str) -> None:

@@ -305,6 +305,7 @@ class Agent:
             if local.role == "primary" or local.upstream != leader.addr:
                 self.in_loop(lambda: roles.repoint(node, leader.addr))
                 self.log.warning("following_leader", leader=leader.id, addr=leader.addr)
+                return 0.0  # publish the new role at once (a switchover may be waiting on it)
             return self.interval_s
         return self._elect(scope, local)
 

@@ -1,10 +1,10 @@
 """A single-member etcd of our own, for ``cluster --failover``, the tests and the soak.
 
 It runs Debian's ``etcd`` binary (package ``etcd-server``) as a child process with its data
-under the given directory, listening on one address (127.0.0.1 unless told). ``stop()`` ends exactly that
-process; ``start()`` again reuses the data directory, so the scope survives a restart (the
-"etcd stopped and started again" fault). Where the binary is missing, the error says how
-to install it.
+under the given directory, listening on one address (127.0.0.1 unless told). ``stop()``
+ends exactly that process; ``start()`` again reuses the data directory, so the scope
+survives a restart (the "etcd stopped and started again" fault). Where the binary is
+missing, the error says how to install it.
 """
 
 from __future__ import annotations

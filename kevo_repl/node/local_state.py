@@ -31,8 +31,10 @@ from kevo_repl.adapters.datadir import DataDirLock
 from kevo_repl.adapters.history_file import (
     load_chain,
     load_consistent_at,
+    load_own_history,
     save_chain,
     save_consistent_at,
+    save_own_history,
 )
 from kevo_repl.adapters.state_check import check_store, quarantine_store
 from kevo_repl.adapters.state_lmdb import StateStore
@@ -64,11 +66,14 @@ class LocalState:
         save_consistent_at(self.data_dir, lsn)
         self.consistent_at = lsn
 
-    def save_chain(self, chain: HistoryChain) -> None:
-        """Make ``chain`` ours, durably, before any record of its new histories is written."""
+    def save_chain(self, chain: HistoryChain, *, started_here: bool = False) -> None:
+        """Make ``chain`` ours, durably, before any record of its new histories is written;
+        ``started_here``: its current history is this directory's own (a promotion)."""
         if chain != self.chain:
             save_chain(self.data_dir, chain)
             self.chain = chain
+        if started_here:
+            save_own_history(self.data_dir, chain.current)
 
     def reset_wal(self, next_lsn: int, history_id: bytes) -> None:
         """Start an empty WAL whose next record is ``next_lsn`` (after a bootstrap installed
@@ -132,7 +137,10 @@ def open_local_state(data_dir: Path, role: str, segment_bytes: int, log: Any) ->
                 wal = _open_wal(data_dir, segment_bytes, None)
             store = StateStore.open(path)
         try:
+            new_history = chain is None and wal.last_lsn == 0
             chain = _chain(chain, wal, store, role, data_dir)
+            if role == "primary":
+                _check_owner(data_dir, chain, new_history, lock.previous)
             replayed = replay_wal(wal, store, wal.last_lsn)
         except BaseException:
             store.close()
@@ -193,6 +201,28 @@ def _open_wal(
         sync_log=Path(sync_log) if sync_log else None,
         history_id=history_id if new else None,
         first_lsn=first_lsn,
+    )
+
+
+def _check_owner(
+    data_dir: Path, chain: HistoryChain, new: bool, previous: dict[str, object] | None
+) -> None:
+    """A primary only on a history this directory started (``adapters/history_file.py``):
+    ``new`` (its chain starts now), or owned, or run as a primary before the marker."""
+    owned = load_own_history(data_dir)
+    if owned == chain.current:
+        return
+    legacy = owned is None and previous is not None and previous.get("role") == "primary"
+    if new or legacy:
+        save_own_history(data_dir, chain.current)
+        return
+    raise StorageError(
+        f"{data_dir} holds a copy of history {chain.current.hex()[:12]}, which another node "
+        "started (this directory followed it as a replica): starting it as a primary would "
+        "make a second primary of the same history, which followers cannot tell from the "
+        "first (a split brain). Start it as a replica of that history's primary, promote it "
+        "while it runs (kevo-repl promote: a new history), or restore a backup of it with "
+        "--new-history"
     )
 
 

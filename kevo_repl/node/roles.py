@@ -64,7 +64,7 @@ def promote(node: Node, force: bool) -> pb.PromoteResponse:
     fork = node.wal.last_lsn
     history = os.urandom(HISTORY_ID_BYTES)
     chain = node.state.chain.extend(history, fork)
-    node.state.save_chain(chain)  # before any record of the new history is written
+    node.state.save_chain(chain, started_here=True)  # before any record of it is written
     node.wal.switch_history(history)
     node.upstream = ""
     node.fenced = ""
