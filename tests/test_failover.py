@@ -224,3 +224,27 @@ def test_writes_to_a_fenced_primary_are_refused_naming_the_new_one(cluster: Clus
     assert out.returncode == 0, out.stderr
     with Client(r1.address) as c:
         assert c.get(b"k") == b"v"
+
+
+def test_a_replica_directory_is_refused_as_a_primary_until_it_owns_a_history(
+    cluster: Cluster,
+) -> None:
+    """``primary --data`` on a replica's copy of a history would be a second primary of that
+    same history (its followers could not tell the two apart): refused, naming why; the
+    same directory once promoted (a history of its own) restarts as a primary."""
+    primary = cluster.primary()
+    r1 = cluster.replica("r1", primary)
+    write_batches(primary, batches=3, size=50, prefix="a")
+    wait_for("r1 caught up", lambda: converged(primary, r1))
+    assert r1.stop() == 0
+    data = cluster.root / "r1"
+    out = kevo("primary", "--data", str(data), "--port", str(r1.port), timeout=30)
+    assert out.returncode == 1, out.stderr
+    assert "second primary of the same history" in out.stderr, out.stderr
+    cluster.restart(r1)  # still fine as a replica
+    assert primary.stop() == 0
+    assert kevo("promote", "--node", r1.address, "--force").returncode == 0  # it just stopped
+    assert r1.stop() == 0
+    promoted = cluster.primary("r1", port=r1.port)  # the same directory, as a primary now
+    with promoted.client() as c:
+        assert c.status().role == "primary"
