@@ -157,7 +157,7 @@ def run_member(args: argparse.Namespace) -> int:
     log = get_logger(node=args.id, role="agent")
     agent = Agent(kv, ScopeKeys(args.scope), args.id, address, args.ttl_s,
                   args.max_lag_on_failover, log)  # fmt: skip
-    upstream, holds_key = agent.join()
+    upstream, holds_key = agent.join(args.data)
     config = NodeConfig(**_common(args), node_id=args.id, upstream=upstream, fsync=args.fsync)
     try:
         return _run(config, args, agent.start, holds_key)

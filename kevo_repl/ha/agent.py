@@ -29,6 +29,7 @@ import queue
 import threading
 import time
 from concurrent.futures import TimeoutError as FutureTimeout
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kevo_repl.adapters.clock import monotonic_ms, wall_us
@@ -95,56 +96,12 @@ class Agent:
 
     # ---- start -------------------------------------------------------------------------------
 
-    def join(self, wait_s: float = 3600.0) -> tuple[str, bool]:
-        """Before the node starts: its upstream ("" = primary) and whether it holds the key.
+    def join(self, data_dir: Path, wait_s: float = 3600.0) -> tuple[str, bool]:
+        """Before the node starts: its upstream ("" = primary) and whether it holds the key
+        (``ha/joining.py``)."""
+        from kevo_repl.ha.joining import join_scope
 
-        A member that finds a leader follows it; the first member of a new scope takes the
-        key and starts the first history; a member of a scope with no leader follows the
-        last leader (or, if that was itself, starts as a primary accepting no writes) until
-        the election decides.
-        """
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                return self._join_once()
-            except EtcdUnavailable as exc:
-                if time.monotonic() > deadline:
-                    raise
-                self.log.warning("etcd_unreachable", etcd=self.kv.where, error=str(exc))
-                time.sleep(1.0)
-
-    def _join_once(self) -> tuple[str, bool]:
-        if not self.lease:
-            self._renew()
-        k = self.keys
-        while True:
-            scope = read_scope(self.kv, k)
-            leader = scope.leader
-            if leader is not None and leader.id != self.id:
-                return leader.addr, False
-            if leader is not None:  # our previous process's key: bind it to this lease
-                if self._rebind(scope):
-                    return "", True
-                continue
-            if not scope.initialized:
-                record = LeaderRecord(self.id, self.address, wall_us() // 1000)
-                first = Failover("initialize", self.id, at_ms=record.since_ms)
-                took = self.kv.txn(
-                    [self.kv.absent(k.initialize), self.kv.absent(k.leader)],
-                    [
-                        self.kv.put_op(k.initialize, record.dumps()),
-                        self.kv.put_op(k.leader, record.dumps(), self.lease),
-                        self.kv.put_op(k.last_failover, first.dumps()),
-                    ],
-                )
-                if took:
-                    self.log.warning("initialized_scope", scope=k.name)
-                    return "", True
-                continue
-            last = scope.optime
-            if last is None or last.id == self.id:
-                return "", False  # a primary that accepts no writes until elected
-            return last.addr, False
+        return join_scope(self, data_dir, wait_s)
 
     def start(self, node: Node, holds_key: bool) -> None:
         """Attach the node (before its loop runs) and start the agent's thread."""
@@ -238,7 +195,7 @@ class Agent:
         if local is None:
             return self.interval_s  # the node is stalled: no renewal, so no false liveness
         if time.monotonic() - self._last_renew >= self.interval_s:
-            self._renew()
+            self.renew()
         scope = read_scope(self.kv, self.keys)
         if not self.etcd_ok:
             self.log.warning("etcd_reachable_again", etcd=self.kv.where)
@@ -249,7 +206,7 @@ class Agent:
             )
         return self._act(scope, local)
 
-    def _renew(self) -> None:
+    def renew(self) -> None:
         sent = monotonic_ms()
         ttl = self.kv.refresh(self.lease) if self.lease else -1
         if ttl < 0:  # expired (or the first): a new lease; what was bound to the old is gone
@@ -285,7 +242,7 @@ class Agent:
         assert node is not None
         leader = scope.leader
         if leader is not None and leader.id == self.id and scope.leader_lease != self.lease:
-            if not self._rebind(scope):
+            if not self.rebind(scope):
                 return _FAST_S
             scope = read_scope(self.kv, self.keys)
             leader = scope.leader
@@ -309,7 +266,7 @@ class Agent:
             return self.interval_s
         return self._elect(scope, local)
 
-    def _rebind(self, scope: Scope) -> bool:
+    def rebind(self, scope: Scope) -> bool:
         """The leader key names us under another lease (our previous process): take it."""
         k = self.keys
         record = LeaderRecord(self.id, self.address, wall_us() // 1000)
