@@ -21,13 +21,11 @@ writes at once, every member converged, and no member bootstrapped (counted from
 
 from __future__ import annotations
 
-import json
 import random
 import shutil
 import signal
 import tempfile
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -113,15 +111,7 @@ class _Run:
         group = self.group
         if group.wait_leader() == member:
             return
-        def asked() -> bool:  # (again, if the leader refused: the target was not ready yet)
-            pending = group.read().switchover
-            if pending is None or "error" in pending:
-                request = {"id": uuid.uuid4().hex, "to": member, "timeout_s": 30}
-                group.kv.put(group.keys.switchover, json.dumps(request))
-            return group.leader_id() == member
-
-        wait_for(f"{member} to lead", asked, 60)
-        group.wait_leader()
+        group.switchover(member)
         for other in group.members:
             if other != member:
                 self.rejoined(other, member)

@@ -215,3 +215,25 @@ def test_sigterm_of_the_leader_hands_the_key_over_without_waiting_a_ttl(group: H
     group.start(old)
     wait_more_acks(ws, 50)
     assert finish(group, ws) == new
+
+
+def test_switchover_under_load_loses_nothing_and_bootstraps_nothing(group: HaGroup) -> None:
+    start_three(group)
+    ws = writers(group)
+    wait_more_acks(ws, 200)
+    took = group.switchover("n3")
+    print(f"\nswitchover n1 -> n3 through etcd: {took:.2f} s")
+    wait_more_acks(ws, 200)
+
+    def follows() -> bool:
+        for m in ("n1", "n2"):
+            with group.members[m].client(500) as c:
+                s = c.status()
+            if s.role != "replica" or s.upstream != group.members["n3"].address:
+                return False
+        return True
+
+    wait_for("n1 and n2 to follow n3", follows)
+    assert finish(group, ws) == "n3"
+    last = group.read().last_failover
+    assert last is not None and (last.kind, last.previous, last.to) == ("switchover", "n1", "n3")

@@ -28,6 +28,7 @@ import contextlib
 import queue
 import threading
 import time
+from concurrent.futures import CancelledError
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -226,6 +227,8 @@ class Agent:
         )
         try:
             return fut.result(timeout=self.interval_s)  # type: ignore[no-any-return]
+        except CancelledError:
+            return None  # the node's loop has ended
         except FutureTimeout:
             fut.cancel()
             self.log.error("node_not_answering", waited_s=self.interval_s)

@@ -211,8 +211,12 @@ class Node:
         self.writes_until_ms = until_ms
 
     def call_in_loop(self, fn: Callable[[], Any]) -> Future[Any]:
-        """From another thread: run ``fn`` on the loop's thread between two turns."""
+        """From another thread: run ``fn`` on the loop's thread between two turns (cancelled
+        if the loop has ended)."""
         future: Future[Any] = Future()
+        if self._closed:
+            future.cancel()
+            return future
         self._calls.put((fn, future))
         self.wake()
         return future
@@ -291,6 +295,12 @@ class Node:
         if self._closed:
             return
         self._closed = True
+        while True:  # whoever waits on a call the loop will not run now: do not wait on
+            try:
+                _, future = self._calls.get_nowait()
+            except queue.Empty:
+                break
+            future.cancel()
         try:
             self.source.close()
         finally:

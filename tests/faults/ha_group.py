@@ -15,9 +15,11 @@ one, and the reverse. One leader at a time never produces that; a split brain do
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,6 +94,22 @@ class HaGroup:
             return lid if s.role == "primary" and not s.fenced else ""
 
         return wait_for(f"a leader other than {other_than!r}", ready, timeout_s)
+
+    def switchover(self, to: str, timeout_s: float = 60.0) -> float:
+        """Ask for a switchover through etcd (again, if the leader refused it: the target was
+        not ready yet) until ``to`` leads with an unfenced primary; the seconds it took."""
+        began = time.monotonic()
+
+        def asked() -> bool:
+            pending = self.read().switchover
+            if pending is None or "error" in pending:
+                request = {"id": uuid.uuid4().hex, "to": to, "timeout_s": 30}
+                self.kv.put(self.keys.switchover, json.dumps(request))
+            return self.leader_id() == to
+
+        wait_for(f"{to} to take the leader key", asked, timeout_s)
+        self.wait_leader()
+        return time.monotonic() - began
 
     def alive(self) -> list[Node]:
         return [n for n in self.members.values() if n.proc and n.proc.poll() is None]
