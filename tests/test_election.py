@@ -12,7 +12,7 @@ from kevo_repl.core.election import (
     OpTime,
     Scope,
     choose_leader,
-    fresh_after,
+    not_yet_fresh,
 )
 
 
@@ -56,9 +56,21 @@ def test_unpromotable_and_lagging_members_are_excluded_and_say_why() -> None:
     assert choose_leader(scope(member("far", 100), optime=top), 50)[0] is None
 
 
-def test_fresh_after_lists_records_written_before_the_leader_was_lost() -> None:
-    s = Scope(revision=20, member_revisions={"a": 5, "b": 15, "c": 12})
-    assert fresh_after(s, 12) == ["a", "c"]
+def test_a_record_is_fresh_once_it_names_no_leader_whenever_it_was_written() -> None:
+    """n3 saw the leader gone first and wrote its fresh record at revision 11; n2's first
+    read without a leader was at revision 11 too. n3 is fresh for n2 (were it judged by
+    revision, each would wait for the other forever); n1 still names the old leader."""
+    s = Scope(
+        revision=11,
+        members={
+            "n1": member("n1", 5, leader="old"),
+            "n2": member("n2", 9),
+            "n3": member("n3", 9),
+        },
+        member_revisions={"n1": 4, "n2": 8, "n3": 11},
+    )
+    assert not_yet_fresh(s, "n2") == ["n1"]
+    assert not_yet_fresh(s, "n1") == []
 
 
 @given(

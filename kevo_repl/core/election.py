@@ -4,8 +4,9 @@ Pure: the agent (``kevo_repl/ha/agent.py``) reads the scope, and this module dec
 rules (as Patroni's, with the position made exact by our history chains):
 
 * only a *live* member counts (its record is bound to its lease, so a dead one vanishes);
-* only a *fresh* record counts: written after the leader was lost, so no member decides on
-  a position that a follower has since passed (a stale record is waited for, or expires);
+* only a *fresh* record counts: written after its member saw the leader gone (it names no
+  leader), so no member decides on a position that a follower has since passed (a stale
+  record is waited for, or expires with its member's lease);
 * a member is *eligible* when it can be promoted (a replica whose store is a state of the
   history, or a fenced primary) and is at most ``max_lag`` entries behind the last position
   the leader published;
@@ -26,7 +27,7 @@ __all__ = [
     "OpTime",
     "Scope",
     "choose_leader",
-    "fresh_after",
+    "not_yet_fresh",
 ]
 
 
@@ -141,9 +142,15 @@ class Scope:
     last_failover: Failover | None = None
 
 
-def fresh_after(scope: Scope, revision: int) -> list[str]:
-    """Members whose record was written at or before ``revision`` (to wait for)."""
-    return sorted(m for m, rev in scope.member_revisions.items() if rev <= revision)
+def not_yet_fresh(scope: Scope, me: str) -> list[str]:
+    """Members (other than ``me``) whose record still names a leader: written before they
+    saw the leader gone, so their position may be behind where they are. Waited for: they
+    write a fresh record (naming none) on their next turn, or their lease drops it.
+
+    Not "written after the revision at which I saw the leader gone": a member quicker than
+    me may have written its fresh record before my first read without a leader, and would
+    then wait for me while I waited for it (seen under load in the failover soak)."""
+    return sorted(m.id for m in scope.members.values() if m.id != me and m.leader)
 
 
 def _rank(m: MemberRecord) -> tuple[int, int, str]:

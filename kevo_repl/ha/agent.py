@@ -42,7 +42,7 @@ from kevo_repl.core.election import (
     OpTime,
     Scope,
     choose_leader,
-    fresh_after,
+    not_yet_fresh,
 )
 from kevo_repl.ha.handover import Handover
 from kevo_repl.ha.scope import ScopeKeys, read_scope
@@ -89,7 +89,7 @@ class Agent:
         self._thread: threading.Thread | None = None
         self._published: MemberRecord | None = None
         self._published_at = 0.0
-        self._leaderless_since = 0  # the revision at which we saw the leader gone
+        self._leaderless_since = 0  # the revision at which we saw the leader gone (logs)
         self._said = ""  # the last election verdict logged (said once, not every turn)
         self._optime: OpTime | None = None
         self.handover: Handover | None = None
@@ -323,7 +323,7 @@ class Agent:
             self.log.warning("leader_gone", revision=scope.revision)
         if self._publish(local, ""):
             return 0.0  # read again with our fresh record
-        stale = [m for m in fresh_after(scope, self._leaderless_since) if m != self.id]
+        stale = not_yet_fresh(scope, self.id)
         if stale:
             self._say(f"waiting for fresh records from {', '.join(stale)}")
             return _FAST_S
