@@ -33,7 +33,7 @@ exit codes: 0 ok, 1 absent key / refused / failed, 2 bad arguments, 3 node unrea
 _REQUIRED = {
     "primary": ("data",),
     "replica": ("data", "primary"),
-    "node": ("data",),
+    "node": ("data", "id", "etcd"),
     "cluster": ("data",),
 }
 

@@ -24,9 +24,12 @@ def etcd_flags(p: argparse.ArgumentParser, *, required: bool) -> None:
 
 
 def member_flags(p: argparse.ArgumentParser, count: Callable[[str], int]) -> None:
-    """``node``: the serving flags are added by the caller; these are the member's own."""
-    p.add_argument("--id", required=True, help="this member's id, unique in the scope")
-    etcd_flags(p, required=True)
+    """``node``: the serving flags are added by the caller; these are the member's own.
+
+    ``--id`` and ``--etcd`` are required after ``--config`` is read (``cli._REQUIRED``), not
+    by argparse, which would refuse them from a config file (a systemd unit's case)."""
+    p.add_argument("--id", help="this member's id, unique in the scope (required)")
+    etcd_flags(p, required=False)
     p.add_argument(
         "--ttl-s",
         type=count,
