@@ -16,7 +16,7 @@ from pathlib import Path
 from kevo_repl.client import NodeUnreachableError, RemoteError, UnresolvableHostError, parse_node
 from kevo_repl.config import CONFIGURABLE_COMMANDS, ConfigError, config_defaults
 from kevo_repl.core.errors import KevoError, UsageError
-from kevo_repl.ha.flags import member_flags
+from kevo_repl.ha.flags import failover_cluster_flags, member_flags
 from kevo_repl.logs import configure_logging
 from kevo_repl.tail_cli import tail_flags, tail_misuse
 from kevo_repl.wire.batch import DEFAULT_LIMITS
@@ -33,7 +33,7 @@ exit codes: 0 ok, 1 absent key / refused / failed, 2 bad arguments, 3 node unrea
 _REQUIRED = {
     "primary": ("data",),
     "replica": ("data", "primary"),
-    "node": ("data",),
+    "node": ("data", "id", "etcd"),
     "cluster": ("data",),
 }
 
@@ -218,7 +218,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     member_flags(nd, _count(1))
     _config_flags(nd)
 
-    cl = add("cluster", "a primary and N replicas as child processes")
+    cl = add("cluster", "a primary and N replicas (--failover: etcd and N members) as children")
     cl.add_argument("--data", type=Path, help="data directory (required)")
     cl.add_argument("--replicas", type=_count(0), default=2)
     cl.add_argument("--port", type=_port, default=7100, help="primary on P, replica i on P+10i")
@@ -226,6 +226,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     cl.add_argument(
         "--metrics-port", type=_port_type(0), default=0, help="primary M, replica i M+i"
     )
+    failover_cluster_flags(cl, _count(1))
     _config_flags(cl)
 
     dm = add("demo", "cluster + demo data + proof that replicas match")

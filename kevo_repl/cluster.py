@@ -1,11 +1,14 @@
 """A local cluster: one primary and N replicas as child processes, their logs merged.
 
 Each child writes its JSON log lines straight to ``DIR/logs/<node>.log`` (so they survive the
-cluster process, and ``kevo-repl logs --data DIR`` can follow them); the cluster shows them
-merged, one ``[node]`` prefix per line. The primary listens on P, replica i on P + 10 * i. A
-child that exits by itself is reported; with ``restart`` a crashed one is started again after
-a growing pause (so a child that cannot start does not spin). SIGINT and SIGTERM stop every
-child with SIGTERM (SIGKILL after a deadline) and end with exit 0.
+cluster process, and ``kevo-repl logs --data DIR`` can follow them); the cluster shows its own
+nodes' files merged, one ``[node]`` prefix per line. The primary listens on P, replica i on
+P + 10 * i. A child that exits by itself is reported; with ``restart`` a crashed one is started
+again after a growing pause (so a child that cannot start does not spin). SIGINT and SIGTERM
+stop every child with SIGTERM (SIGKILL after a deadline) and end with exit 0.
+
+``cluster --failover`` (``kevo_repl/cluster_failover.py``) is a variant of ``ClusterProcesses``:
+members that elect their leader through a local etcd, run by the same ``run_processes``.
 
 ``run_demo`` is the README's first command: it starts a cluster, loads demo data, waits until
 every replica's digest equals the primary's at the same LSN, shows the status table, and keeps
@@ -30,7 +33,14 @@ from kevo_repl.core.errors import KevoError
 from kevo_repl.logview import LogFollower, run_logs
 from kevo_repl.status_format import status_text
 
-__all__ = ["ClusterProcesses", "run_cluster", "run_demo"]
+__all__ = [
+    "ClusterProcesses",
+    "check_port_free",
+    "exit_text",
+    "run_cluster",
+    "run_demo",
+    "run_processes",
+]
 
 RESTART_PAUSE_MAX_S = 5.0
 
@@ -72,35 +82,31 @@ class ClusterProcesses:
         return eps
 
     def check_ports(self) -> None:
-        """Refuse to start over ports in use: another node there would answer for ours.
-
-        The probe binds with SO_REUSEADDR, as libzmq's listeners do, so a port that only has
-        connections in TIME_WAIT from a previous run counts as free (a node can bind it).
-        """
+        """Refuse to start over ports in use (``check_port_free``), before anything starts."""
         for name, ep in self.endpoints():
             port = int(ep.rsplit(":", 1)[1])
-            for p in (port, port + 1):
-                with socket.socket() as s:
-                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                    try:
-                        s.bind(("127.0.0.1", p))
-                    except OSError as exc:
-                        raise KevoError(
-                            f"port {p} for {name} is in use ({exc.strerror}); "
-                            "is another cluster running? choose another --port"
-                        ) from None
+            check_port_free(name, port)
+            check_port_free(name, port + 1)
+
+    def node_argv(self, i: int, name: str, port: int) -> list[str]:
+        """The command of node ``i`` of ``endpoints()`` (0: the primary), before the flags
+        every node gets."""
+        argv = ["primary" if i == 0 else "replica", "--data", str(self.data / name)]
+        argv += ["--port", str(port)]
+        if i > 0:
+            argv += ["--id", name, "--primary", f"127.0.0.1:{self.port}"]
+        return argv
 
     def start(self) -> None:
         self.check_ports()
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        base = [sys.executable, "-m", "kevo_repl"]
+        self.spawn_nodes()
+
+    def spawn_nodes(self) -> None:
         tail = ["--log-format", "json", *self.node_args]
         for i, (name, ep) in enumerate(self.endpoints()):
             port = int(ep.rsplit(":", 1)[1])
-            argv = [*base, "primary" if i == 0 else "replica", "--data", str(self.data / name)]
-            argv += ["--port", str(port), *tail]
-            if i > 0:
-                argv += ["--id", name, "--primary", f"127.0.0.1:{self.port}"]
+            argv = [sys.executable, "-m", "kevo_repl", *self.node_argv(i, name, port), *tail]
             if self.metrics_port:
                 argv += ["--metrics-port", str(self.metrics_port + i)]
             self.children.append(_Child(name, argv, port))
@@ -111,6 +117,7 @@ class ClusterProcesses:
         """Report (and with ``restart``, restart) exited children until ``stop`` is set."""
         while not stop.wait(0.1):
             now = time.monotonic()
+            self.watch_more(now)
             for child in self.children:
                 if child.proc is not None and child.proc.poll() is not None:
                     self._exited(child, now)
@@ -125,6 +132,12 @@ class ClusterProcesses:
                         f"[cluster] restarted {child.name} as PID {pid} (restart {child.restarts})"
                     )
 
+    def watch_more(self, now: float) -> None:
+        """Each turn of ``watch``: what a variant runs beside the nodes (nothing here)."""
+
+    def announce(self, stop: threading.Event) -> None:
+        """Once every node serves: what a variant says about reaching it (nothing here)."""
+
     def _exited(self, child: _Child, now: float) -> None:
         assert child.proc is not None
         code = child.proc.returncode
@@ -132,7 +145,7 @@ class ClusterProcesses:
         if code == 0:
             self.say(f"[cluster] {child.name} stopped (exit code 0)")
             return
-        how = f"signal {-code}" if code < 0 else f"exit code {code}"
+        how = exit_text(code)
         self.say(f"[cluster] {child.name} crashed ({how}); log: {self.log_dir / child.name}.log")
         if self.restart:
             child.restart_at = now + min(RESTART_PAUSE_MAX_S, 0.2 * 2**child.restarts)
@@ -170,6 +183,28 @@ class ClusterProcesses:
         with self._lock:
             self.out.flush()
             print(line, file=self.notes, flush=True)
+
+
+def exit_text(code: int) -> str:
+    """A child's return code as words: ``signal 9`` or ``exit code 1``."""
+    return f"signal {-code}" if code < 0 else f"exit code {code}"
+
+
+def check_port_free(name: str, port: int) -> None:
+    """Refuse a port in use: another process there would answer for ``name``.
+
+    The probe binds with SO_REUSEADDR, as libzmq's listeners (and etcd's) do, so a port that
+    only has connections in TIME_WAIT from a previous run counts as free.
+    """
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise KevoError(
+                f"port {port} for {name} is in use ({exc.strerror}); "
+                "is another cluster running? choose another --port"
+            ) from None
 
 
 def _wait_until_serving(node: str, deadline_s: float, child: _Child | None = None) -> None:
@@ -211,22 +246,28 @@ def run_cluster(
     metrics_port: int = 0,
     node_args: Sequence[str] = (),
 ) -> int:
+    return run_processes(ClusterProcesses(data, replicas, port, restart, metrics_port, node_args))
+
+
+def run_processes(cluster: ClusterProcesses) -> int:
+    """Start ``cluster``, show its nodes' logs merged, and keep it up until SIGINT/SIGTERM."""
     stop = threading.Event()
     _on_signals(stop)
-    cluster = ClusterProcesses(data, replicas, port, restart, metrics_port, node_args)
     cluster.check_ports()
-    follower = LogFollower(cluster.log_dir, start_at_end=True)
+    names = frozenset(name for name, _ in cluster.endpoints())
+    follower = LogFollower(cluster.log_dir, names, start_at_end=True)
     cluster.log_dir.mkdir(parents=True, exist_ok=True)
     follower.poll()  # note where each existing file ends: show only this run's lines
     cluster.start()
     for i, (name, ep) in enumerate(cluster.endpoints()):
         host, port_text = ep.rsplit(":", 1)
         proc = cluster.children[i].proc
-        metrics = f", metrics {host}:{metrics_port + i}" if metrics_port else ""
+        metrics = f", metrics {host}:{cluster.metrics_port + i}" if cluster.metrics_port else ""
         cluster.say(
             f"[cluster] {name}: PUB {ep}, ROUTER {host}:{int(port_text) + 1}{metrics}"
             f" (pid {proc.pid if proc else '-'})"
         )
+    data = cluster.data
     cluster.say(f"[cluster] logs: {cluster.log_dir}/<node>.log (kevo-repl logs --data {data})")
     logs_stop = threading.Event()
     shower = threading.Thread(
@@ -239,6 +280,7 @@ def run_cluster(
     try:
         cluster.wait_serving()
         cluster.say("[cluster] ready; Ctrl-C stops every node")
+        cluster.announce(stop)
         code = _serve_until_stopped(cluster, stop)
     except NodeUnreachableError as exc:
         # A node that cannot start (a port in use, a bad data dir) fails the whole cluster:

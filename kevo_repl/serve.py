@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from kevo_repl.client import parse_node
-from kevo_repl.core.errors import KevoError
+from kevo_repl.core.errors import KevoError, UsageError
 
 __all__ = ["run_cluster_command", "run_member", "run_primary", "run_replica", "settings"]
 
@@ -189,11 +189,26 @@ def _run(
 def run_cluster_command(args: argparse.Namespace) -> int:
     if args.print_config:
         return _print_settings(args)
-    from kevo_repl.cluster import run_cluster
-
     node_args: list[str] = []
     if getattr(args, "log_level", None):
         node_args += ["--log-level", args.log_level]
+    if args.failover:
+        from kevo_repl.cluster_failover import run_failover_cluster
+        from kevo_repl.ha.flags import DEFAULT_MEMBERS, DEFAULT_TTL_S
+
+        return run_failover_cluster(
+            args.data,
+            args.members or DEFAULT_MEMBERS,
+            args.port,
+            ttl_s=args.ttl_s or DEFAULT_TTL_S,
+            restart=args.restart,
+            metrics_port=args.metrics_port,
+            node_args=node_args,
+        )
+    if args.members is not None or args.ttl_s is not None:
+        raise UsageError("--members and --ttl-s are for --failover (a fixed primary: --replicas)")
+    from kevo_repl.cluster import run_cluster
+
     return run_cluster(
         args.data,
         args.replicas,

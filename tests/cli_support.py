@@ -42,6 +42,7 @@ def kevo(
     input: bytes | str | None = None,
     timeout: float = 30.0,
     cwd: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``kevo-repl ARGS`` to completion; stdout and stderr as text."""
     data = input.encode() if isinstance(input, str) else input
@@ -51,6 +52,7 @@ def kevo(
         capture_output=True,
         timeout=timeout,
         cwd=cwd,
+        env=env,
         stdin=None if data is not None else subprocess.DEVNULL,
     )
     return subprocess.CompletedProcess(
@@ -180,13 +182,15 @@ def kill_pid(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-def free_cluster_base(replicas: int) -> int:
-    """A port P with P, P+1, P+10, P+11, ... (one pair per node) all free right now."""
+def free_cluster_base(replicas: int, extra: tuple[int, ...] = ()) -> int:
+    """A port P with P, P+1, P+10, P+11, ... (one pair per node) all free right now, and
+    P + each of ``extra`` (``cluster --failover``'s etcd: 90, 91)."""
     for _ in range(100):
         base = free_port_pair()
-        if base + 10 * replicas + 1 >= 65535:
+        if base + max((10 * replicas + 1, *extra)) >= 65535:
             continue
         ports = [base + 10 * i + d for i in range(1, replicas + 1) for d in (0, 1)]
+        ports += [base + offset for offset in extra]
         try:
             socks = []
             for port in ports:

@@ -58,13 +58,14 @@ def test_the_validator_would_catch_a_mistake() -> None:
         kubernetes_validate.validate(bad, K8S_VERSION, strict=True)
 
 
-def statefulsets() -> dict[str, dict[str, Any]]:
-    return {d["metadata"]["name"]: d for _, d in k8s_docs() if d["kind"] == "StatefulSet"}
+def of_kind(kind: str, *files: str) -> dict[str, dict[str, Any]]:
+    """The ``kind`` objects of those manifests, by name."""
+    return {d["metadata"]["name"]: d for n, d in k8s_docs() if d["kind"] == kind and n in files}
 
 
 def test_kubernetes_topology_and_probes() -> None:
-    services = {d["metadata"]["name"]: d for _, d in k8s_docs() if d["kind"] == "Service"}
-    sets = statefulsets()
+    services = of_kind("Service", "primary.yaml", "replica.yaml")
+    sets = of_kind("StatefulSet", "primary.yaml", "replica.yaml")
     assert set(sets) == {"kevo-primary", "kevo-replica"}
     assert sets["kevo-primary"]["spec"]["replicas"] == 1
     assert services["kevo-replica"]["spec"]["clusterIP"] == "None"  # headless
@@ -84,6 +85,50 @@ def test_kubernetes_topology_and_probes() -> None:
     replica = sets["kevo-replica"]["spec"]["template"]["spec"]["containers"][0]
     assert "--ready" in replica["readinessProbe"]["exec"]["command"]
     assert "--primary=kevo-primary-0.kevo-primary:7100" in replica["args"]
+
+
+def pod_args(container: dict[str, Any], pod: str) -> list[str]:
+    """The container's command line (``args``, else ``command``) as pod ``pod`` runs it."""
+    argv: list[str] = container["args"] if "args" in container else container["command"]
+    return [a.replace("$(POD_NAME)", pod) for a in argv]
+
+
+def test_kubernetes_failover_group() -> None:
+    services = of_kind("Service", "failover.yaml")
+    sets = of_kind("StatefulSet", "failover.yaml")
+    assert set(sets) == {"kevo-etcd", "kevo-member"}
+    etcd_sts, members = sets["kevo-etcd"], sets["kevo-member"]
+    assert etcd_sts["spec"]["replicas"] == 1 and members["spec"]["replicas"] == 3
+    for sts in sets.values():  # each pod a stable DNS name: $(POD_NAME).<headless service>
+        headless = services[sts["spec"]["serviceName"]]["spec"]
+        assert headless["clusterIP"] == "None" and headless["publishNotReadyAddresses"]
+        labels = sts["spec"]["template"]["metadata"]["labels"]
+        assert sts["spec"]["selector"]["matchLabels"] == labels == headless["selector"]
+    (etcd,) = etcd_sts["spec"]["template"]["spec"]["containers"]
+    assert etcd["image"].startswith("quay.io/coreos/etcd:v3.5.")
+    flags = dict(a.split("=", 1) for a in pod_args(etcd, "kevo-etcd-0")[1:])
+    etcd_url = flags["--advertise-client-urls"]
+    assert etcd_url == "http://kevo-etcd-0.kevo-etcd:2379"
+    assert flags["--initial-cluster"] == "kevo-etcd-0=" + flags["--initial-advertise-peer-urls"]
+    (kevo_c,) = members["spec"]["template"]["spec"]["containers"]
+    ids = set()
+    for pod in ("kevo-member-0", "kevo-member-1", "kevo-member-2"):
+        ns = parses(pod_args(kevo_c, pod))
+        assert ns.command == "node" and ns.id == pod and ns.etcd == etcd_url
+        assert ns.advertise == f"{pod}.kevo-member:{ns.port}" and ns.bind == "0.0.0.0"
+        ids.add(ns.id)
+    assert len(ids) == 3
+    assert {p["containerPort"] for p in kevo_c["ports"]} == {ns.port, ns.port + 1, 9100}
+    for probe in ("readinessProbe", "livenessProbe"):
+        cmd = kevo_c[probe]["exec"]["command"]
+        assert cmd[:2] == ["kevo-repl", "status"]
+        parses(cmd[1:])
+    assert "--ready" in kevo_c["readinessProbe"]["exec"]["command"]
+    assert {m["mountPath"] for m in kevo_c["volumeMounts"]} == {ns.data.as_posix()}
+    clients = services["kevo"]["spec"]  # a ClusterIP Service over every member
+    assert "clusterIP" not in clients
+    assert clients["selector"] == members["spec"]["selector"]["matchLabels"]
+    assert {p["port"] for p in clients["ports"]} == {ns.port, ns.port + 1}
 
 
 def test_compose_has_one_primary_and_three_replicas() -> None:
@@ -110,6 +155,41 @@ def test_compose_has_one_primary_and_three_replicas() -> None:
     assert len(host_ports) == 3 * len(services)  # no two services publish one host port
 
 
+def test_compose_failover_group_is_etcd_and_three_members() -> None:
+    compose = yaml.safe_load((DEPLOY / "docker-compose.failover.yml").read_text())
+    services = compose["services"]
+    assert set(services) == {"etcd", "n1", "n2", "n3"}
+    assert set(compose["volumes"]) == {f"{s}-data" for s in services}
+    etcd = services.pop("etcd")
+    assert etcd["image"].startswith(("quay.io/coreos/etcd:v3.5.", "gcr.io/etcd-development/etcd"))
+    flags = dict(a.split("=", 1) for a in etcd["command"][1:])
+    etcd_url = flags["--advertise-client-urls"]
+    assert etcd_url == "http://etcd:2379"  # the service's name in the compose network
+    assert flags["--listen-client-urls"].endswith(":2379")
+    assert etcd["healthcheck"]["test"][0] == "CMD" and "health" in etcd["healthcheck"]["test"]
+    host_ports: set[str] = set()
+    ids = set()
+    for name, svc in services.items():
+        ns = parses(svc["command"])
+        assert ns.command == "node" and ns.id == name and ns.etcd == etcd_url
+        assert ns.bind == "0.0.0.0" and ns.advertise == f"{name}:{ns.port}"
+        assert str(ns.data) == "/data" and svc["volumes"] == [f"{name}-data:/data"]
+        ids.add(ns.id)
+        published = {p.split(":")[1]: p.split(":")[0] for p in svc["ports"]}
+        assert {str(ns.port), str(ns.port + 1)} <= published.keys()
+        host_ports |= set(published.values())
+        health = svc["healthcheck"]["test"]
+        assert health[:3] == ["CMD", "kevo-repl", "status"] and "--ready" in health
+        parses(health[2:])
+        assert svc["build"]["dockerfile"] == "deploy/Dockerfile"
+        assert svc["depends_on"]["etcd"]["condition"] == "service_healthy"
+    assert len(ids) == 3
+    assert len(host_ports) == 3 * len(services)  # no two members publish one host port
+    plain = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())["services"].values()
+    plain_ports = {p.split(":")[0] for svc in plain for p in svc["ports"]}
+    assert not host_ports & plain_ports  # both files can run on one host
+
+
 def test_dockerfile_runs_the_cli() -> None:
     text = (DEPLOY / "Dockerfile").read_text()
     assert 'ENTRYPOINT ["kevo-repl"]' in text
@@ -119,7 +199,9 @@ def test_dockerfile_runs_the_cli() -> None:
 
 def test_systemd_units_start_nodes_from_valid_config_files() -> None:
     units = sorted((DEPLOY / "systemd").glob("*.service"))
-    assert [u.name for u in units] == ["kevo-primary.service", "kevo-replica@.service"]
+    instances = {"kevo-member@.service": "n1", "kevo-replica@.service": "replica-1"}
+    assert [u.name for u in units] == ["kevo-member@.service", "kevo-primary.service",
+                                       "kevo-replica@.service"]  # fmt: skip
     for unit in units:
         ini = configparser.ConfigParser(interpolation=None, strict=True)
         ini.optionxform = str  # type: ignore[assignment,method-assign]
@@ -128,7 +210,7 @@ def test_systemd_units_start_nodes_from_valid_config_files() -> None:
         assert service["KillSignal"] == "SIGTERM" and ini["Install"]["WantedBy"]
         argv = service["ExecStart"].split()
         assert argv[0] == "/usr/local/bin/kevo-repl"
-        args = [a.replace("%i", "replica-1") for a in argv[1:]]
+        args = [a.replace("%i", instances.get(unit.name, "")) for a in argv[1:]]
         config_name = Path(args[args.index("--config") + 1]).name
         local = DEPLOY / "config" / config_name
         assert local.exists(), f"{unit.name} reads {config_name}; ship an example"

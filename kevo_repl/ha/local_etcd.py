@@ -27,7 +27,8 @@ ETCD_MISSING = (
 
 
 def etcd_binary() -> str | None:
-    return os.environ.get("KEVO_ETCD") or shutil.which("etcd")
+    """$KEVO_ETCD or ``etcd`` on PATH, if it is an executable (else None: ETCD_MISSING)."""
+    return shutil.which(os.environ.get("KEVO_ETCD") or "etcd")
 
 
 class LocalEtcd:
