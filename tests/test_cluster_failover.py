@@ -21,15 +21,21 @@ from pathlib import Path
 import pytest
 
 from kevo_repl.client import Client
-from kevo_repl.ha.local_etcd import ETCD_MISSING, etcd_binary
+from kevo_repl.ha.local_etcd import ETCD_MISSING
 from kevo_repl.node_status import NodeStatus
 from tests.cli_support import Spawned, free_cluster_base, kevo, kill_pid, pid_alive
+from tests.faults.ha_group import require_etcd
 from tests.nodes import wait_for
 from tests.test_cli_cluster import PID_LINE
 
-needs_etcd = pytest.mark.skipif(
-    etcd_binary() is None, reason="no etcd binary (apt-get install etcd-server, or $KEVO_ETCD)"
-)
+needs_etcd = pytest.mark.usefixtures("etcd_required")
+
+
+@pytest.fixture
+def etcd_required() -> None:
+    require_etcd()
+
+
 ETCD_LINE = r"\[cluster\] etcd: (\S+) \(pid (\d+),"
 RESTARTED = r"\[cluster\] restarted (\S+) as PID (\d+)"
 

@@ -17,10 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from kevo_repl.ha.local_etcd import ETCD_MISSING, LocalEtcd, etcd_binary
+from kevo_repl.ha.local_etcd import LocalEtcd
 from kevo_repl.testing.ports import free_port_pair
 from tests.faults.checkers import count_events, verify_acked
-from tests.faults.ha_group import HaGroup, HaWriter, overlapping_terms, wait_group_converged
+from tests.faults.ha_group import (
+    HaGroup,
+    HaWriter,
+    overlapping_terms,
+    require_etcd,
+    wait_group_converged,
+)
 from tests.faults.system import NetNs, skip_reason
 from tests.nodes import wait_for
 
@@ -30,8 +36,7 @@ pytestmark = pytest.mark.timeout(240)
 
 @pytest.fixture
 def etcd(tmp_path: Path) -> Iterator[LocalEtcd]:
-    if etcd_binary() is None:
-        pytest.fail(ETCD_MISSING)  # failover is tested against etcd or not at all
+    require_etcd()
     e = LocalEtcd(tmp_path / "etcd", free_port_pair()).start()
     try:
         yield e
@@ -137,8 +142,7 @@ def test_leader_killed_under_load_fails_over_within_ttl(group: HaGroup) -> None:
 def test_partitioned_leader_fences_itself_before_another_leads(tmp_path: Path, cut: str) -> None:
     if (why := skip_reason()) is not None:
         pytest.skip(why)
-    if etcd_binary() is None:
-        pytest.fail(ETCD_MISSING)
+    require_etcd()
     with NetNs() as ns:
         etcd = LocalEtcd(tmp_path / "etcd", free_port_pair(), host=ns.host_ip).start()
         group = HaGroup(tmp_path, etcd.url, ttl_s=TTL, host=ns.host_ip)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bench.soak_failover import KINDS, markdown, soak_failover
-from kevo_repl.ha.local_etcd import ETCD_MISSING, etcd_binary
+from tests.faults.ha_group import require_etcd
 from tests.faults.system import skip_reason
 
 
@@ -25,8 +25,7 @@ def agent_events(logs: Path) -> str:
 def test_a_short_failover_soak_holds_every_invariant(tmp_path: Path) -> None:
     if (why := skip_reason()) is not None:
         pytest.skip(why)
-    if etcd_binary() is None:
-        pytest.fail(ETCD_MISSING)
+    require_etcd()
     report = soak_failover(len(KINDS), seed=5, kinds=KINDS, keep_logs=tmp_path / "logs")
     assert report["ok"], markdown(report) + agent_events(tmp_path / "logs")
     assert report["faults_injected"] == len(KINDS)

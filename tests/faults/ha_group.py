@@ -24,16 +24,32 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 from kevo_repl.adapters.etcd_kv import EtcdKV
 from kevo_repl.client import Client, NodeUnreachableError, RemoteError
 from kevo_repl.core.election import Scope
+from kevo_repl.ha.local_etcd import ETCD_MISSING, etcd_binary
 from kevo_repl.ha.scope import ScopeKeys, read_scope
 from kevo_repl.testing.ports import free_port_pair
 from kevo_repl.wire import pb
 from tests.faults.load import AckLog, write_key
 from tests.nodes import Node, wait_for
 
-__all__ = ["Ack", "HaGroup", "HaWriter", "overlapping_terms", "wait_group_converged"]
+__all__ = [
+    "Ack",
+    "HaGroup",
+    "HaWriter",
+    "overlapping_terms",
+    "require_etcd",
+    "wait_group_converged",
+]
+
+
+def require_etcd() -> None:
+    """Failover is tested against a real etcd or not at all: fail (never skip) without it."""
+    if etcd_binary() is None:
+        pytest.fail(ETCD_MISSING)
 
 
 @dataclass
