@@ -48,6 +48,7 @@ class MemberRecord:
     role: str  # "primary" | "replica" (as its node says)
     status: str  # its node's status: ready, syncing, bootstrapping, fenced, ...
     leader: str = ""  # the leader it sees ("": none)
+    leader_addr: str = ""  # and where that leader serves
     history: str = ""  # its current history id, hex
     timeline: int = 0  # how many histories its chain holds
     lsn: int = 0  # durable in its WAL

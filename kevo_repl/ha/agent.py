@@ -258,7 +258,7 @@ class Agent:
         if leader is not None:
             self._note(f"leader {leader.id} at {leader.addr}")
             self._leaderless_since = 0
-            self._publish(local, leader.id)
+            self._publish(local, leader)
             theirs = scope.members.get(leader.id)
             if theirs is None or theirs.role != "primary":
                 return _FAST_S  # not promoted yet: following it now would make a cycle
@@ -298,7 +298,7 @@ class Agent:
                 return self.interval_s
             self.log.warning("promoted_by_etcd", lsn=local.durable_lsn)
             return 0.0  # publish the new role at once
-        self._publish(local, self.id)
+        self._publish(local, scope.leader)
         optime = OpTime(
             self.id, self.address, local.durable_lsn, len(local.history), local.history_id
         )
@@ -321,7 +321,7 @@ class Agent:
         if not self._leaderless_since:
             self._leaderless_since = scope.revision
             self.log.warning("leader_gone", revision=scope.revision)
-        if self._publish(local, ""):
+        if self._publish(local, None):
             return 0.0  # read again with our fresh record
         stale = not_yet_fresh(scope, self.id)
         if stale:
@@ -363,7 +363,7 @@ class Agent:
 
     # ---- publishing --------------------------------------------------------------------------
 
-    def _publish(self, local: NodeStatus, leader: str) -> bool:
+    def _publish(self, local: NodeStatus, leader: LeaderRecord | None) -> bool:
         """Write our record if it changed (its position: at most once a turn); True if so."""
         promotable = local.role == "primary" or (
             bool(local.history) and local.status in ("ready", "syncing", "connecting")
@@ -374,7 +374,8 @@ class Agent:
             addr=self.address,
             role=local.role,
             status=status,
-            leader=leader,
+            leader=leader.id if leader else "",
+            leader_addr=leader.addr if leader else "",
             history=local.history_id,
             timeline=len(local.history),
             lsn=local.durable_lsn,
