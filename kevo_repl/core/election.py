@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Self
 
 __all__ = [
     "Failover",
@@ -31,16 +31,26 @@ __all__ = [
 ]
 
 
-def _load(cls: Any, text: str) -> Any:
-    try:
-        doc = json.loads(text)
-        return cls(**{k: doc[k] for k in cls.__dataclass_fields__ if k in doc})
-    except (ValueError, TypeError, AttributeError) as exc:
-        raise ValueError(f"unreadable {cls.__name__} in etcd: {text[:120]!r} ({exc})") from None
+class _Json:
+    """A record kept in etcd as a JSON document of its fields."""
+
+    __slots__ = ()
+
+    def dumps(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)  # type: ignore[call-overload]
+
+    @classmethod
+    def loads(cls, text: str) -> Self:
+        try:
+            doc = json.loads(text)
+            fields = cls.__dataclass_fields__  # type: ignore[attr-defined]
+            return cls(**{k: doc[k] for k in fields if k in doc})
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise ValueError(f"unreadable {cls.__name__} in etcd: {text[:120]!r} ({exc})") from None
 
 
 @dataclass(frozen=True, slots=True)
-class MemberRecord:
+class MemberRecord(_Json):
     """What a member publishes under ``members/<id>``, bound to its lease."""
 
     id: str
@@ -59,13 +69,6 @@ class MemberRecord:
     bootstraps: int = 0
     updated_ms: int = 0  # wall clock when written (for status only)
 
-    def dumps(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def loads(cls, text: str) -> MemberRecord:
-        return _load(cls, text)  # type: ignore[no-any-return]
-
     def same_position(self, other: MemberRecord | None) -> bool:
         """Equal but for the time it was written: no need to write it again."""
         return other is not None and asdict(self) | {"updated_ms": 0} == asdict(other) | {
@@ -74,23 +77,16 @@ class MemberRecord:
 
 
 @dataclass(frozen=True, slots=True)
-class LeaderRecord:
+class LeaderRecord(_Json):
     """The leader key's value; the key is bound to the leader's lease."""
 
     id: str
     addr: str
     since_ms: int = 0
 
-    def dumps(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def loads(cls, text: str) -> LeaderRecord:
-        return _load(cls, text)  # type: ignore[no-any-return]
-
 
 @dataclass(frozen=True, slots=True)
-class OpTime:
+class OpTime(_Json):
     """The leader's last published position (no lease: it outlives the leader)."""
 
     id: str
@@ -99,16 +95,9 @@ class OpTime:
     timeline: int
     history: str = ""
 
-    def dumps(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def loads(cls, text: str) -> OpTime:
-        return _load(cls, text)  # type: ignore[no-any-return]
-
 
 @dataclass(frozen=True, slots=True)
-class Failover:
+class Failover(_Json):
     """The last change of leader, for ``status --etcd``."""
 
     kind: str  # "failover" | "switchover" | "initialize"
@@ -116,13 +105,6 @@ class Failover:
     previous: str = ""
     at_ms: int = 0  # wall clock
     lsn: int = 0  # the new leader's position when it took the key
-
-    def dumps(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def loads(cls, text: str) -> Failover:
-        return _load(cls, text)  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True, slots=True)
