@@ -52,13 +52,21 @@ class Group:
             return NodeStatus.from_message(c.status_message())
 
     def whole(self) -> str | None:
-        """The leader's id once the group is whole (see the module's docstring), else None."""
+        """The leader's id once the group is whole (see the module's docstring), in the
+        nodes' own status and in their records in etcd alike; else None."""
         scope = self.scope()
         if scope.leader is None or set(scope.members) != set(MEMBERS):
             return None
         leader = scope.leader.id
         for name, node in self.nodes.items():
             node.assert_alive()
+            record = scope.members[name]  # what etcd shows lags a turn behind the node
+            if (record.role, record.status, record.leader) != (
+                "primary" if name == leader else "replica",
+                "ready",
+                leader,
+            ):
+                return None
             s = self.node_status(name)
             if name == leader and (s.role != "primary" or s.fenced):
                 return None
