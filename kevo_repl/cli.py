@@ -1,9 +1,10 @@
 """``kevo-repl``: run nodes and talk to them.
 
 Exit codes: 0 success; 1 a key is absent, the node refused, or the command failed (a bad load
-line, an LSN retained away); 2 bad arguments or config file (with usage); 3 the node could not
-be reached in time; 130 a one-shot command interrupted. Following commands (``tail``,
-``status --watch``, ``logs --follow``, ``cluster``) end normally with Ctrl-C: exit 0.
+line, an LSN retained away); 2 bad arguments or config file (with usage); 3 the node (or etcd,
+for ``--etcd``) could not be reached in time; 130 a one-shot command interrupted. Following
+commands (``tail``, ``status --watch``, ``logs --follow``, ``cluster``) end normally with
+Ctrl-C: exit 0.
 """
 
 from __future__ import annotations
@@ -16,7 +17,13 @@ from pathlib import Path
 from kevo_repl.client import NodeUnreachableError, RemoteError, UnresolvableHostError, parse_node
 from kevo_repl.config import CONFIGURABLE_COMMANDS, ConfigError, config_defaults
 from kevo_repl.core.errors import KevoError, UsageError
-from kevo_repl.ha.flags import failover_cluster_flags, member_flags
+from kevo_repl.ha.flags import (
+    failover_cluster_flags,
+    member_flags,
+    node_or_etcd_misuse,
+    status_flags,
+    switchover_flags,
+)
 from kevo_repl.logs import configure_logging
 from kevo_repl.tail_cli import tail_flags, tail_misuse
 from kevo_repl.wire.batch import DEFAULT_LIMITS
@@ -29,7 +36,7 @@ EXIT_UNREACHABLE = 3
 _LEVELS = ["debug", "info", "warning", "error"]
 _EPILOG = """\
 A node is addressed as HOST:P, its PUB port; its ROUTER is P+1.
-exit codes: 0 ok, 1 absent key / refused / failed, 2 bad arguments, 3 node unreachable"""
+exit codes: 0 ok, 1 absent key / refused / failed, 2 bad arguments, 3 node/etcd unreachable"""
 _REQUIRED = {
     "primary": ("data",),
     "replica": ("data", "primary"),
@@ -74,19 +81,6 @@ def _port_type(low: int) -> Callable[[str], int]:
 
 
 _port = _port_type(1)
-
-
-def _interval(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not 0.1 <= value <= 3600:
-        raise argparse.ArgumentTypeError("must be between 0.1 and 3600 seconds")
-    return value
-
-
-_interval.config_type = float  # type: ignore[attr-defined]
 
 
 def _logging_flags(p: argparse.ArgumentParser, default: object) -> None:
@@ -149,8 +143,8 @@ def _config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--print-config", action="store_true", help="print the settings and exit")
 
 
-def _node_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--node", required=True, type=_node_arg, help="HOST:PORT (the PUB port)")
+def _node_flags(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--node", required=required, type=_node_arg, help="HOST:PORT (the PUB port)")
     p.add_argument(
         "--request-timeout-ms", type=_count(1), default=5000, help="give up on a silent node"
     )
@@ -275,12 +269,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "answered, not written again (default 0: stop, exit 3, naming the line to resume at)",
     )
 
-    st = add("status", "a node's role, LSNs and replicas")
-    _node_flags(st)
-    st.add_argument("--json", action="store_true")
-    st.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
-    st.add_argument("--interval", type=_interval, default=1.0, help="seconds between refreshes")
-    st.add_argument("--ready", action="store_true", help="exit 1 unless primary or ready replica")
+    st = add("status", "a node's role, LSNs and replicas; or, with --etcd, a whole group's")
+    _node_flags(st, required=False)
+    status_flags(st)
 
     dg = add("digest", "LSN, key count and SHA-256 of the state, from one read")
     _node_flags(dg)
@@ -333,12 +324,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     _node_flags(fg)
     fg.add_argument("--replica", required=True, help="the follower's id, as status lists it")
 
-    sw = add("switchover", "a planned handover from a primary to one of its replicas")
-    _node_flags(sw)
-    sw.add_argument("--to", required=True, type=_node_arg, help="HOST:PORT of the replica")
-    sw.add_argument(
-        "--timeout-ms", type=_count(1), default=30_000, help="for the replica to catch up"
-    )
+    sw = add("switchover", "a planned handover from a primary to a replica (--node or --etcd)")
+    _node_flags(sw, required=False)
+    switchover_flags(sw, _count(1))
 
     bn = add("bench", "benchmarks side by side with Redis (runs bench/ of the source tree)")
     bn.add_argument("bench_args", nargs=argparse.REMAINDER, help="see: kevo-repl bench --help")
@@ -359,6 +347,8 @@ def _parse(
         sub.error("put needs a VALUE or --value-file F (- for stdin), exactly one of them")
     if args.command == "tail" and (why := tail_misuse(args)):
         sub.error(why)
+    if args.command in ("status", "switchover") and (misuse := node_or_etcd_misuse(args)):
+        sub.error(misuse)
     if args.command in CONFIGURABLE_COMMANDS and args.config is not None:
         try:
             sub.set_defaults(**config_defaults(args.config, args.command, subs))

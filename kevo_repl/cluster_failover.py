@@ -138,8 +138,7 @@ class FailoverProcesses(ClusterProcesses):
             )
         first = self.endpoints()[0][1]
         self.say(f"[cluster] a member: kevo-repl status --node {first} (each: P, P+10, ...)")
-        if _status_reads_etcd():
-            self.say(f"[cluster] the group: kevo-repl status --etcd {self.etcd.url}")
+        self.say(f"[cluster] the group: kevo-repl status --etcd {self.etcd.url}")
         self.say(
             f"[cluster] writes go to any member (a replica sends them on to the leader): "
             f"kevo-repl put --node {first} KEY VALUE"
@@ -162,14 +161,6 @@ class FailoverProcesses(ClusterProcesses):
 
     def _etcd_pid(self) -> int | str:
         return self.etcd.proc.pid if self.etcd.proc is not None else "-"
-
-
-def _status_reads_etcd() -> bool:
-    """Whether this build's ``status`` takes ``--etcd`` (the group's view from etcd)."""
-    from kevo_repl.cli import build_parser
-
-    _, subs = build_parser()
-    return "--etcd" in subs["status"].format_usage()
 
 
 def run_failover_cluster(

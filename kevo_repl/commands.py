@@ -196,6 +196,10 @@ def _get(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    if args.etcd is not None:
+        from kevo_repl.ha.group_status import run_group_status
+
+        return run_group_status(args)
     from kevo_repl.status_format import status_json, status_text
 
     def show(s: pb.StatusResponse) -> None:
@@ -346,6 +350,10 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _failover(name: str, args: argparse.Namespace) -> int:
+    if name == "switchover_command" and args.etcd is not None:  # through the group's leader
+        from kevo_repl.ha.switchover_cli import run_switchover
+
+        return run_switchover(args)
     from kevo_repl import failover
 
     command: Callable[[argparse.Namespace], int] = getattr(failover, name)

@@ -134,9 +134,12 @@ class EtcdKV:
             except requests.RequestException as exc:  # api path discovery, a reset mid-read
                 last = f"{type(exc).__name__}: {exc}"[:200]
             except etcd_exc.Etcd3Exception as exc:
-                if "lease not found" in str(exc) or "requested lease not found" in str(exc):
+                # etcd3gw puts the HTTP reason ("Not Found") in str(exc), etcd's own error
+                # ("etcdserver: requested lease not found") in detail_text
+                detail = exc.detail_text or ""
+                if "lease not found" in f"{exc} {detail}":
                     raise LookupError("lease not found") from None
-                last = f"etcd refused: {exc}"[:200]
+                last = f"etcd refused: {exc} {detail}".strip()[:200]
             self._at = (self._at + 1) % len(self._clients)
         raise EtcdUnavailable(f"etcd at {self.where} did not answer: {last}")
 

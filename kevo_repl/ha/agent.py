@@ -146,6 +146,9 @@ class Agent:
                 self._note_unreachable(str(exc))
                 self._drop_watch()
                 delay = min(self.interval_s, 0.5)
+            except LookupError:  # our lease ended under a write bound to it: renew now
+                self._last_renew = 0.0
+                delay = _FAST_S
             except Exception as exc:  # a bug here must not take the node down with it
                 self.log.error("agent_turn_failed", error=repr(exc), exc_info=True)
                 delay = self.interval_s
@@ -209,7 +212,10 @@ class Agent:
 
     def renew(self) -> None:
         sent = monotonic_ms()
-        ttl = self.kv.refresh(self.lease) if self.lease else -1
+        try:
+            ttl = self.kv.refresh(self.lease) if self.lease else -1
+        except LookupError:
+            ttl = -1
         if ttl < 0:  # expired (or the first): a new lease; what was bound to the old is gone
             if self.lease:
                 self.log.error("lease_expired", lease=self.lease)

@@ -1,10 +1,18 @@
 """The command-line flags of ``node``, ``cluster --failover`` and of the etcd forms of
-``status`` and ``switchover``."""
+``status`` and ``switchover``.
+
+``status`` and ``switchover`` talk either to one node (``--node``) or to a whole group
+through etcd (``--etcd``); which flags then apply is checked after parsing
+(``node_or_etcd_misuse``), because argparse cannot say "exactly one of them, and ``--to``
+means a HOST:PORT with one and a member id with the other".
+"""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+
+from kevo_repl.client_types import parse_node
 
 __all__ = [
     "DEFAULT_MEMBERS",
@@ -12,6 +20,9 @@ __all__ = [
     "etcd_flags",
     "failover_cluster_flags",
     "member_flags",
+    "node_or_etcd_misuse",
+    "status_flags",
+    "switchover_flags",
 ]
 
 DEFAULT_SCOPE = "kevo"
@@ -78,3 +89,60 @@ def failover_cluster_flags(p: argparse.ArgumentParser, count: Callable[[str], in
         help=f"with --failover: the leader lease in seconds (default {DEFAULT_TTL_S}); a "
         "leader that dies is replaced about this long after",
     )
+
+
+def _interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 0.1 <= value <= 3600:
+        raise argparse.ArgumentTypeError("must be between 0.1 and 3600 seconds")
+    return value
+
+
+def status_flags(p: argparse.ArgumentParser) -> None:
+    """``status``: beside ``--node``, the etcd form's flags and the shared ones."""
+    etcd_flags(p, required=False)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
+    p.add_argument("--interval", type=_interval, default=1.0, help="seconds between refreshes")
+    p.add_argument(
+        "--ready", action="store_true", help="with --node: exit 1 unless primary or ready replica"
+    )
+
+
+def switchover_flags(p: argparse.ArgumentParser, count: Callable[[str], int]) -> None:
+    """``switchover``: beside ``--node``, the etcd form's flags and the shared ones."""
+    etcd_flags(p, required=False)
+    p.add_argument(
+        "--to",
+        default="",
+        help="with --node: HOST:PORT of the replica (required); with --etcd: the member id "
+        "to hand over to (default: the most advanced other member)",
+    )
+    p.add_argument("--timeout-ms", type=count, default=30_000, help="for the target to catch up")
+    p.add_argument("--json", action="store_true", help="with --etcd: print the outcome as JSON")
+
+
+def node_or_etcd_misuse(args: argparse.Namespace) -> str | None:
+    """Why ``status``/``switchover`` arguments do not fit together (None when they do)."""
+    command = args.command
+    if (args.node is None) == (args.etcd is None):
+        whole = "the whole group" if command == "status" else "a handover through the leader"
+        return (
+            f"{command} needs --node HOST:PORT (one node) or --etcd URL ({whole}), "
+            "exactly one of them"
+        )
+    if command == "status" and args.etcd is not None and args.ready:
+        return "--ready checks one node: use it with --node, not --etcd"
+    if command == "switchover" and args.node is not None:
+        if not args.to:
+            return "switchover --node needs --to HOST:PORT (the replica to hand over to)"
+        try:
+            parse_node(args.to)
+        except ValueError as exc:
+            return f"--to: {exc}"
+        if args.json:
+            return "--json is for switchover --etcd"
+    return None
