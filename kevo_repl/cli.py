@@ -14,9 +14,9 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from kevo_repl.client import NodeUnreachableError, RemoteError, UnresolvableHostError, parse_node
+from kevo_repl.client import RemoteError, UnresolvableHostError, parse_node
 from kevo_repl.config import CONFIGURABLE_COMMANDS, ConfigError, config_defaults
-from kevo_repl.core.errors import KevoError, UsageError
+from kevo_repl.core.errors import KevoError, UnreachableError, UsageError
 from kevo_repl.ha.flags import (
     failover_cluster_flags,
     member_flags,
@@ -373,7 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except UsageError as exc:  # found only once the node answered: still bad arguments
         sub.error(str(exc))
-    except (NodeUnreachableError, UnresolvableHostError) as exc:
+    except (UnreachableError, UnresolvableHostError) as exc:
         _say(str(exc))
         return EXIT_UNREACHABLE
     except (RemoteError, KevoError) as exc:

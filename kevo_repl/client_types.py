@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from kevo_repl.core.errors import KevoError
+from kevo_repl.core.errors import KevoError, UnreachableError
 from kevo_repl.core.ops import OP_DELETE, OP_PUT
 from kevo_repl.core.text import printable
 from kevo_repl.wire import pb
@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 
-class NodeUnreachableError(KevoError):
+class NodeUnreachableError(UnreachableError):
     """No answer from the node before the deadline."""
 
 

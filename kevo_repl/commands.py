@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from kevo_repl.adapters.security import ClientCurve, write_keypair
-from kevo_repl.client import Client, NodeUnreachableError
+from kevo_repl.client import Client
 from kevo_repl.core.errors import KevoError
 from kevo_repl.serve import run_cluster_command, run_member, run_primary, run_replica
 from kevo_repl.tail_cli import run_tail
@@ -201,22 +201,25 @@ def _status(args: argparse.Namespace) -> int:
 
         return run_group_status(args)
     from kevo_repl.status_format import status_json, status_text
+    from kevo_repl.watch_view import stamp, watch_live, watch_printed
 
     def show(s: pb.StatusResponse) -> None:
         if args.json:
             print(json.dumps(status_json(s)), flush=True)
         else:
-            stamp = f"{time.strftime('%H:%M:%S')}  (every {args.interval:g}s, Ctrl-C stops)\n"
-            print((stamp if args.watch else "") + status_text(s), flush=True)
+            head = stamp(args.interval) + "\n" if args.watch else ""
+            print(head + status_text(s), flush=True)
 
     with _client(args) as c:
         s = c.status_message()
         if args.watch and not args.json and sys.stdout.isatty():
-            _watch_live(c, s, args.interval)
+            from kevo_repl.status_format import status_renderable
+
+            watch_live(c.status_message, s, status_renderable, args.interval)
         else:
             show(s)
             if args.watch:
-                _watch(c, show, args.interval)
+                watch_printed(c.status_message, show, args.interval)
     if not args.ready or _is_ready(s):
         return 0
     if args.json or args.watch:
@@ -230,46 +233,6 @@ def _status(args: argparse.Namespace) -> int:
 
 def _is_ready(s: pb.StatusResponse) -> bool:
     return s.role == pb.ROLE_PRIMARY or s.status == pb.STATUS_READY
-
-
-def _watch(c: Client, show: Callable[[pb.StatusResponse], None], interval_s: float) -> None:
-    """Refresh until Ctrl-C (one block per refresh, for a pipe or a log); a node that stops
-    answering is reported and retried."""
-    try:
-        while True:
-            time.sleep(interval_s)
-            try:
-                show(c.status_message())
-            except NodeUnreachableError as exc:
-                print(f"kevo-repl: {exc} (retrying)", file=sys.stderr, flush=True)
-    except KeyboardInterrupt:
-        return
-
-
-def _watch_live(c: Client, first: pb.StatusResponse, interval_s: float) -> None:
-    """On a terminal: one live table redrawn in place until Ctrl-C."""
-    from rich.console import Group
-    from rich.live import Live
-    from rich.text import Text
-
-    from kevo_repl.status_format import status_renderable
-
-    def view(s: pb.StatusResponse, note: str = "") -> Group:
-        stamp = f"{time.strftime('%H:%M:%S')}  (every {interval_s:g}s, Ctrl-C stops){note}"
-        return Group(Text(stamp, style="dim"), status_renderable(s))
-
-    last = first
-    try:
-        with Live(view(first), auto_refresh=False, screen=False) as live:
-            while True:
-                time.sleep(interval_s)
-                try:
-                    last = c.status_message()
-                    live.update(view(last), refresh=True)
-                except NodeUnreachableError as exc:
-                    live.update(view(last, f"  {exc} (retrying)"), refresh=True)
-    except KeyboardInterrupt:
-        return
 
 
 def _digest(args: argparse.Namespace) -> int:

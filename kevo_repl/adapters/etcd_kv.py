@@ -29,7 +29,7 @@ import etcd3gw
 import requests
 from etcd3gw import exceptions as etcd_exc
 
-from kevo_repl.core.errors import TransportError
+from kevo_repl.core.errors import UnreachableError
 
 __all__ = [
     "EtcdKV",
@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 
-class EtcdUnavailable(TransportError):
+class EtcdUnavailable(UnreachableError):
     """No etcd endpoint answered: the caller keeps its last view and must not promote."""
 
 

@@ -17,12 +17,17 @@ __all__ = [
     "TooOldError",
     "TornRecordError",
     "TransportError",
+    "UnreachableError",
     "UsageError",
 ]
 
 
 class KevoError(Exception):
     """Base of every error this package raises on purpose."""
+
+
+class UnreachableError(KevoError):
+    """A peer (a node, etcd) did not answer in time: the CLI exits 3 for any of them."""
 
 
 class UsageError(KevoError):

@@ -14,22 +14,19 @@ import io
 import json
 import sys
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from kevo_repl.adapters.clock import wall_us
-from kevo_repl.adapters.etcd_kv import EtcdKV, EtcdUnavailable
+from kevo_repl.adapters.etcd_kv import EtcdKV
 from kevo_repl.core.election import Failover, Scope
 from kevo_repl.core.errors import UsageError
 from kevo_repl.ha.scope import ScopeKeys, read_scope
+from kevo_repl.watch_view import stamp, watch_live, watch_printed
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
-__all__ = ["EXIT_UNREACHABLE", "group_doc", "group_text", "open_kv", "run_group_status", "say"]
-
-EXIT_UNREACHABLE = 3
-_Read = Callable[[], tuple[dict[str, Any], int]]
+__all__ = ["group_doc", "group_text", "open_kv", "run_group_status", "say"]
 
 
 def open_kv(urls: str) -> EtcdKV:
@@ -107,8 +104,8 @@ def _change(last: Failover) -> dict[str, Any]:
 
 
 def _when(at_ms: int, now_ms: int) -> str:
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at_ms / 1000))
-    return f"{stamp} ({max(0, now_ms - at_ms) / 1000:.1f} s ago)"
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at_ms / 1000))
+    return f"{when} ({max(0, now_ms - at_ms) / 1000:.1f} s ago)"
 
 
 def _head(doc: dict[str, Any], now_ms: int) -> list[str]:
@@ -199,53 +196,19 @@ def run_group_status(args: argparse.Namespace) -> int:
         now = wall_us() // 1000
         return group_doc(read_scope(kv, keys), keys.name, kv.where, now), now
 
-    try:
-        doc, now = read()
-    except EtcdUnavailable as exc:
-        say(str(exc))
-        return EXIT_UNREACHABLE
+    doc, now = read()  # etcd silent at first: exit 3, naming it (cli.main)
     if args.watch and not args.json and sys.stdout.isatty():
-        return _watch_live(read, doc, now, args.interval)
+        watch_live(read, (doc, now), lambda got: group_renderable(*got), args.interval)
+        return 0
     _show(args, doc, now)
-    if not args.watch:
-        return 0
-    try:
-        while True:
-            time.sleep(args.interval)
-            try:
-                _show(args, *read())
-            except EtcdUnavailable as exc:
-                say(f"{exc} (retrying)")
-    except KeyboardInterrupt:
-        return 0
+    if args.watch:
+        watch_printed(read, lambda got: _show(args, *got), args.interval)
+    return 0
 
 
 def _show(args: argparse.Namespace, doc: dict[str, Any], now: int) -> None:
     if args.json:
         print(json.dumps(doc), flush=True)
         return
-    stamp = f"{time.strftime('%H:%M:%S')}  (every {args.interval:g}s, Ctrl-C stops)\n"
-    print((stamp if args.watch else "") + group_text(doc, now), flush=True)
-
-
-def _watch_live(read: _Read, doc: dict[str, Any], now: int, interval_s: float) -> int:
-    """On a terminal: the group redrawn in place until Ctrl-C; an outage is noted, retried."""
-    from rich.console import Group
-    from rich.live import Live
-    from rich.text import Text
-
-    def view(note: str = "") -> Group:
-        stamp = f"{time.strftime('%H:%M:%S')}  (every {interval_s:g}s, Ctrl-C stops){note}"
-        return Group(Text(stamp, style="dim"), group_renderable(doc, now))
-
-    try:
-        with Live(view(), auto_refresh=False, screen=False) as live:
-            while True:
-                time.sleep(interval_s)
-                try:
-                    doc, now = read()
-                    live.update(view(), refresh=True)
-                except EtcdUnavailable as exc:
-                    live.update(view(f"  {exc} (retrying)"), refresh=True)
-    except KeyboardInterrupt:
-        return 0
+    head = stamp(args.interval) + "\n" if args.watch else ""
+    print(head + group_text(doc, now), flush=True)

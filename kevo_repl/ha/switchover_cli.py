@@ -26,7 +26,7 @@ from typing import Any
 from kevo_repl.adapters.etcd_kv import EtcdKV, EtcdUnavailable
 from kevo_repl.core.election import Scope
 from kevo_repl.core.errors import KevoError
-from kevo_repl.ha.group_status import EXIT_UNREACHABLE, open_kv, say
+from kevo_repl.ha.group_status import open_kv, say
 from kevo_repl.ha.scope import ScopeKeys, read_scope
 
 __all__ = ["run_switchover"]
@@ -42,19 +42,11 @@ def run_switchover(args: argparse.Namespace) -> int:
     timeout_s = args.timeout_ms / 1000
     request = {"id": uuid.uuid4().hex, "to": args.to, "timeout_s": timeout_s}
     started = time.monotonic()
-    try:
-        old = _write_request(kv, keys, request)
-    except EtcdUnavailable as exc:
-        say(str(exc))
-        return EXIT_UNREACHABLE
+    old = _write_request(kv, keys, request)  # etcd silent: exit 3 (cli.main)
     say(f"asked leader {old} to hand over to {args.to or 'the most advanced member'}")
     try:
         doc = _wait(kv, keys, request, old, started, started + timeout_s + _GRACE_S)
-    except EtcdUnavailable as exc:  # still gone at the deadline
-        _withdraw(kv, keys, request["id"])
-        say(str(exc))
-        return EXIT_UNREACHABLE
-    except BaseException:  # a failure, Ctrl-C or the deadline: leave nothing pending
+    except BaseException:  # etcd gone, a failure, Ctrl-C, the deadline: nothing left pending
         _withdraw(kv, keys, request["id"])
         raise
     if args.json:

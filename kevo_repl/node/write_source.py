@@ -42,6 +42,8 @@ from kevo_repl.wire.envelope import encode_write_reply
 if TYPE_CHECKING:
     from kevo_repl.node.node import Node
 
+_UNLEASED = "it does not hold the leader lease in etcd"  # the agent's deadline passed
+
 __all__ = ["WriteSource"]
 
 
@@ -119,8 +121,10 @@ class WriteSource:
         until = node.writes_until_ms
         unleased = until is not None and monotonic_ms() >= until
         status.status = pb.STATUS_READY
-        status.primary = node.fence_primary or (unleased and node.leader_hint) or node.address
-        status.fenced = node.fenced or ("it does not hold the leader lease in etcd" * unleased)
+        status.primary = (
+            node.fence_primary or (node.leader_hint if unleased else "") or node.address
+        )
+        status.fenced = node.fenced or (_UNLEASED if unleased else "")
         c = self.node.config
         status.sync.CopyFrom(
             pb.SyncPolicy(
@@ -135,7 +139,7 @@ class WriteSource:
         node = self.node
         until = node.writes_until_ms
         if node.fenced or (until is not None and monotonic_ms() >= until):
-            why = node.fenced or "it does not hold the leader lease in etcd"
+            why = node.fenced or _UNLEASED
             where = node.fence_primary or node.leader_hint
             msg = f"this primary accepts no writes: {why}" + (
                 f"; send them to {where}" if where else ""
