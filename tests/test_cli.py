@@ -7,6 +7,7 @@ test uses its own keys. Exit codes and messages are the CLI contract of issue 4.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -21,13 +22,15 @@ from tests.nodes import Cluster, Node, converged, wait_for
 
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Node, Node]]:
-    c = Cluster(tmp_path_factory.mktemp("cli"))
+    root = tmp_path_factory.mktemp("cli")
+    c = Cluster(root)
     try:
         primary = c.primary()
         replica = c.replica("r1", primary)
         yield primary, replica
     finally:
         c.close()
+        shutil.rmtree(root, ignore_errors=True)  # preallocated store maps: free the disk now
 
 
 def lsn_of(out: str) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import signal
 import sys
 from collections.abc import Iterator
@@ -108,6 +109,7 @@ def started_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Group]:
             if node.proc is not None:
                 node.stop()
         etcd.stop()
+        shutil.rmtree(root, ignore_errors=True)  # preallocated store maps and etcd's WAL
 
 
 @pytest.fixture
