@@ -11,7 +11,7 @@ import pytest
 from kevo_repl.adapters.state_lmdb import StateStore
 from kevo_repl.adapters.wal_files import FsyncPolicy, WriteAheadLog
 from kevo_repl.core.errors import StorageError
-from kevo_repl.core.ops import OP_PUT
+from kevo_repl.core.ops import OP_DELETE, OP_PUT
 from kevo_repl.core.record import decode_record
 from kevo_repl.node.group_commit import RECORD_OVERHEAD_BYTES, GroupCommitter, PendingWrite
 from kevo_repl.wire.batch import encode_single
@@ -43,6 +43,7 @@ def run_group(c: GroupCommitter) -> list[tuple[int, int, int]]:
     flight = c.start(done.set)
     assert flight is not None and done.wait(10)
     assert c.finish_ready(wait=True) == [flight]
+    c.apply_finished()
     return [
         (r.appended.first_lsn, r.appended.last_lsn, len(r.appended.record)) for r in flight.records
     ]
@@ -103,4 +104,31 @@ def test_store_repair_never_applies_a_group_still_syncing(committer: GroupCommit
     assert committer.catch_up_store() == 0
     assert committer.store.applied_lsn == 1
     gate.set()
-    assert len(committer.finish_ready(wait=True)) == 1 and committer.store.applied_lsn == 2
+    assert len(committer.finish_ready(wait=True)) == 1 and committer.store.applied_lsn == 1
+    committer.apply_finished()
+    assert committer.store.applied_lsn == 2
+
+
+def test_answered_groups_reach_the_store_in_one_transaction_deletes_before_their_answer(
+    committer: GroupCommitter,
+) -> None:
+    """Puts are stored after their answers (the loop applies them before any read), in one
+    transaction for every group finished; a group with a delete is stored before it is
+    answered, since the answer counts the deletes that found no key."""
+    for i in range(2):
+        committer.add(write(i, 10))
+        flight = committer.start(lambda: None)
+        assert flight is not None and committer.finish_ready(wait=True) == [flight]
+    assert committer.committed_lsn == 2 and committer.store.applied_lsn == 0
+    assert len(committer.applying) == 2
+    committer.apply_finished()
+    assert committer.store.applied_lsn == 2 and committer.store.get(b"k00001") == b"v" * 10
+    committer.add(write(2, 10))
+    committer.add(
+        PendingWrite(b"peer", 9, encode_single(OP_DELETE, b"nope", b""), 1, 0, 0,
+                     (OP_DELETE,), (b"nope",), (b"",))  # fmt: skip
+    )
+    flight = committer.start(lambda: None)
+    assert flight is not None and flight.deletes
+    assert committer.finish_ready(wait=True) == [flight]
+    assert committer.store.applied_lsn == 4 and flight.absent == [4] and not committer.applying

@@ -138,6 +138,7 @@ def _commit(c: GroupCommitter, writes: list[PendingWrite]) -> list[CommittedWrit
     flight = c.start(done.set)
     assert flight is not None and done.wait(10)
     assert c.finish_ready(wait=True) == [flight]
+    c.apply_finished()
     assert len(flight.records) > 1  # several records, each with its own prefix
     return flight.committed()
 

@@ -7,10 +7,13 @@ alone (``retry_guard``). ``start`` takes a group of pending writes of at most
 ``max_group_bytes``, cuts it into records of at most ``record_target_bytes`` (a single larger
 write gets a record of its own), writes them and hands their fdatasync to a helper thread;
 the loop goes on draining meanwhile. ``finish_ready`` then takes the groups whose
-sync completed, in LSN order, applies them to LMDB and returns them to be published and
-answered. So a group is visible (store, stream, WalSync) only once durable, in every fsync
-mode: a replica never holds a batch the primary could lose, and no read sees a write that a
-crash could still take back. With ``ack_before_sync`` (``--fsync interval``) the writers are
+sync completed, in LSN order, and returns them to be published and answered; their store
+apply (``apply_finished``) comes after the next group's fdatasync has started, so the LMDB
+transaction overlaps that sync instead of delaying the answers, and the driver runs it in the
+same loop turn, before it handles any read (a group with deletes is applied before it is
+answered: the answer counts the deletes that found no key). So a group is visible (store,
+stream, WalSync) only once durable, in every fsync mode: a replica never holds a batch the
+primary could lose, and no read sees a write that a crash could still take back. With ``ack_before_sync`` (``--fsync interval``) the writers are
 answered as soon as their record is written instead; reads of the keys they wrote wait until
 the group is applied (``unapplied``), so clients still read their writes.
 
@@ -32,6 +35,7 @@ from kevo_repl.adapters.clock import monotonic_s
 from kevo_repl.adapters.state_lmdb import Batch, StateStore
 from kevo_repl.adapters.wal_files import Appended, WriteAheadLog
 from kevo_repl.core.errors import KevoError
+from kevo_repl.core.ops import OP_DELETE
 from kevo_repl.core.record import RECORD_HEADER_BYTES, decode_record
 from kevo_repl.node.stats import NodeStats
 from kevo_repl.wire import pb
@@ -136,6 +140,7 @@ class InFlightGroup:
     sync: Future[int]
     started_s: float = 0.0  # monotonic seconds when the group was taken: its commit latency
     absent: list[int] = field(default_factory=list)  # LSNs of deletes that found no key
+    deletes: bool = False  # its answers need ``absent``: applied before they are sent
 
     @property
     def last_lsn(self) -> int:
@@ -172,6 +177,7 @@ class GroupCommitter:
     store_error: str = ""
     committed_lsn: int = 0  # last LSN durable, applied and handed out for publishing
     in_flight: deque[InFlightGroup] = field(default_factory=deque)
+    applying: list[InFlightGroup] = field(default_factory=list)  # durable, not in the store yet
     unapplied: dict[bytes, int] = field(default_factory=dict)  # ack_before_sync: key -> LSN
     _syncer: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="wal-sync")
@@ -228,7 +234,8 @@ class GroupCommitter:
             raise
         sync = self._syncer.submit(self.stats.timed_sync(self.wal.sync))
         sync.add_done_callback(lambda _: on_durable())
-        flight = InFlightGroup(records, sync, started)
+        deletes = any(OP_DELETE in w.ops for writes in group for w in writes)
+        flight = InFlightGroup(records, sync, started, deletes=deletes)
         self.in_flight.append(flight)
         if self.ack_before_sync:
             for record in records:
@@ -264,7 +271,8 @@ class GroupCommitter:
         return records
 
     def finish_ready(self, wait: bool = False) -> list[InFlightGroup]:
-        """Durable groups, oldest first, now applied to the store (``wait``: all of them).
+        """Durable groups, oldest first (``wait``: all of them), to publish and answer; the
+        caller applies them with ``apply_finished`` before it handles a read.
 
         Raises ``StorageError`` if a sync failed: the WAL then refuses everything after, and
         the caller fails the writers of every group still in flight.
@@ -276,12 +284,22 @@ class GroupCommitter:
                 break
             head.sync.result()  # re-raises the sync's StorageError
             self.in_flight.popleft()
-            self._apply(head)
             self.committed_lsn = head.last_lsn
-            if self.unapplied:
-                self._forget_applied(head)
+            self.applying.append(head)
+            if head.deletes:
+                self.apply_finished()
             done.append(head)
         return done
+
+    def apply_finished(self) -> None:
+        """Apply every durable group not yet in the store, in one transaction."""
+        groups, self.applying = self.applying, []
+        if not groups:
+            return
+        self._apply(groups)
+        if self.unapplied:
+            for flight in groups:
+                self._forget_applied(flight)
 
     def drop_in_flight(self) -> list[InFlightGroup]:
         """After a failed sync: every group not yet finished, for the caller to refuse."""
@@ -326,32 +344,33 @@ class GroupCommitter:
     def close(self) -> None:
         self._syncer.shutdown(wait=True)
 
-    def _apply(self, flight: InFlightGroup) -> None:
+    def _apply(self, groups: list[InFlightGroup]) -> None:
         # The WAL is the truth: a failed apply leaves the store behind, and the driver
         # replays it from the WAL (catch_up_store) instead of failing the committed write.
         if self.store_error:
             return
         started = self.clock_s()
         batches: list[Batch] = []
-        for record in flight.records:
-            writes = record.writes
-            if len(writes) == 1:
-                ops, keys, values = writes[0].ops, writes[0].keys, writes[0].values
-            else:
-                ops, keys, values = [], [], []
-                for w in writes:
-                    ops.extend(w.ops)
-                    keys.extend(w.keys)
-                    values.extend(w.values)
-            a = record.appended
-            batches.append((a.first_lsn, a.last_lsn, ops, keys, values))
+        for flight in groups:
+            for record in flight.records:
+                writes = record.writes
+                if len(writes) == 1:
+                    ops, keys, values = writes[0].ops, writes[0].keys, writes[0].values
+                else:
+                    ops, keys, values = [], [], []
+                    for w in writes:
+                        ops.extend(w.ops)
+                        keys.extend(w.keys)
+                        values.extend(w.values)
+                a = record.appended
+                batches.append((a.first_lsn, a.last_lsn, ops, keys, values))
         history = self.wal.history_id  # a promotion's first group starts a new history
         try:
             self.store.apply_many(
                 batches,
                 history,
                 new_history=history != self.store.history_id,
-                absent=flight.absent,
+                absent=groups[-1].absent if groups[-1].deletes else None,
             )
         except KevoError as exc:
             self.store_error = str(exc)

@@ -1,9 +1,9 @@
-"""A replica's records: its upstream's, appended byte for byte to its own WAL, applied, synced.
+"""A replica's records: its upstream's, appended byte for byte to its own WAL, synced, applied.
 
 The ``Follower`` decides; this carries its actions out, in order. Records arriving in one
 drain are appended to the WAL as received (the same bytes, so they can be served on to this
-node's own followers), applied to the store in one transaction per history, and the WAL is
-fdatasynced on a helper thread. Only once that sync is done is a record *visible*: this
+node's own followers), the WAL's fdatasync is started on a helper thread, and meanwhile they
+are applied to the store in one transaction per history. Only once that sync is done is a record *visible*: this
 node's durable LSN (what it acks to its upstream), published on its own PUB, served by its
 WalSync. A bootstrap installs a snapshot and starts the WAL afresh past it. A tail that has
 diverged from the upstream's line is written to a file for the operator and never served.
@@ -233,8 +233,8 @@ class UpstreamSource:
         self._log_events()
 
     def flush(self) -> None:
-        """Append queued records to the WAL, apply them (one transaction per history), ack
-        what is applied, and start the fdatasync that will make them visible."""
+        """Append queued records to the WAL, start the fdatasync that will make them visible,
+        apply them meanwhile (one transaction per history), and ack what is applied."""
         if not self._to_apply:
             self.link.decoded.clear()
             return
@@ -249,6 +249,12 @@ class UpstreamSource:
                     wal.append_record(record, batch.history_id)
             if self._crash_at and wal.last_lsn >= self._crash_at:
                 os._exit(70)  # fault tests: die between the WAL append and the store apply
+        except KevoError as exc:
+            self._storage_failed(str(exc))
+            return
+        self._unsynced += [(first, last, record) for first, last, _b, record in queued]
+        self._start_sync()  # the fdatasync overlaps the store apply below
+        try:
             groups: list[tuple[bytes, list[Batch]]] = []
             for first, last, batch, _record in queued:
                 if not groups or groups[-1][0] != batch.history_id:
@@ -258,12 +264,12 @@ class UpstreamSource:
             for history, batches in groups:
                 store.apply_many(batches, history, new_history=history != store.history_id)
         except KevoError as exc:
+            first_failed = queued[0][0]  # logged, not applied: never made visible
+            self._unsynced = [r for r in self._unsynced if r[1] < first_failed]
             self._storage_failed(str(exc))
             return
         entries = sum(last - first + 1 for first, last, _b, _r in queued)
         self._drains.applied(queued[-1][1], entries, started, applying)
-        self._unsynced += [(first, last, record) for first, last, _b, record in queued]
-        self._start_sync()
         self.run(self.follower.take_ack())
 
     def _start_sync(self) -> None:

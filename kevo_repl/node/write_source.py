@@ -1,8 +1,9 @@
 """A primary's records: client writes, validated, group-committed, answered.
 
 Writes are checked and queued (``queue_write``); each loop turn the group whose fdatasync
-finished is applied and published and its writers answered (now, or once enough followers
-have it: ``wait_replicas``), and the next group is written (``GroupCommitter``). With
+finished is published and its writers answered (now, or once enough followers have it:
+``wait_replicas``), the next group is written and its fdatasync started, and only then is the
+finished group applied to the store, in the same turn (``GroupCommitter``). With
 ``--fsync interval`` a writer is answered when its record is written, before the
 fdatasync; its record still reaches followers only once durable, and a read of a key such a
 write touched waits until it is applied (``read_fence``). A failed WAL write or fdatasync
@@ -252,6 +253,13 @@ class WriteSource:
     def turn(self, now_ms: int) -> None:
         self._finish_groups()  # frees the slot the next group needs
         self._start_group()
+        self._apply_finished(now_ms)  # overlaps the fdatasync just started
+
+    def _apply_finished(self, now_ms: int) -> None:
+        """Store what was answered; before the loop handles any read, so reads see it."""
+        if self.committer.applying:
+            self.committer.apply_finished()
+            self.node.requests.reads.release(now_ms)
 
     def tick(self, now_ms: int) -> None:
         """Repair a store behind the WAL after a failed apply (the WAL is the truth)."""
@@ -357,6 +365,7 @@ class WriteSource:
             while self.committer.pending and not self.node.failure:
                 self._start_group()
                 self._finish_groups(wait=True)
+        self._apply_finished(monotonic_ms())
 
     def close(self) -> None:
         """Finish what is in flight and commit what is pending (a clean stop, a demotion)."""
