@@ -124,10 +124,8 @@ def test_answered_groups_reach_the_store_in_one_transaction_deletes_before_their
     committer.apply_finished()
     assert committer.store.applied_lsn == 2 and committer.store.get(b"k00001") == b"v" * 10
     committer.add(write(2, 10))
-    committer.add(
-        PendingWrite(b"peer", 9, encode_single(OP_DELETE, b"nope", b""), 1, 0, 0,
-                     (OP_DELETE,), (b"nope",), (b"",))  # fmt: skip
-    )
+    gone = encode_single(OP_DELETE, b"nope", b"")
+    committer.add(PendingWrite(b"peer", 9, gone, 1, 0, 0, (OP_DELETE,), (b"nope",), (b"",)))
     flight = committer.start(lambda: None)
     assert flight is not None and flight.deletes
     assert committer.finish_ready(wait=True) == [flight]

@@ -34,7 +34,7 @@ def _writer(primary: str, replica: str, n: int, failures: list[str]) -> None:
                 seen = r.get(key, min_lsn=lsn, timeout_ms=5000)
                 later = p.get(key)  # another writer never touches this key: still ours
                 if seen != want or later != want:
-                    failures.append(f"replica: {key!r} read {seen!r} at min_lsn {lsn}, not {want!r}")
+                    failures.append(f"replica: {key!r} read {seen!r} at {lsn}, not {want!r}")
 
 
 @pytest.mark.parametrize("fsync", ["always", "interval"])

@@ -13,9 +13,10 @@ transaction overlaps that sync instead of delaying the answers, and the driver r
 same loop turn, before it handles any read (a group with deletes is applied before it is
 answered: the answer counts the deletes that found no key). So a group is visible (store,
 stream, WalSync) only once durable, in every fsync mode: a replica never holds a batch the
-primary could lose, and no read sees a write that a crash could still take back. With ``ack_before_sync`` (``--fsync interval``) the writers are
-answered as soon as their record is written instead; reads of the keys they wrote wait until
-the group is applied (``unapplied``), so clients still read their writes.
+primary could lose, and no read sees a write that a crash could still take back. With
+``ack_before_sync`` (``--fsync interval``) the writers are answered as soon as their record
+is written instead; reads of the keys they wrote wait until the group is applied
+(``unapplied``), so clients still read their writes.
 
 Each group is timed for ``--metrics-port`` (``NodeStats``): its fdatasync on the helper
 thread, its store apply here; the driver times the whole commit once it is published.
