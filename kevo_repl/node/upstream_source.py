@@ -5,8 +5,9 @@ drain are appended to the WAL as received (the same bytes, so they can be served
 node's own followers), the WAL's fdatasync is started on a helper thread, and meanwhile they
 are applied to the store in one transaction per history. Only once that sync is done is a
 record *visible*: this node's durable LSN (what it acks to its upstream), published on its
-own PUB, served by its WalSync. A bootstrap installs a snapshot and starts the WAL afresh past it. A tail that has
-diverged from the upstream's line is written to a file for the operator and never served.
+own PUB, served by its WalSync. A bootstrap installs a snapshot and starts the WAL afresh
+past it. A tail that has diverged from the upstream's line is written to a file for the
+operator and never served.
 Each drain is timed for ``--metrics-port`` like a primary's group commit: its store apply,
 its fdatasync, and from its WAL append to published.
 """
