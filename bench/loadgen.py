@@ -100,7 +100,7 @@ def _worker(
     while done < total:
         while sent < total and sent - done < window:
             sent += 1
-            sock.send(b"\x08" + _varint(sent) + bodies[sent - 1])
+            sock.send(b"\x08" + _varint(sent) + b"\x18\x01" + bodies[sent - 1])  # coalesce
             sent_at[sent] = now()
         if not sock.poll(30_000, zmq.POLLIN):
             raise RuntimeError(f"{address}: no reply within 30 s")
@@ -111,9 +111,16 @@ def _worker(
                 break
             resp = pb.Response.FromString(frame)
             t = now()
+            body = resp.WhichOneof("body")
+            if body == "writes":  # one frame for several of our writes in one group
+                for rid in resp.writes.request_ids:
+                    latency.append((t - sent_at.pop(rid)) * 1000)
+                done += len(resp.writes.request_ids)
+                last_lsn = max(last_lsn, resp.writes.lsns[-1])
+                continue
             latency.append((t - sent_at.pop(resp.request_id)) * 1000)
             done += 1
-            if resp.WhichOneof("body") == "write":
+            if body == "write":
                 last_lsn = max(last_lsn, resp.write.lsn)
             else:
                 errors += 1

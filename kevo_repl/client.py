@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections import deque
 from collections.abc import Generator, Iterable, Sequence
 from types import TracebackType
 
@@ -46,7 +47,7 @@ from kevo_repl.client_types import (
 from kevo_repl.node_status import NodeStatus
 from kevo_repl.wire import pb
 from kevo_repl.wire.batch import DEFAULT_LIMITS, WireError
-from kevo_repl.wire.envelope import decode_response
+from kevo_repl.wire.envelope import decode_response, split_write_replies
 
 __all__ = [
     "Client",
@@ -86,6 +87,7 @@ class Client:
         self._seqs = itertools.count(1)
         self.seen_lsn = 0  # the highest LSN a write or status answer showed us
         self._read_token = 0
+        self._unread: deque[pb.Response] = deque()  # the rest of a WriteReplies frame
         self._watch: ConnectWatch | None = None
         self._sock = self._connect(node)
 
@@ -264,7 +266,7 @@ class Client:
     def _await(self, request_id: int, deadline_ms: int) -> pb.Response:
         """The next answer to ``request_id``; raises on Error or silence (saying why)."""
         while True:
-            if not self._sock.poll(deadline_ms, zmq.POLLIN):
+            if not self._unread and not self._sock.poll(deadline_ms, zmq.POLLIN):
                 why = self._why_silent(deadline_ms)
                 self._reset()
                 raise NodeUnreachableError(why)
@@ -294,7 +296,7 @@ class Client:
                 req.request_id = next(ids)
                 self._send(req)
                 sent += 1
-            if not self._sock.poll(self.timeout_ms, zmq.POLLIN):
+            if not self._unread and not self._sock.poll(self.timeout_ms, zmq.POLLIN):
                 why = self._why_silent(self.timeout_ms)
                 self._reset()
                 raise PipelineTimeoutError(
@@ -346,6 +348,7 @@ class Client:
 
     def _send(self, req: pb.Request) -> None:
         req.read_token = self._read_token  # proof we read the last large reply (see protocol)
+        req.coalesce_replies = True  # pipelined writes may come back in one frame
         frame = req.SerializeToString()
         if len(frame) > DEFAULT_LIMITS.max_request_bytes:
             raise RequestTooLargeError(
@@ -357,10 +360,14 @@ class Client:
         self._sock.send(frame)
 
     def _recv(self) -> pb.Response:
+        """The next response; a ``WriteReplies`` frame yields one per write it answers."""
+        if self._unread:
+            return self._unread.popleft()
         try:
-            resp = decode_response(self._sock.recv())
+            resp, *rest = split_write_replies(decode_response(self._sock.recv()))
         except WireError as exc:
             raise RemoteError(pb.ERROR_BAD_REQUEST, f"unreadable response: {exc}") from exc
+        self._unread.extend(rest)
         if resp.read_token:
             self._read_token = resp.read_token
         body = resp.WhichOneof("body")
@@ -372,5 +379,6 @@ class Client:
 
     def _reset(self) -> None:
         self._read_token = 0
+        self._unread.clear()
         self.close()
         self._sock = self._connect(self.node)

@@ -18,10 +18,12 @@ from kevo_repl.wire import (
     encode_request,
     encode_response,
     encode_wal_frame,
+    encode_write_replies,
     encode_write_reply,
     error_response,
     pb,
     split_stream_frame,
+    split_write_replies,
 )
 
 HISTORY = bytes(range(16))
@@ -150,3 +152,36 @@ def test_hand_encoded_write_reply_is_byte_identical(
         request_id=request_id, write=pb.WriteResponse(lsn=lsn, first_lsn=first_lsn)
     ).SerializeToString()
     assert encode_write_reply(request_id, first_lsn, lsn) == expected
+
+
+_ANSWER = st.tuples(
+    st.integers(0, 2**64 - 1), st.integers(0, 2**63 - 1), st.integers(0, 2**63 - 1),
+    st.integers(0, 2**32 - 1),
+)  # fmt: skip
+
+
+@given(st.lists(_ANSWER, min_size=1, max_size=40))
+def test_hand_encoded_write_replies_are_byte_identical_and_split_back(
+    answers: list[tuple[int, int, int, int]],
+) -> None:
+    gone = [a[3] for a in answers]
+    expected = pb.Response(
+        writes=pb.WriteReplies(
+            request_ids=[a[0] for a in answers],
+            first_lsns=[a[1] for a in answers],
+            lsns=[a[2] for a in answers],
+            deletes_absent=gone if any(gone) else [],
+        )
+    ).SerializeToString()
+    frame = encode_write_replies(answers)
+    assert frame == expected
+    split = split_write_replies(decode_response(frame))
+    assert [
+        (r.request_id, r.write.first_lsn, r.write.lsn, r.write.deletes_absent) for r in split
+    ] == answers
+
+
+def test_write_replies_with_columns_of_other_lengths_are_refused() -> None:
+    bad = pb.Response(writes=pb.WriteReplies(request_ids=[1, 2], first_lsns=[1], lsns=[1, 2]))
+    with pytest.raises(WireError, match="2 request ids"):
+        split_write_replies(bad)

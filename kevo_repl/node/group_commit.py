@@ -72,6 +72,7 @@ class PendingWrite:
     ops: Sequence[int]  # the validated columns, applied without parsing the payload again
     keys: Sequence[bytes]
     values: Sequence[bytes]
+    coalesce: bool = False  # the client reads WriteReplies: answered with its others at once
     client_id: bytes = b""  # an idempotent batch: sealed with its (client id, seq) and hash
     seq: int = 0
     payload_hash: bytes = b""

@@ -18,7 +18,7 @@ answered with it; neither is written again, and neither is refused by ``--sync-r
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +38,7 @@ from kevo_repl.node.parked_reads import MAX_WAIT_MS
 from kevo_repl.node.retry_guard import RetryGuard, payload_hash, rebuild_window
 from kevo_repl.wire import pb
 from kevo_repl.wire.batch import WireError, WireLimits, encode_single, parse_client_batch
-from kevo_repl.wire.envelope import encode_write_reply
+from kevo_repl.wire.envelope import encode_write_replies, encode_write_reply
 
 if TYPE_CHECKING:
     from kevo_repl.node.node import Node
@@ -71,6 +71,38 @@ def _check_entry(key: bytes, value: bytes, limits: WireLimits) -> None:
     if len(value) > limits.max_value_bytes:
         msg = f"value of {len(value)} bytes, over the limit of {limits.max_value_bytes}"
         raise WireError(msg, pb.ERROR_TOO_LARGE)
+
+
+class _Replies:
+    """A group's answers to writes that wait for no follower: one frame per connection that
+    reads ``WriteReplies`` (one send for all its writes in the group), one each otherwise."""
+
+    __slots__ = ("by_peer", "single")
+
+    def __init__(self) -> None:
+        self.by_peer: dict[bytes, list[tuple[int, int, int, int]]] = {}
+        self.single: list[tuple[bytes, bytes]] = []
+
+    def add(
+        self, c: CommittedWrite, gone: int, retries: list[tuple[bytes, int]], original: bool = True
+    ) -> None:
+        w = c.write
+        if original:
+            if w.coalesce:
+                self.by_peer.setdefault(w.peer, []).append((w.request_id, *c.lsns, gone))
+            else:
+                self.single.append((w.peer, encode_write_reply(w.request_id, *c.lsns, gone)))
+        for peer, rid in retries:  # a retry's request may come from an older client
+            self.single.append((peer, encode_write_reply(rid, *c.lsns, gone)))
+
+    def send(self, send: Callable[[bytes, bytes], None]) -> None:
+        for peer, frame in self.single:
+            send(peer, frame)
+        for peer, answers in self.by_peer.items():
+            if len(answers) == 1:
+                send(peer, encode_write_reply(*answers[0]))
+            else:
+                send(peer, encode_write_replies(answers))
 
 
 class WriteSource:
@@ -194,6 +226,7 @@ class WriteSource:
             ops,
             keys,
             values,
+            req.coalesce_replies,
         )
         if digest:
             write.client_id, write.seq, write.payload_hash = (
@@ -278,11 +311,12 @@ class WriteSource:
             self._wal_failed("wal_write_failed", exc)
             return
         if flight is not None and self.committer.ack_before_sync:
+            replies = _Replies()
             for c in flight.committed():  # writes that wait for no follower: answered now
                 if not c.write.wait_replicas:
-                    for peer, rid in c.write.answerers():
-                        self._send(peer, encode_write_reply(rid, *c.lsns))
-                    c.write.also.clear()  # retries from now on are answered at the commit
+                    replies.add(c, 0, c.write.also)
+                    c.write.also = []  # retries from now on are answered at the commit
+            replies.send(self._send)
 
     def _finish_groups(self, wait: bool = False) -> None:
         try:
@@ -308,20 +342,23 @@ class WriteSource:
     def _answer(self, committed: list[CommittedWrite], now: int, absent: list[int]) -> None:
         registry = self.node.followers
         acked = self.committer.ack_before_sync
+        replies = _Replies()
         for c in committed:
             w = c.write
             gone = _absent_in(absent, c.first_lsn, c.last_lsn)
-            # Answered at the write already (ack_before_sync), but for retries since.
-            targets = w.also if acked and not w.wait_replicas else w.answerers()
-            for peer, rid in targets:
-                if w.wait_replicas:
+            if not w.wait_replicas:
+                if acked:  # answered at the write already, but for retries since
+                    replies.add(c, gone, w.also, original=False)
+                else:
+                    replies.add(c, gone, w.also)
+            else:
+                for peer, rid in w.answerers():
                     token = _WaitToken(peer, rid, c.first_lsn, c.last_lsn, gone)
                     done = registry.wait_for(token, c.last_lsn, w.wait_replicas, now + w.timeout_ms)
                     if done is not None:
                         self.released([done])
-                else:
-                    self._send(peer, encode_write_reply(rid, *c.lsns, gone))
             w.also = []
+        replies.send(self._send)
 
     def released(self, waits: list[WaitResult]) -> None:
         """Writes that enough followers applied, or whose wait timed out: answer them."""

@@ -36,9 +36,11 @@ from kevo_repl.wire.envelope import (
     encode_request,
     encode_response,
     encode_wal_frame,
+    encode_write_replies,
     encode_write_reply,
     error_response,
     split_stream_frame,
+    split_write_replies,
 )
 
 __all__ = [
@@ -63,6 +65,7 @@ __all__ = [
     "encode_response",
     "encode_single",
     "encode_wal_frame",
+    "encode_write_replies",
     "encode_write_reply",
     "error_response",
     "parse_client_batch",
@@ -73,5 +76,6 @@ __all__ = [
     "seal_batch",
     "slow_backend_warning",
     "split_stream_frame",
+    "split_write_replies",
     "validate_client_batch",
 ]

@@ -13,6 +13,7 @@ memoryview so a multi-megabyte record is not copied just to drop one byte.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final
 
 from kevo_repl.wire import pb
@@ -36,9 +37,11 @@ __all__ = [
     "encode_request",
     "encode_response",
     "encode_wal_frame",
+    "encode_write_replies",
     "encode_write_reply",
     "error_response",
     "split_stream_frame",
+    "split_write_replies",
 ]
 
 TOPIC_WAL: Final = b"W"
@@ -156,3 +159,48 @@ def split_stream_frame(frame: BytesLike) -> tuple[bytes, memoryview]:
 def decode_beacon(rest: BytesLike) -> pb.Beacon:
     """Parse the part of a ``B`` frame after the topic. Raises ``WireError`` on garbage."""
     return parse_message(pb.Beacon(), rest, "beacon")
+
+
+def _packed(field_tag: bytes, varints: bytearray) -> bytes:
+    return field_tag + varint(len(varints)) + varints if varints else b""
+
+
+def encode_write_replies(answers: Sequence[tuple[int, int, int, int]]) -> bytes:
+    """``Response{writes: WriteReplies}`` byte for byte, for ``(request_id, first_lsn, lsn,
+    deletes_absent)`` answers to one connection: one frame, one send, for a whole group."""
+    ids, firsts, lsns, gone = bytearray(), bytearray(), bytearray(), bytearray()
+    any_gone = 0
+    for rid, first, lsn, absent in answers:
+        ids += varint(rid)
+        firsts += varint(first)
+        lsns += varint(lsn)
+        gone += varint(absent)
+        any_gone |= absent
+    body = (
+        _packed(b"\x0a", ids)
+        + _packed(b"\x12", firsts)
+        + _packed(b"\x1a", lsns)
+        + (_packed(b"\x22", gone) if any_gone else b"")
+    )
+    return b"\xaa\x01" + varint(len(body)) + body
+
+
+def split_write_replies(resp: pb.Response) -> list[pb.Response]:
+    """A ``WriteReplies`` as the one ``Response{write}`` per request it stands for (any
+    other response as itself), so a reader handles both shapes alike."""
+    if resp.WhichOneof(_BODY) != "writes":
+        return [resp]
+    w = resp.writes
+    n = len(w.request_ids)
+    if not n:
+        raise WireError("write replies: no request ids")
+    if len(w.first_lsns) != n or len(w.lsns) != n or len(w.deletes_absent) not in (0, n):
+        raise WireError(f"write replies: {n} request ids with columns of other lengths")
+    gone = w.deletes_absent or [0] * n
+    return [
+        pb.Response(
+            request_id=rid,
+            write=pb.WriteResponse(lsn=lsn, first_lsn=first, deletes_absent=absent),
+        )
+        for rid, first, lsn, absent in zip(w.request_ids, w.first_lsns, w.lsns, gone, strict=True)
+    ]

@@ -42,6 +42,7 @@ from kevo_repl.wire.pb.replication_pb2 import (
     DeleteRequest as DeleteRequest,
     BatchRequest as BatchRequest,
     WriteResponse as WriteResponse,
+    WriteReplies as WriteReplies,
     GetRequest as GetRequest,
     GetResponse as GetResponse,
     DigestRequest as DigestRequest,
@@ -165,6 +166,7 @@ __all__ = [
     "WalEntry",
     "WalSyncRequest",
     "WalSyncResponse",
+    "WriteReplies",
     "WriteResponse",
     "replication_pb2",
 ]

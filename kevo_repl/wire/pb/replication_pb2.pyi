@@ -1432,6 +1432,44 @@ class WriteResponse(_message.Message):
 Global___WriteResponse: _TypeAlias = WriteResponse  # noqa: Y015
 
 @_typing.final
+class WriteReplies(_message.Message):
+    """The answers to several writes of one client connection that one group commit made
+    durable, in one frame instead of one Response each: entry i answers request_ids[i]. Sent
+    only to a request that set Request.coalesce_replies, for writes that wait for no replica
+    (Response.request_id is 0). deletes_absent is empty when every count is 0.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_IDS_FIELD_NUMBER: _builtins.int
+    FIRST_LSNS_FIELD_NUMBER: _builtins.int
+    LSNS_FIELD_NUMBER: _builtins.int
+    DELETES_ABSENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def request_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def first_lsns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def lsns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def deletes_absent(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        request_ids: _abc.Iterable[_builtins.int] | None = ...,
+        first_lsns: _abc.Iterable[_builtins.int] | None = ...,
+        lsns: _abc.Iterable[_builtins.int] | None = ...,
+        deletes_absent: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deletes_absent", b"deletes_absent", "first_lsns", b"first_lsns", "lsns", b"lsns", "request_ids", b"request_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WriteReplies: _TypeAlias = WriteReplies  # noqa: Y015
+
+@_typing.final
 class GetRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1559,6 +1597,7 @@ class Request(_message.Message):
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     READ_TOKEN_FIELD_NUMBER: _builtins.int
+    COALESCE_REPLIES_FIELD_NUMBER: _builtins.int
     REGISTER_FIELD_NUMBER: _builtins.int
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     ACK_FIELD_NUMBER: _builtins.int
@@ -1582,6 +1621,8 @@ class Request(_message.Message):
     """The read_token of the last reply that carried one: proof that its bytes were read, which
     frees the node's budget of unread reply bytes for this peer (docs/security.md).
     """
+    coalesce_replies: _builtins.bool
+    """This client reads WriteReplies: its write may be answered together with others it sent."""
     @_builtins.property
     def register(self) -> Global___RegisterRequest: ...
     @_builtins.property
@@ -1623,6 +1664,7 @@ class Request(_message.Message):
         *,
         request_id: _builtins.int = ...,
         read_token: _builtins.int = ...,
+        coalesce_replies: _builtins.bool = ...,
         register: Global___RegisterRequest | None = ...,
         heartbeat: Global___HeartbeatRequest | None = ...,
         ack: Global___AckRequest | None = ...,
@@ -1644,7 +1686,7 @@ class Request(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "batch", b"batch", "body", b"body", "bootstrap", b"bootstrap", "delete", b"delete", "digest", b"digest", "forget", b"forget", "get", b"get", "handover", b"handover", "heartbeat", b"heartbeat", "lsn_at_time", b"lsn_at_time", "promote", b"promote", "put", b"put", "register", b"register", "repoint", b"repoint", "rewind", b"rewind", "scan", b"scan", "status", b"status", "wal_sync", b"wal_sync"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "batch", b"batch", "body", b"body", "bootstrap", b"bootstrap", "delete", b"delete", "digest", b"digest", "forget", b"forget", "get", b"get", "handover", b"handover", "heartbeat", b"heartbeat", "lsn_at_time", b"lsn_at_time", "promote", b"promote", "put", b"put", "read_token", b"read_token", "register", b"register", "repoint", b"repoint", "request_id", b"request_id", "rewind", b"rewind", "scan", b"scan", "status", b"status", "wal_sync", b"wal_sync"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "batch", b"batch", "body", b"body", "bootstrap", b"bootstrap", "coalesce_replies", b"coalesce_replies", "delete", b"delete", "digest", b"digest", "forget", b"forget", "get", b"get", "handover", b"handover", "heartbeat", b"heartbeat", "lsn_at_time", b"lsn_at_time", "promote", b"promote", "put", b"put", "read_token", b"read_token", "register", b"register", "repoint", b"repoint", "request_id", b"request_id", "rewind", b"rewind", "scan", b"scan", "status", b"status", "wal_sync", b"wal_sync"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["register", "heartbeat", "ack", "wal_sync", "bootstrap", "status", "put", "delete", "batch", "get", "digest", "promote", "repoint", "handover", "rewind", "forget", "scan", "lsn_at_time"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
@@ -1664,6 +1706,7 @@ class Response(_message.Message):
     BOOTSTRAP_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     WRITE_FIELD_NUMBER: _builtins.int
+    WRITES_FIELD_NUMBER: _builtins.int
     GET_FIELD_NUMBER: _builtins.int
     DIGEST_FIELD_NUMBER: _builtins.int
     PROMOTE_FIELD_NUMBER: _builtins.int
@@ -1688,6 +1731,8 @@ class Response(_message.Message):
     def status(self) -> Global___StatusResponse: ...
     @_builtins.property
     def write(self) -> Global___WriteResponse: ...
+    @_builtins.property
+    def writes(self) -> Global___WriteReplies: ...
     @_builtins.property
     def get(self) -> Global___GetResponse: ...
     @_builtins.property
@@ -1717,6 +1762,7 @@ class Response(_message.Message):
         bootstrap: Global___BootstrapChunk | None = ...,
         status: Global___StatusResponse | None = ...,
         write: Global___WriteResponse | None = ...,
+        writes: Global___WriteReplies | None = ...,
         get: Global___GetResponse | None = ...,
         digest: Global___DigestResponse | None = ...,
         promote: Global___PromoteResponse | None = ...,
@@ -1727,11 +1773,11 @@ class Response(_message.Message):
         lsn_at_time: Global___LsnAtTimeResponse | None = ...,
         error: Global___Error | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "bootstrap", b"bootstrap", "digest", b"digest", "error", b"error", "forget", b"forget", "get", b"get", "handover", b"handover", "heartbeat", b"heartbeat", "lsn_at_time", b"lsn_at_time", "promote", b"promote", "register", b"register", "repoint", b"repoint", "rewind", b"rewind", "status", b"status", "wal_sync", b"wal_sync", "write", b"write"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "bootstrap", b"bootstrap", "digest", b"digest", "error", b"error", "forget", b"forget", "get", b"get", "handover", b"handover", "heartbeat", b"heartbeat", "lsn_at_time", b"lsn_at_time", "promote", b"promote", "register", b"register", "repoint", b"repoint", "rewind", b"rewind", "status", b"status", "wal_sync", b"wal_sync", "write", b"write", "writes", b"writes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "bootstrap", b"bootstrap", "digest", b"digest", "error", b"error", "forget", b"forget", "get", b"get", "handover", b"handover", "heartbeat", b"heartbeat", "lsn_at_time", b"lsn_at_time", "promote", b"promote", "read_token", b"read_token", "register", b"register", "repoint", b"repoint", "request_id", b"request_id", "rewind", b"rewind", "status", b"status", "wal_sync", b"wal_sync", "write", b"write"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "bootstrap", b"bootstrap", "digest", b"digest", "error", b"error", "forget", b"forget", "get", b"get", "handover", b"handover", "heartbeat", b"heartbeat", "lsn_at_time", b"lsn_at_time", "promote", b"promote", "read_token", b"read_token", "register", b"register", "repoint", b"repoint", "request_id", b"request_id", "rewind", b"rewind", "status", b"status", "wal_sync", b"wal_sync", "write", b"write", "writes", b"writes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["register", "heartbeat", "wal_sync", "bootstrap", "status", "write", "get", "digest", "promote", "repoint", "handover", "rewind", "forget", "lsn_at_time", "error"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["register", "heartbeat", "wal_sync", "bootstrap", "status", "write", "writes", "get", "digest", "promote", "repoint", "handover", "rewind", "forget", "lsn_at_time", "error"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
