@@ -25,7 +25,8 @@ def _blast(address: str, coalesce: bool) -> tuple[int, dict[int, tuple[int, int]
             put = pb.PutRequest(key=b"hot:%d" % (i % 7), value=b"%d" % i)
             req = pb.Request(request_id=i, coalesce_replies=coalesce, put=put)
             sock.send(req.SerializeToString())
-        frames, lsns = 0, {}
+        frames = 0
+        lsns: dict[int, tuple[int, int]] = {}
         while len(lsns) < WRITES:
             assert sock.poll(10_000, zmq.POLLIN), f"{len(lsns)} of {WRITES} answered"
             resp = decode_response(sock.recv())
