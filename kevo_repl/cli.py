@@ -201,6 +201,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         help="replace this replica's data if its primary's history is unrelated (or behind it)",
     )
     rp.add_argument("--heartbeat-ms", type=_count(1), default=300)
+    rp.add_argument(
+        "--lazy-sync-ms",
+        type=_count(1),
+        default=10,
+        help="while no write on the primary waits for acks, fdatasync and ack this often",
+    )
     rp.add_argument("--bootstrap-chunk-bytes", type=_count(1), default=256 * 1024)
     rp.add_argument(
         "--primary-key", type=Path, default=None, help="CURVE: default KEYS/primary.key"

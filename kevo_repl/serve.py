@@ -130,6 +130,7 @@ def run_replica(args: argparse.Namespace) -> int:
         allow_bootstrap=not args.no_bootstrap,
         allow_unrelated_history=args.reinit,
         heartbeat_interval_ms=args.heartbeat_ms,
+        lazy_sync_ms=args.lazy_sync_ms,
         bootstrap_chunk_bytes=args.bootstrap_chunk_bytes,
         upstream_key=args.primary_key,
     )

@@ -70,6 +70,11 @@ class Follower(FollowerCopy):
             out += self._maybe_heartbeat()
         return out
 
+    @property
+    def ack_due(self) -> bool:
+        """Something applied or made durable since the last ack."""
+        return self._ack_due
+
     def take_ack(self) -> list[Action]:
         """One coalesced ack for everything applied since the last call."""
         if not self._ack_due or self.status not in (Status.SYNCING, Status.READY):

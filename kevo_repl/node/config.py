@@ -33,6 +33,7 @@ class NodeConfig:
     sync_refuse: bool = False  # ... and is refused while fewer followers are connected
     # following (a replica)
     heartbeat_interval_ms: int = 300
+    lazy_sync_ms: int = 10  # a follower no write waits for: fdatasync and ack this often
     primary_timeout_ms: int = 3000
     request_timeout_ms: int = 3000
     backoff_max_ms: int = 5000

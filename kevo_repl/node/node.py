@@ -64,10 +64,13 @@ class Source(Protocol):
     def sockets(self) -> list[zmq.Socket[bytes]]: ...
     def on_ready(self, ready: dict[Any, int]) -> None: ...
     def turn(self, now_ms: int) -> None: ...
+    def due_in_ms(self, now_ms: int) -> int: ...  # when turn has timed work: poll no longer
     def tick(self, now_ms: int) -> None: ...
     def queue_write(self, peer: bytes, req: pb.Request, kind: str) -> bool: ...
     def read_fence(self, key: bytes) -> int: ...
     def released(self, waits: list[WaitResult]) -> None: ...  # writes enough followers have
+    @property
+    def writes_waiting(self) -> bool: ...  # said in beacons: followers sync and ack at once
     def describe(self, status: pb.StatusResponse) -> None: ...
     def close(self) -> None: ...
 
@@ -252,7 +255,7 @@ class Node:
                 if self._pollers_dirty:
                     poller, blocked_poller = self._pollers()
                     self._pollers_dirty = False
-                timeout = 0 if self.sessions.has_credit() else 20
+                timeout = 0 if self.sessions.has_credit() else self.source.due_in_ms(monotonic_ms())
                 # Backpressure: while the pending writes are at their byte cap, requests
                 # stay in the sockets (TCP pushes back on the writers) until a group is done.
                 use = blocked_poller if self.source.blocked else poller
@@ -352,7 +355,11 @@ class Node:
     def beacon(self, now: int) -> None:
         self.last_publish_ms = now
         frame = encode_beacon(
-            self.state.chain.current, self.visible_lsn, wall_us(), self.wal.retained_from_lsn
+            self.state.chain.current,
+            self.visible_lsn,
+            wall_us(),
+            self.wal.retained_from_lsn,
+            self.source.writes_waiting,
         )
         self.serving.pub.send(frame, zmq.DONTWAIT)
 

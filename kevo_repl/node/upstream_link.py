@@ -80,6 +80,8 @@ class UpstreamLink:
         self._ids = itertools.count(1)
         self.received_lsn: Callable[[], int] = lambda: 0  # written to the WAL (for write_lag)
         self.heard = pb.HeartbeatResponse()  # the upstream's last word on this follower
+        # The upstream's last beacon said writes wait for acks (until one says: eager).
+        self.writes_waiting = True
         self._pending_id = 0  # request id of the follower's one pending request
         self._read_token = 0  # of the upstream's last large reply: echoed as proof we read it
         self.decoded: dict[int, Decoded] = {}  # records offered to the follower, by first LSN
@@ -155,6 +157,7 @@ class UpstreamLink:
             first, last, history, record = self._decode_record(bytes(rest))
             return follower.on_record(first, last, history, record)
         beacon = decode_beacon(rest)
+        self.writes_waiting = beacon.writes_waiting
         return follower.on_beacon(beacon.history_id, beacon.last_lsn)
 
     def _on_reply(self, frame: bytes, follower: Follower) -> list[Action]:

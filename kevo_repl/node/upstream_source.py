@@ -55,6 +55,8 @@ if TYPE_CHECKING:
 __all__ = ["CRASH_AFTER_APPEND_ENV", "UpstreamSource"]
 
 STORAGE_RETRY_MS = 1000
+LAZY_SYNC_BYTES = 4 * 1024 * 1024  # or once this much is unsynced
+POLL_MS = 20  # the loop's poll timeout when nothing is due sooner
 CRASH_AFTER_APPEND_ENV = "KEVO_CRASH_AFTER_WAL_APPEND"  # an LSN: die once it is logged
 _WARNINGS = frozenset(
     {
@@ -81,6 +83,7 @@ def _is_retry(event: str, fields: dict[str, object]) -> bool:
 
 class UpstreamSource:
     role: int = pb.ROLE_REPLICA
+    writes_waiting = False  # no writes here: this node's followers sync and ack on a timer
 
     def __init__(self, node: Node, upstream: str, known_primary: str = "") -> None:
         self.node = node
@@ -118,6 +121,10 @@ class UpstreamSource:
         self._drains = DrainTimes(node.stats)  # appended, not yet published: for metrics
         self._visible = self.follower.durable_lsn
         self._sync: tuple[Future[int], int] | None = None
+        self._unsynced_since_ms = 0  # when the oldest record not yet syncing was appended
+        self._unsynced_bytes = 0
+        self._last_ack_ms = 0
+        self._lazy_ms = config.lazy_sync_ms
         self._syncer = ThreadPoolExecutor(1, thread_name_prefix="wal-sync")
         self._writer: BootstrapWriter | None = None
         self._progress_logged = 0
@@ -197,10 +204,35 @@ class UpstreamSource:
 
     def turn(self, now_ms: int) -> None:
         self._finish_sync(now_ms)
+        if self._sync is None and self._unsynced and self._sync_due(now_ms):
+            self._start_sync()
+        if self.follower.ack_due and now_ms - self._last_ack_ms >= self._lazy_ms:
+            self._ack(now_ms)  # lazily, or what no sync will ack (a bootstrap installed)
+
+    def due_in_ms(self, now_ms: int) -> int:
+        """How soon ``turn`` has timed work: a lazy sync or ack (the loop's poll timeout)."""
+        due = POLL_MS  # a finished sync wakes the loop itself
+        if self._unsynced and self._sync is None and not self.link.writes_waiting:
+            due = min(due, self._unsynced_since_ms + self._lazy_ms - now_ms)
+        if self.follower.ack_due:
+            due = min(due, self._last_ack_ms + self._lazy_ms - now_ms)
+        return max(0, due)
+
+    def _sync_due(self, now_ms: int) -> bool:
+        """At once while writes wait for acks; otherwise once the oldest unsynced record is
+        ``--lazy-sync-ms`` old or LAZY_SYNC_BYTES are unsynced (fewer fdatasyncs and acks)."""
+        return (
+            self.link.writes_waiting
+            or now_ms - self._unsynced_since_ms >= self._lazy_ms
+            or self._unsynced_bytes >= LAZY_SYNC_BYTES
+        )
+
+    def _ack(self, now_ms: int) -> None:
+        self._last_ack_ms = now_ms  # also when none is due or possible: the timer's next turn
+        self.run(self.follower.take_ack())
 
     def tick(self, now_ms: int) -> None:
         self.run(self.follower.tick(now_ms))
-        self.run(self.follower.take_ack())
 
     def _bad_input(self, event: str, exc: ProtocolError) -> None:
         self.node.requests.refusals.refused(event, monotonic_ms(), error=str(exc))
@@ -253,8 +285,12 @@ class UpstreamSource:
         except KevoError as exc:
             self._storage_failed(str(exc))
             return
+        if not self._unsynced:
+            self._unsynced_since_ms = monotonic_ms()
         self._unsynced += [(first, last, record) for first, last, _b, record in queued]
-        self._start_sync()  # the fdatasync overlaps the store apply below
+        self._unsynced_bytes += sum(len(r) for _f, _l, _b, r in queued)
+        if self._sync_due(monotonic_ms()):
+            self._start_sync()  # the fdatasync overlaps the store apply below
         try:
             groups: list[tuple[bytes, list[Batch]]] = []
             for first, last, batch, _record in queued:
@@ -271,7 +307,13 @@ class UpstreamSource:
             return
         entries = sum(last - first + 1 for first, last, _b, _r in queued)
         self._drains.applied(queued[-1][1], entries, started, applying)
-        self.run(self.follower.take_ack())
+        # Visible once applied: our upstream published each record only once its root had it
+        # durable, so what we hand on cannot be lost by the group, only by us (and then
+        # fetched again). What we ack as durable waits for our own fdatasync.
+        ready = [(first, last, record) for first, last, _b, record in queued]
+        self._visible = ready[-1][1]
+        self.node.publish(ready, monotonic_ms())
+        self._drains.published(self._visible)
 
     def _start_sync(self) -> None:
         if self._sync is not None or not self._unsynced:
@@ -279,6 +321,8 @@ class UpstreamSource:
         future = self._syncer.submit(self.node.stats.timed_sync(self.node.wal.sync))
         future.add_done_callback(lambda _: self.node.wake())
         self._sync = (future, self._unsynced[-1][1])
+        self._unsynced_bytes = 0
+        self._unsynced_since_ms = monotonic_ms()  # for records appended from now on
 
     def _finish_sync(self, now: int, wait: bool = False) -> None:
         if self._sync is None or not (wait or self._sync[0].done()):
@@ -290,15 +334,12 @@ class UpstreamSource:
         except StorageError as exc:
             self._storage_failed(f"fdatasync failed: {exc}")
             return
-        ready = [r for r in self._unsynced if r[1] <= durable]
-        self._unsynced = self._unsynced[len(ready) :]
-        if ready:
-            self._visible = ready[-1][1]
-            self.node.publish(ready, now)
-            self._drains.published(durable)
+        synced = sum(1 for r in self._unsynced if r[1] <= durable)
+        self._unsynced = self._unsynced[synced:]
         self.follower.durable(durable)
-        self.run(self.follower.take_ack())
-        self._start_sync()
+        if self.link.writes_waiting:  # a write on the primary may wait for this very ack
+            self._ack(now)
+            self._start_sync()
 
     # ---- storage steps -----------------------------------------------------------------------
 
@@ -442,6 +483,8 @@ class UpstreamSource:
 
     def close(self) -> None:
         self.flush()
+        self._finish_sync(monotonic_ms(), wait=True)
+        self._start_sync()  # what lazy syncing left: durable before a stop or a promotion
         self._finish_sync(monotonic_ms(), wait=True)
         self._syncer.shutdown(wait=True)
         if self._writer is not None:

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from kevo_repl.node.node import Node
 
 _UNLEASED = "it does not hold the leader lease in etcd"  # the agent's deadline passed
+WAIT_HOLD_MS = 1000  # followers stay eager this long after the last write that waits
 
 __all__ = ["WriteSource"]
 
@@ -120,6 +121,11 @@ class WriteSource:
             record_target_bytes=limits.max_stream_record_bytes - RECORD_OVERHEAD_BYTES,
         )
         self.committer.committed_lsn = node.wal.last_lsn
+        # Followers sync and ack every drain at once while writes wait for them, and on a
+        # timer otherwise: said in beacons, on the rising edge at once (before the write's
+        # record, on the same PUB), on the falling edge WAIT_HOLD_MS after the last such write.
+        self.writes_waiting = node.config.sync_replicas > 0
+        self._waits_until_ms = 0
         window = rebuild_window(node.wal, node.wal.last_lsn)
         self.retries = RetryGuard(window)
         node.log.info(
@@ -216,6 +222,7 @@ class WriteSource:
             self._refuse_unconfirmable(config.sync_replicas)
         if wait:
             self._check_waiters()
+            self._writes_wait()
         write = PendingWrite(
             peer,
             req.request_id,
@@ -261,12 +268,20 @@ class WriteSource:
             self._send(peer, encode_write_reply(req.request_id, found.first_lsn, found.last_lsn))
             return True
         self._check_waiters()  # a retry waits like a write (nothing was written: retry later)
+        self._writes_wait()
         timeout = min(body.timeout_ms or self.node.config.sync_timeout_ms, MAX_WAIT_MS)
         token = _WaitToken(peer, req.request_id, found.first_lsn, found.last_lsn)
         done = self.node.followers.wait_for(token, found.last_lsn, wait, monotonic_ms() + timeout)
         if done is not None:
             self.released([done])
         return True
+
+    def _writes_wait(self) -> None:
+        now = monotonic_ms()
+        self._waits_until_ms = now + WAIT_HOLD_MS
+        if not self.writes_waiting:
+            self.writes_waiting = True
+            self.node.beacon(now)
 
     def _refuse_unconfirmable(self, needed: int) -> None:
         """``--sync-refuse``: while fewer followers than ``needed`` are connected a write
@@ -288,6 +303,9 @@ class WriteSource:
         self._start_group()
         self._apply_finished(now_ms)  # overlaps the fdatasync just started
 
+    def due_in_ms(self, now_ms: int) -> int:
+        return 20  # a finished sync wakes the loop itself
+
     def _apply_finished(self, now_ms: int) -> None:
         """Store what was answered; before the loop handles any read, so reads see it."""
         if self.committer.applying:
@@ -295,7 +313,16 @@ class WriteSource:
             self.node.requests.reads.release(now_ms)
 
     def tick(self, now_ms: int) -> None:
-        """Repair a store behind the WAL after a failed apply (the WAL is the truth)."""
+        """Say when writes stopped waiting; repair a store behind the WAL after a failed
+        apply (the WAL is the truth)."""
+        if (
+            self.writes_waiting
+            and now_ms >= self._waits_until_ms
+            and not self.node.config.sync_replicas
+            and not self.node.followers.waiters
+        ):
+            self.writes_waiting = False
+            self.node.beacon(now_ms)
         if not self.committer.store_error:
             return
         try:

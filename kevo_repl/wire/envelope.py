@@ -129,7 +129,11 @@ def encode_wal_frame(record: bytes) -> bytes:
 
 
 def encode_beacon(
-    history_id: bytes, last_lsn: int, time_us: int, retained_from_lsn: int = 0
+    history_id: bytes,
+    last_lsn: int,
+    time_us: int,
+    retained_from_lsn: int = 0,
+    writes_waiting: bool = False,
 ) -> bytes:
     """A stream frame for a beacon: topic ``B`` + ``Beacon``."""
     beacon = pb.Beacon(
@@ -137,6 +141,7 @@ def encode_beacon(
         last_lsn=last_lsn,
         time_us=time_us,
         retained_from_lsn=retained_from_lsn,
+        writes_waiting=writes_waiting,
     )
     return TOPIC_BEACON + beacon.SerializeToString()
 

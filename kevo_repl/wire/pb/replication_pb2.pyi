@@ -295,10 +295,16 @@ class Beacon(_message.Message):
     LAST_LSN_FIELD_NUMBER: _builtins.int
     TIME_US_FIELD_NUMBER: _builtins.int
     RETAINED_FROM_LSN_FIELD_NUMBER: _builtins.int
+    WRITES_WAITING_FIELD_NUMBER: _builtins.int
     history_id: _builtins.bytes
     last_lsn: _builtins.int
     time_us: _builtins.int
     retained_from_lsn: _builtins.int
+    writes_waiting: _builtins.bool
+    """Writes on the primary wait for followers' acks (wait_replicas, --sync-replicas): while
+    set, a follower syncs and acks every drain at once; otherwise it syncs and acks on a
+    short timer. Sent again as soon as it changes.
+    """
     def __init__(
         self,
         *,
@@ -306,10 +312,11 @@ class Beacon(_message.Message):
         last_lsn: _builtins.int = ...,
         time_us: _builtins.int = ...,
         retained_from_lsn: _builtins.int = ...,
+        writes_waiting: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["history_id", b"history_id", "last_lsn", b"last_lsn", "retained_from_lsn", b"retained_from_lsn", "time_us", b"time_us"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["history_id", b"history_id", "last_lsn", b"last_lsn", "retained_from_lsn", b"retained_from_lsn", "time_us", b"time_us", "writes_waiting", b"writes_waiting"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
