@@ -124,6 +124,7 @@ def run_relay_floor(rate: int = 5000, seconds: float = 10.0) -> dict[str, Any]:
     return {
         "system": "do-nothing relay (pyzmq)",
         "rate": rate,
+        "achieved_rate": round(sent / seconds),
         "samples": len(lags),
         "sent_seen": sent,
         "lag_p50_ms": _pct(lags, 0.5),

@@ -52,6 +52,7 @@ def ratio(ours: float | None, theirs: float | None) -> float | None:
 COLUMNS: dict[str, list[str]] = {
     "throughput": [
         "system",
+        "run",
         "pipeline",
         "mode",
         "writes_per_s",
@@ -104,7 +105,7 @@ RATIO_KEYS: dict[str, list[tuple[str, bool]]] = {
 }
 
 # The row a kevo row is compared with: same shape (pipeline, rate, replicas).
-_SHAPE = ("pipeline", "rate", "replicas")
+_SHAPE = ("pipeline", "rate", "replicas", "run")
 
 
 def _same_shape(a: dict[str, Any], b: dict[str, Any]) -> bool:

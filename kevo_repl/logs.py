@@ -7,12 +7,39 @@ recovered...), never one line per entry on the hot path.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
+import types
 from typing import Any
 
-import structlog
+
+class _Deferred(types.ModuleType):
+    """Stands in for a module until something reads one of its attributes; then the real
+    module is imported (and is what later imports get)."""
+
+    def __getattr__(self, attr: str) -> Any:
+        if sys.modules.get(self.__name__) is self:  # the first read: import the real one
+            del sys.modules[self.__name__]
+        return getattr(importlib.import_module(self.__name__), attr)
+
+
+# structlog, as much of it as an idle node needs: its console renderer imports rich's
+# pretty-printer and tracebacks when rich is installed (5.5 MiB of every node's RSS; ours
+# prints exceptions as plain text), and its async loggers asyncio (6.6 MiB), which only their
+# methods use. Later imports of rich (progress bars, `status --watch`) and asyncio work.
+_FIRST = "structlog" not in sys.modules
+_BLOCK_RICH = _FIRST and "rich" not in sys.modules
+if _BLOCK_RICH:
+    sys.modules["rich"] = None  # type: ignore[assignment]  # `import rich` fails meanwhile
+_DEFER_ASYNCIO = _FIRST and "asyncio" not in sys.modules
+if _DEFER_ASYNCIO:
+    sys.modules["asyncio"] = _Deferred("asyncio")
+import structlog  # noqa: E402
+
+if _BLOCK_RICH:
+    del sys.modules["rich"]
 
 __all__ = ["configure_logging", "get_logger"]
 

@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 from dataclasses import dataclass
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from kevo_repl.core.errors import KevoError
 
@@ -40,6 +40,15 @@ _EVENTS = (
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 )
+
+
+_EVENT_FRAME = struct.Struct("=HI")  # libzmq's monitor event: id (uint16), value (uint32)
+
+
+def _monitor_event(monitor: zmq.Socket[bytes]) -> tuple[int, int]:
+    """(event, value) of one monitor message (``zmq.utils.monitor`` would import asyncio)."""
+    frames = monitor.recv_multipart()
+    return _EVENT_FRAME.unpack_from(frames[0])
 
 
 class UnresolvableHostError(KevoError):
@@ -79,8 +88,7 @@ class ConnectWatch:
     def _drain(self) -> _Seen:
         s = self._seen
         while self._monitor.poll(0):
-            event = recv_monitor_message(self._monitor)
-            kind, value = event["event"], int(event["value"])
+            kind, value = _monitor_event(self._monitor)
             if kind == zmq.EVENT_CONNECTED:
                 s.connected = True
             elif kind == zmq.EVENT_CONNECT_RETRIED:

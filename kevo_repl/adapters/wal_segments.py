@@ -37,8 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from crc32c import crc32c
-
+from kevo_repl.core.checksum import crc32c
 from kevo_repl.core.errors import BadRecordError, CorruptRecordError, StorageError, TornRecordError
 from kevo_repl.core.record import (
     RECORD_HEADER_BYTES,

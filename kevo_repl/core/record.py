@@ -30,8 +30,7 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
-from crc32c import crc32c
-
+from kevo_repl.core.checksum import crc32c
 from kevo_repl.core.errors import BadRecordError, ProtocolError, TornRecordError
 
 __all__ = [
