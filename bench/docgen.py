@@ -35,7 +35,9 @@ def _table(header: Sequence[str], rows: list[list[Any]]) -> list[str]:
 
 def _ratio(section: dict[str, Any], row: dict[str, Any], key: str) -> Any:
     for r in section.get("ratios", []):
-        same = all(r.get(k) == row.get(k) for k in ("pipeline", "mode", "rate", "replicas"))
+        same = all(
+            r.get(k) == row.get(k) for k in ("pipeline", "mode", "rate", "replicas", "run")
+        )
         if r["vs"] == "redis-aof-always" and same and row["system"] == "kevo":
             return r.get(f"{key}_ratio")
     return None
@@ -49,6 +51,8 @@ def _throughput(s: dict[str, Any]) -> list[str]:
             rows.append([name, r["batch"], "-", "-", "-", r["entries_per_s"], "-", "-", "-"])
             continue
         name = f"{r['system']} ({r['mode']})" if "mode" in r else r["system"]
+        if "run" in r:
+            name += f", run {r['run']}"
         ratio = _ratio(s, r, "writes_per_s")
         cpu = f"{r['primary_cpu']} / {r['replica_cpu']} / {r['load_cpu']}"
         rows.append([name, r["pipeline"], r["writes_per_s"], ratio, r["replica_applied_per_s"]])
