@@ -35,9 +35,7 @@ def _table(header: Sequence[str], rows: list[list[Any]]) -> list[str]:
 
 def _ratio(section: dict[str, Any], row: dict[str, Any], key: str) -> Any:
     for r in section.get("ratios", []):
-        same = all(
-            r.get(k) == row.get(k) for k in ("pipeline", "mode", "rate", "replicas", "run")
-        )
+        same = all(r.get(k) == row.get(k) for k in ("pipeline", "mode", "rate", "replicas", "run"))
         if r["vs"] == "redis-aof-always" and same and row["system"] == "kevo":
             return r.get(f"{key}_ratio")
     return None
