@@ -1,25 +1,18 @@
-"""A replica's records: its upstream's, appended byte for byte to its own WAL, synced, applied.
+"""A replica's records: its upstream's, appended byte for byte to its own WAL, applied, synced.
 
-The ``Follower`` decides; this carries its actions out, in order. Records arriving in one
-drain are appended to the WAL as received (the same bytes, so they can be served on to this
-node's own followers), the WAL's fdatasync is started on a helper thread, and meanwhile they
-are applied to the store in one transaction per history. Only once that sync is done is a
-record *visible*: this node's durable LSN (what it acks to its upstream), published on its
-own PUB, served by its WalSync. A bootstrap installs a snapshot and starts the WAL afresh
-past it. A tail that has diverged from the upstream's line is written to a file for the
-operator and never served.
-Each drain is timed for ``--metrics-port`` like a primary's group commit: its store apply,
-its fdatasync, and from its WAL append to published.
+The ``Follower`` decides; this carries its actions out, in order. A drain's records are
+appended to the WAL as received (the same bytes, served on to this node's followers),
+applied in one transaction per history, then *visible*: published and served by WalSync.
+They are *durable* (what this node acks) once an fdatasync on a helper thread covers them:
+at once while the upstream says writes wait for acks, else within ``--lazy-sync-ms``. A
+bootstrap installs a snapshot and starts the WAL afresh past it; a diverged tail is set
+aside (``tail_aside.py``). Drains are timed for ``--metrics-port`` like group commits.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
-import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import zmq
@@ -42,12 +35,13 @@ from kevo_repl.core.follower_types import (
     Status,
     WriteChunk,
 )
-from kevo_repl.core.record import decode_record, peek_lsns
 from kevo_repl.core.registry import WaitResult
 from kevo_repl.node.stats import DrainTimes
+from kevo_repl.node.tail_aside import set_aside_tail
+from kevo_repl.node.upstream_events import UpstreamEvents
 from kevo_repl.node.upstream_link import Decoded, UpstreamLink
 from kevo_repl.wire import pb
-from kevo_repl.wire.batch import WireError, decode_batch
+from kevo_repl.wire.batch import WireError
 
 if TYPE_CHECKING:
     from kevo_repl.node.node import Node
@@ -58,27 +52,6 @@ STORAGE_RETRY_MS = 1000
 LAZY_SYNC_BYTES = 4 * 1024 * 1024  # or once this much is unsynced
 POLL_MS = 20  # the loop's poll timeout when nothing is due sooner
 CRASH_AFTER_APPEND_ENV = "KEVO_CRASH_AFTER_WAL_APPEND"  # an LSN: die once it is logged
-_WARNINGS = frozenset(
-    {
-        "disconnected",
-        "storage_failed",
-        "foreign_history",
-        "request_refused",
-        "primary_refused",
-        "diverged",
-    }
-)
-
-
-_SILENCE = re.compile(r"silent|timed out")  # a Reconnect because the upstream said nothing
-_RETRY_EVENTS = frozenset({"disconnected", "request_timeout"})
-
-
-def _is_retry(event: str, fields: dict[str, object]) -> bool:
-    """One of the events each retry against a silent upstream repeats."""
-    if event == "status":
-        return fields.get("new") in ("CONNECTING", "DISCONNECTED")
-    return event in _RETRY_EVENTS
 
 
 class UpstreamSource:
@@ -115,9 +88,9 @@ class UpstreamSource:
         )
         self.link.upstream_info.primary = known_primary  # until the upstream says
         self.link.received_lsn = lambda: node.wal.last_lsn
-        self.unreachable = ""  # why the upstream does not answer, as logged ("" if it does)
+        self.events = UpstreamEvents(node.log, self.link)  # logged once per cause
         self._to_apply: list[Decoded] = []
-        self._unsynced: list[tuple[int, int, bytes]] = []  # written here, not yet durable
+        self._unsynced: list[tuple[int, int]] = []  # LSN ranges written here, not yet durable
         self._drains = DrainTimes(node.stats)  # appended, not yet published: for metrics
         self._visible = self.follower.durable_lsn
         self._sync: tuple[Future[int], int] | None = None
@@ -184,7 +157,7 @@ class UpstreamSource:
         status.write_lag_s = heard.write_lag_s
         status.flush_lag_s = heard.flush_lag_s
         status.replay_lag_s = heard.replay_lag_s
-        cause = self.unreachable
+        cause = self.events.unreachable
         if not cause and f.status in (Status.CONNECTING, Status.DISCONNECTED):
             cause = self.link.diagnose(0)[0]  # before the first timeout: what is known now
             cause = "" if cause == "no answer" else cause
@@ -246,7 +219,7 @@ class UpstreamSource:
                 self._to_apply.append(self.link.decoded.pop(action.first_lsn))
             elif isinstance(action, Reconnect):
                 self.flush()
-                self._note_reconnect(action.reason)
+                self.events.reconnecting(action.reason, self.node.config.primary_timeout_ms)
                 self.link.reconnect()
                 self.node.sockets_changed()
             elif isinstance(action, SaveChain):
@@ -263,11 +236,11 @@ class UpstreamSource:
                 self.link.send(action)
             if follower.status == Status.ERROR and self._to_apply:
                 self._to_apply.clear()
-        self._log_events()
+        self.events.log(self.follower.drain_events())
 
     def flush(self) -> None:
-        """Append queued records to the WAL, start the fdatasync that will make them visible,
-        apply them meanwhile (one transaction per history), and ack what is applied."""
+        """Append queued records to the WAL, start the fdatasync that will make them durable
+        when it is due, apply them (one transaction per history) and publish them."""
         if not self._to_apply:
             self.link.decoded.clear()
             return
@@ -287,7 +260,7 @@ class UpstreamSource:
             return
         if not self._unsynced:
             self._unsynced_since_ms = monotonic_ms()
-        self._unsynced += [(first, last, record) for first, last, _b, record in queued]
+        self._unsynced += [(first, last) for first, last, _b, _r in queued]
         self._unsynced_bytes += sum(len(r) for _f, _l, _b, r in queued)
         if self._sync_due(monotonic_ms()):
             self._start_sync()  # the fdatasync overlaps the store apply below
@@ -352,7 +325,8 @@ class UpstreamSource:
     def _storage_step(self, action: Action) -> None:
         node = self.node
         if isinstance(action, DiscardTail):
-            self.run(self.follower.on_tail_set_aside(self._discard_tail(action)))
+            self._visible = min(self._visible, action.after_lsn)
+            self.run(self.follower.on_tail_set_aside(set_aside_tail(node, action)))
         elif isinstance(action, RewindStore):
             self._finish_sync(monotonic_ms(), wait=True)
             node.state.save_consistent_at(action.consistent_at)  # first: a restart must wait
@@ -394,46 +368,6 @@ class UpstreamSource:
             self._visible = action.snapshot_lsn
             node.followers.note_commit(action.snapshot_lsn, monotonic_ms())
 
-    def _discard_tail(self, action: DiscardTail) -> list[bytes] | None:
-        """Keep our records past ``after_lsn`` in a file (an operator may recover writes a
-        failover lost from it) and serve nothing of them; return the keys they touched
-        (None when the WAL no longer holds the whole tail: a rewind is impossible)."""
-        node = self.node
-        after_lsn, applied_lsn = action.after_lsn, action.applied_lsn
-        self._visible = min(self._visible, after_lsn)
-        records: list[bytes] = []
-        keys: list[bytes] | None = []
-        try:
-            for record in node.wal.read_from(after_lsn + 1):
-                first, last = peek_lsns(record)
-                if last <= after_lsn:
-                    continue
-                if first <= after_lsn:
-                    keys = None  # a record straddles the point of divergence
-                records.append(record)
-                if keys is not None:
-                    keys += decode_batch(decode_record(record).payload).keys
-        except KevoError:
-            keys = None  # retained away or unreadable: the summary says how much was kept
-        if not records or peek_lsns(records[0])[0] != after_lsn + 1:
-            keys = None
-        folder = node.state.data_dir / "discarded"
-        folder.mkdir(exist_ok=True)
-        stamp = time.strftime("%Y%m%dT%H%M%S")
-        path = folder / f"{stamp}-lsn-{after_lsn + 1}-{applied_lsn}.records"
-        Path(path).write_bytes(b"".join(records))
-        summary = {
-            "from_lsn": after_lsn + 1,
-            "to_lsn": applied_lsn,
-            "entries": applied_lsn - after_lsn,
-            "records_kept": len(records),
-            "keys": len(set(keys)) if keys is not None else None,
-            "history_id": (node.store.history_id or b"").hex(),
-        }
-        path.with_suffix(".json").write_text(json.dumps(summary) + "\n")
-        node.log.warning("tail_discarded", file=str(path), **summary)
-        return keys
-
     def _log_progress(self) -> None:
         """One line per tenth of a bootstrap, not one per chunk."""
         tenth = int(self.follower.bootstrap_progress * 10)
@@ -452,34 +386,6 @@ class UpstreamSource:
                 message, store.applied_lsn, STORAGE_RETRY_MS, store.history_id or b""
             )
         )
-
-    def _note_reconnect(self, reason: str) -> None:
-        """An upstream that does not answer is logged once per cause, not once per retry
-        (a missing primary would otherwise log four lines every few seconds, forever)."""
-        if not _SILENCE.search(reason):
-            self.node.log.info("reconnecting", reason=reason)
-            return
-        cause, detail = self.link.diagnose(self.node.config.primary_timeout_ms)
-        if cause != self.unreachable:
-            self.node.log.warning(
-                "upstream_unreachable", upstream=self.upstream, cause=cause, detail=detail
-            )
-        else:
-            self.node.log.debug("upstream_retry", upstream=self.upstream, cause=cause)
-        self.unreachable = cause
-
-    def _log_events(self) -> None:
-        log = self.node.log
-        for event, fields in self.follower.drain_events():
-            if self.unreachable and _is_retry(event, fields):
-                continue  # the retries of a silence already logged
-            if self.unreachable and event != "status":
-                log.info("upstream_reachable", upstream=self.upstream, after=self.unreachable)
-                self.unreachable = ""
-            if event in _WARNINGS:
-                log.warning(event, **fields)
-            else:
-                log.info("status_changed" if event == "status" else event, **fields)
 
     def close(self) -> None:
         self.flush()

@@ -17,9 +17,7 @@ answered with it; neither is written again, and neither is refused by ``--sync-r
 
 from __future__ import annotations
 
-import bisect
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import zmq
@@ -36,9 +34,10 @@ from kevo_repl.node.group_commit import (
 )
 from kevo_repl.node.parked_reads import MAX_WAIT_MS
 from kevo_repl.node.retry_guard import RetryGuard, payload_hash, rebuild_window
+from kevo_repl.node.write_replies import Replies, WaitToken, absent_in
 from kevo_repl.wire import pb
 from kevo_repl.wire.batch import WireError, WireLimits, encode_single, parse_client_batch
-from kevo_repl.wire.envelope import encode_write_replies, encode_write_reply
+from kevo_repl.wire.envelope import encode_write_reply
 
 if TYPE_CHECKING:
     from kevo_repl.node.node import Node
@@ -47,20 +46,6 @@ _UNLEASED = "it does not hold the leader lease in etcd"  # the agent's deadline 
 WAIT_HOLD_MS = 1000  # followers stay eager this long after the last write that waits
 
 __all__ = ["WriteSource"]
-
-
-@dataclass(frozen=True, slots=True)
-class _WaitToken:
-    peer: bytes
-    request_id: int
-    first_lsn: int
-    last_lsn: int
-    deletes_absent: int = 0
-
-
-def _absent_in(absent: list[int], first: int, last: int) -> int:
-    """How many of the sorted ``absent`` LSNs lie in ``first..last``."""
-    return bisect.bisect_right(absent, last) - bisect.bisect_left(absent, first) if absent else 0
 
 
 def _check_entry(key: bytes, value: bytes, limits: WireLimits) -> None:
@@ -72,38 +57,6 @@ def _check_entry(key: bytes, value: bytes, limits: WireLimits) -> None:
     if len(value) > limits.max_value_bytes:
         msg = f"value of {len(value)} bytes, over the limit of {limits.max_value_bytes}"
         raise WireError(msg, pb.ERROR_TOO_LARGE)
-
-
-class _Replies:
-    """A group's answers to writes that wait for no follower: one frame per connection that
-    reads ``WriteReplies`` (one send for all its writes in the group), one each otherwise."""
-
-    __slots__ = ("by_peer", "single")
-
-    def __init__(self) -> None:
-        self.by_peer: dict[bytes, list[tuple[int, int, int, int]]] = {}
-        self.single: list[tuple[bytes, bytes]] = []
-
-    def add(
-        self, c: CommittedWrite, gone: int, retries: list[tuple[bytes, int]], original: bool = True
-    ) -> None:
-        w = c.write
-        if original:
-            if w.coalesce:
-                self.by_peer.setdefault(w.peer, []).append((w.request_id, *c.lsns, gone))
-            else:
-                self.single.append((w.peer, encode_write_reply(w.request_id, *c.lsns, gone)))
-        for peer, rid in retries:  # a retry's request may come from an older client
-            self.single.append((peer, encode_write_reply(rid, *c.lsns, gone)))
-
-    def send(self, send: Callable[[bytes, bytes], None]) -> None:
-        for peer, frame in self.single:
-            send(peer, frame)
-        for peer, answers in self.by_peer.items():
-            if len(answers) == 1:
-                send(peer, encode_write_reply(*answers[0]))
-            else:
-                send(peer, encode_write_replies(answers))
 
 
 class WriteSource:
@@ -270,7 +223,7 @@ class WriteSource:
         self._check_waiters()  # a retry waits like a write (nothing was written: retry later)
         self._writes_wait()
         timeout = min(body.timeout_ms or self.node.config.sync_timeout_ms, MAX_WAIT_MS)
-        token = _WaitToken(peer, req.request_id, found.first_lsn, found.last_lsn)
+        token = WaitToken(peer, req.request_id, found.first_lsn, found.last_lsn)
         done = self.node.followers.wait_for(token, found.last_lsn, wait, monotonic_ms() + timeout)
         if done is not None:
             self.released([done])
@@ -338,7 +291,7 @@ class WriteSource:
             self._wal_failed("wal_write_failed", exc)
             return
         if flight is not None and self.committer.ack_before_sync:
-            replies = _Replies()
+            replies = Replies()
             for c in flight.committed():  # writes that wait for no follower: answered now
                 if not c.write.wait_replicas:
                     replies.add(c, 0, c.write.also)
@@ -369,10 +322,10 @@ class WriteSource:
     def _answer(self, committed: list[CommittedWrite], now: int, absent: list[int]) -> None:
         registry = self.node.followers
         acked = self.committer.ack_before_sync
-        replies = _Replies()
+        replies = Replies()
         for c in committed:
             w = c.write
-            gone = _absent_in(absent, c.first_lsn, c.last_lsn)
+            gone = absent_in(absent, c.first_lsn, c.last_lsn)
             if not w.wait_replicas:
                 if acked:  # answered at the write already, but for retries since
                     replies.add(c, gone, w.also, original=False)
@@ -380,7 +333,7 @@ class WriteSource:
                     replies.add(c, gone, w.also)
             else:
                 for peer, rid in w.answerers():
-                    token = _WaitToken(peer, rid, c.first_lsn, c.last_lsn, gone)
+                    token = WaitToken(peer, rid, c.first_lsn, c.last_lsn, gone)
                     done = registry.wait_for(token, c.last_lsn, w.wait_replicas, now + w.timeout_ms)
                     if done is not None:
                         self.released([done])
@@ -391,7 +344,7 @@ class WriteSource:
         """Writes that enough followers applied, or whose wait timed out: answer them."""
         for done in waits:
             token = done.token
-            assert isinstance(token, _WaitToken)
+            assert isinstance(token, WaitToken)
             write = pb.WriteResponse(
                 lsn=token.last_lsn,
                 first_lsn=token.first_lsn,
