@@ -86,7 +86,9 @@ class NodeCollector(Collector):
         yield _gauge("kevo_applied_lsn", "Last LSN applied to the store.", node.store.applied_lsn)
         yield _gauge("kevo_durable_lsn", "Last LSN on disk (WAL fsynced).", wal.durable_lsn)
         yield _gauge(
-            "kevo_visible_lsn", "Last LSN durable, applied and published.", node.visible_lsn
+            "kevo_visible_lsn",
+            "Last LSN published and served (a primary's are durable).",
+            node.visible_lsn,
         )
         yield _gauge(
             "kevo_wal_retained_from_lsn",

@@ -9,10 +9,11 @@ so any node can be followed: a replica can serve replicas (cascading). What diff
 * ``UpstreamSource`` (a replica): its upstream's records, appended byte for byte to its WAL,
   applied, and synced.
 
-Either way a record is published on the node's PUB, served by WalSync and counted for the
-node's followers only once it is durable in this node's WAL. One thread runs the loop, poll
-plus non-blocking drains; fdatasyncs run on helper threads that wake the loop through a
-pipe. A promotion or a repoint swaps the source and keeps everything else.
+A primary publishes a record on its PUB, serves it by WalSync and counts it for its
+followers only once it is durable in its WAL; a replica once it is applied (it was durable
+at the root already), while what it acks as durable waits for its own fdatasync. One
+thread runs the loop, poll plus non-blocking drains; fdatasyncs run on helper threads that
+wake the loop through a pipe. A promotion or a repoint swaps the source and keeps everything else.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class Source(Protocol):
     role: int  # pb.ROLE_PRIMARY or pb.ROLE_REPLICA
 
     @property
-    def visible_lsn(self) -> int: ...  # durable here, applied and published
+    def visible_lsn(self) -> int: ...  # published: a primary's durable, a replica's applied
     @property
     def blocked(self) -> bool: ...  # stop draining requests (writes at their cap)
     def sockets(self) -> list[zmq.Socket[bytes]]: ...

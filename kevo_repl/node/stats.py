@@ -67,8 +67,8 @@ class NodeStats:
 
 
 class DrainTimes:
-    """A replica's group commits: each drain of its upstream's records is appended and applied
-    in one go and becomes visible once a later fdatasync covers it; timed from its append to
+    """A replica's group commits: each drain of its upstream's records is appended, applied
+    and published in one go (a later fdatasync makes it durable); timed from its append to
     its publishing, as a primary's group is from being taken to published."""
 
     __slots__ = ("_pending", "_stats")
