@@ -51,7 +51,9 @@ __all__ = [
     "SealedRecord",
 ]
 
-MAX_IN_FLIGHT = 1  # groups written but not yet durable; beyond it new writes wait
+# Groups written but not yet durable; beyond it new writes wait. Two: the helper thread
+# starts the second's fdatasync as soon as the first returns (docs/benchmarks.md).
+MAX_IN_FLIGHT = 2
 # A record is its client payloads (with their prefix entries, ``sealed_bytes``) plus this at
 # most: the record header and the sealing suffix
 # (history id and commit time).
