@@ -17,6 +17,7 @@ from typing import Any
 
 import zmq
 
+from bench.report import lag_summary
 from kevo_repl.testing.ports import free_port
 
 __all__ = ["run_relay_floor"]
@@ -34,7 +35,6 @@ def _source(ports: tuple[int, int], rate: int, seconds: float, ready: Any) -> No
     ready.wait(30)
     time.sleep(0.5)  # subscriptions propagate
     send = pub.send
-
     count = int(rate * seconds)
     start = time.perf_counter()
     for i in range(count):
@@ -96,10 +96,6 @@ def _listen(ports: tuple[int, int], ready: Any, out: Any) -> None:
     ctx.destroy(0)
 
 
-def _pct(sorted_ms: list[float], q: float) -> float:
-    return round(sorted_ms[min(len(sorted_ms) - 1, int(len(sorted_ms) * q))], 3)
-
-
 def run_relay_floor(rate: int = 5000, seconds: float = 10.0) -> dict[str, Any]:
     """One row: the lag a do-nothing pyzmq relay adds at ``rate`` frames/s."""
     spawn = mp.get_context("spawn")
@@ -125,12 +121,8 @@ def run_relay_floor(rate: int = 5000, seconds: float = 10.0) -> dict[str, Any]:
         "system": "do-nothing relay (pyzmq)",
         "rate": rate,
         "achieved_rate": round(sent / seconds),
-        "samples": len(lags),
         "sent_seen": sent,
-        "lag_p50_ms": _pct(lags, 0.5),
-        "lag_p99_ms": _pct(lags, 0.99),
-        "lag_p999_ms": _pct(lags, 0.999),
-        "lag_max_ms": round(lags[-1], 3) if lags else None,
+        **lag_summary(lags),
     }
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import zmq
 
 from bench.loadgen import run_load
+from bench.report import percentile
 from kevo_repl.testing.ports import free_port_pair
 from kevo_repl.wire import pb
 from kevo_repl.wire.envelope import encode_write_replies, encode_write_reply
@@ -79,7 +80,7 @@ def run_router_floor(coalesce: bool, clients: int = 50, entries: int = 200_000) 
         "clients": clients,
         "pipeline": 1,
         "writes_per_s": round(load.entries / load.seconds),
-        "latency_p50_ms": round(load.latency_ms[len(load.latency_ms) // 2], 3),
+        "latency_p50_ms": round(percentile(load.latency_ms, 0.5), 3),
     }
 
 

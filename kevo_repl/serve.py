@@ -14,23 +14,17 @@ import json
 import signal
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from kevo_repl.client import parse_node
 from kevo_repl.core.errors import KevoError, UsageError
 
+if TYPE_CHECKING:
+    from kevo_repl.node.node import Node
+
 __all__ = ["run_cluster_command", "run_member", "run_primary", "run_replica", "settings"]
 
 _NOT_SETTINGS = frozenset({"command", "config", "print_config", "func"})
-
-
-class _Node(Protocol):
-    log: Any
-    failure: str
-
-    def run(self) -> None: ...
-    def stop(self) -> None: ...
-    def close(self) -> None: ...
 
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -49,18 +43,17 @@ def _print_settings(args: argparse.Namespace) -> int:
 
 
 def _run_node(
-    node: _Node,
+    node: Node,
     host: str,
     metrics_port: int,
-    collector: Any,
     failed_start: Callable[[BaseException], None],
 ) -> int:
     server = None
-    if metrics_port:
-        from kevo_repl.metrics import serve_metrics
+    if metrics_port:  # prometheus_client only when metrics are served (2.8 MiB of RSS)
+        from kevo_repl.metrics import NodeCollector, serve_metrics
 
         try:
-            server = serve_metrics(collector, host, metrics_port)
+            server = serve_metrics(NodeCollector(node), host, metrics_port)
         except OSError as exc:
             node.close()
             failed_start(exc)
@@ -183,12 +176,7 @@ def _run(
         raise
     if attach is not None:
         attach(node, holds_key)
-    collector = None
-    if args.metrics_port:  # prometheus_client only when metrics are served (2.8 MiB of RSS)
-        from kevo_repl.metrics import NodeCollector
-
-        collector = NodeCollector(node)
-    return _run_node(node, args.bind, args.metrics_port, collector, leftovers.remove)
+    return _run_node(node, args.bind, args.metrics_port, leftovers.remove)
 
 
 def run_cluster_command(args: argparse.Namespace) -> int:

@@ -9,9 +9,10 @@ from pathlib import Path
 
 from kevo_repl.wire.batch import DEFAULT_LIMITS, WireLimits
 
-__all__ = ["MIB", "NodeConfig"]
+__all__ = ["MIB", "POLL_MS", "NodeConfig"]
 
 MIB = 1024 * 1024
+POLL_MS = 20  # a node loop's poll timeout when its source has nothing due sooner
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,7 @@ from kevo_repl.core.follower_types import (
     WriteChunk,
 )
 from kevo_repl.core.registry import WaitResult
+from kevo_repl.node.config import POLL_MS
 from kevo_repl.node.stats import DrainTimes
 from kevo_repl.node.tail_aside import set_aside_tail
 from kevo_repl.node.upstream_events import UpstreamEvents
@@ -50,7 +51,6 @@ __all__ = ["CRASH_AFTER_APPEND_ENV", "UpstreamSource"]
 
 STORAGE_RETRY_MS = 1000
 LAZY_SYNC_BYTES = 4 * 1024 * 1024  # or once this much is unsynced
-POLL_MS = 20  # the loop's poll timeout when nothing is due sooner
 CRASH_AFTER_APPEND_ENV = "KEVO_CRASH_AFTER_WAL_APPEND"  # an LSN: die once it is logged
 
 

@@ -26,6 +26,7 @@ from kevo_repl.adapters.clock import monotonic_ms, wall_us
 from kevo_repl.core.errors import StorageError
 from kevo_repl.core.ops import OP_DELETE, OP_PUT
 from kevo_repl.core.registry import WaitResult
+from kevo_repl.node.config import POLL_MS
 from kevo_repl.node.group_commit import (
     RECORD_OVERHEAD_BYTES,
     CommittedWrite,
@@ -257,7 +258,7 @@ class WriteSource:
         self._apply_finished(now_ms)  # overlaps the fdatasync just started
 
     def due_in_ms(self, now_ms: int) -> int:
-        return 20  # a finished sync wakes the loop itself
+        return POLL_MS  # a finished sync wakes the loop itself
 
     def _apply_finished(self, now_ms: int) -> None:
         """Store what was answered; before the loop handles any read, so reads see it."""

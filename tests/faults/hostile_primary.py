@@ -59,7 +59,6 @@ class HostilePrimary:
     bootstrap_required: bool = False
     responder: Responder | None = None
     beacons: bool = True
-    writes_waiting: bool = False  # said in beacons: the replica syncs and acks every drain
     port: int = 0
     requests_seen: dict[str, int] = field(default_factory=dict)
     last_peer: bytes = b""
@@ -207,10 +206,7 @@ class HostilePrimary:
                 now = time.monotonic()
                 if self.beacons and now - last_beacon > 0.2:
                     last_beacon = now
-                    beacon = encode_beacon(
-                        self.history, self.last_lsn, int(now * 1e6), 1, self.writes_waiting
-                    )
-                    pub.send(beacon)
+                    pub.send(encode_beacon(self.history, self.last_lsn, int(now * 1e6), 1))
         except BaseException as exc:
             self.errors.append(exc)
             ready.set()
