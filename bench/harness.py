@@ -8,7 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +17,8 @@ from bench.procinfo import machine, rss_kib
 from kevo_repl.client import Client, NodeUnreachableError
 from kevo_repl.testing.ports import free_port_pair
 from kevo_repl.wire import pb
+
+LOOPBACK = "127.0.0.1"
 
 __all__ = [
     "BenchCluster",
@@ -57,6 +59,7 @@ class _Node:
     proc: subprocess.Popen[bytes]
     port: int
     stopped: bool = False
+    host: str = LOOPBACK
 
 
 @dataclass
@@ -64,10 +67,21 @@ class BenchCluster:
     root: Path
     nodes: list[_Node] = field(default_factory=list)
 
-    def spawn(self, role: str, name: str, *args: str, port: int = 0) -> str:
-        """Start a node process without waiting; returns its ``HOST:PORT``."""
+    def spawn(
+        self,
+        role: str,
+        name: str,
+        *args: str,
+        port: int = 0,
+        prefix: Sequence[str] = (),
+        host: str = LOOPBACK,
+    ) -> str:
+        """Start a node process without waiting; returns its ``HOST:PORT``. ``prefix`` runs
+        it elsewhere (``ip netns exec NS``), where it binds and advertises ``host``."""
         port = port or self._fresh_port_pair()
+        where = [] if host == LOOPBACK else ["--bind", host, "--advertise", f"{host}:{port}"]
         argv = [
+            *prefix,
             sys.executable,
             "-m",
             "kevo_repl",
@@ -80,12 +94,13 @@ class BenchCluster:
             str(self.root / name),
             "--port",
             str(port),
+            *where,
             *args,
         ]
         with (self.root / f"{name}.log").open("ab") as log:
             proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-        self.nodes.append(_Node(name, proc, port))
-        return f"127.0.0.1:{port}"
+        self.nodes.append(_Node(name, proc, port, host=host))
+        return f"{host}:{port}"
 
     def _fresh_port_pair(self) -> int:
         """A free pair not given to another node of this cluster: nodes spawned together bind
@@ -106,7 +121,7 @@ class BenchCluster:
                 tail = (self.root / f"{name}.log").read_text()[-2000:]
                 raise RuntimeError(f"{name} exited: {tail}")
             try:
-                with Client(f"127.0.0.1:{node.port}", timeout_ms=300) as c:
+                with Client(f"{node.host}:{node.port}", timeout_ms=300) as c:
                     c.status_message()
                 return
             except NodeUnreachableError:
@@ -119,14 +134,20 @@ class BenchCluster:
         return address
 
     def start_all(
-        self, role: str, specs: list[tuple[str, list[str]]], timeout: float = 30, tries: int = 3
+        self,
+        role: str,
+        specs: list[tuple[str, list[str]]],
+        timeout: float = 30,
+        tries: int = 3,
+        prefix: Sequence[str] = (),
+        host: str = LOOPBACK,
     ) -> list[str]:
         """Spawn every (name, args) at once, then wait until each serves; returns addresses.
 
         Ports are free when picked, not reserved: with dozens of nodes starting and connecting
         at once, another socket can take one first. Such a node starts again on a new port.
         """
-        addresses = {n: self.spawn(role, n, *args) for n, args in specs}
+        addresses = {n: self.spawn(role, n, *args, prefix=prefix, host=host) for n, args in specs}
         for n, args in specs:
             for attempt in range(tries):
                 try:
@@ -136,7 +157,7 @@ class BenchCluster:
                     if "Address already in use" not in str(e) or attempt == tries - 1:
                         raise
                     self._node(n).stopped = True  # exited; check_alive must not count it
-                    addresses[n] = self.spawn(role, n, *args)
+                    addresses[n] = self.spawn(role, n, *args, prefix=prefix, host=host)
         return [addresses[n] for n, _ in specs]
 
     def pid(self, name: str) -> int:
