@@ -8,6 +8,8 @@ per crossing (one way = ``rtt_ms / 2``): by the kernel's netem on the router's v
 when this kernel has it, else by ``bench.netem_tun`` (a userspace delay line on a TUN that
 policy routing puts between every pair of veths). This kernel has no ``sch_netem``, so only
 the TUN path is exercised here. A profile without delay, jitter or loss forwards directly.
+A control veth joins the host's namespace to the router (``control=True``): the benchmark
+process reaches every side's address without the delay, to start nodes and poll status.
 
 Names come from our PID, and ``close`` removes exactly what was created (the delay-line
 process by PID, then the namespaces, which take their veths and tables with them).
@@ -73,10 +75,14 @@ class Wan:
     """``with Wan(["a", "b"], LinkProfile(rtt_ms=40, rate_mbit=50)) as wan: ...``"""
 
     def __init__(
-        self, sides: Sequence[str], profile: LinkProfile | None = None, netem: str = "auto"
+        self,
+        sides: Sequence[str],
+        profile: LinkProfile | None = None,
+        netem: str = "auto",
+        control: bool = True,
     ) -> None:
-        if len(set(sides)) != len(sides) or not 1 <= len(sides) <= 63:
-            raise ValueError(f"sides must be 1..63 distinct names: {sides}")
+        if len(set(sides)) != len(sides) or not 1 <= len(sides) <= 62:
+            raise ValueError(f"sides must be 1..62 distinct names: {sides}")
         for s in sides:
             if not _SIDE.match(s):
                 raise ValueError(f"side name {s!r}: 1-8 of [a-z0-9]")
@@ -85,14 +91,18 @@ class Wan:
         self.sides = list(sides)
         self.profile = profile or LinkProfile()
         self._netem_choice = netem
+        self._control = control
         tag = f"{os.getpid() % 100000}x{next(_counter)}"
         self.router = f"kwr{tag}"
+        self._host_if = f"kwc{tag}"[:15]
+        self.host_address = ""  # this (the host's) namespace's address on the control veth
         self._ns = {s: f"kw{tag}{s}" for s in self.sides}
         self._ip: dict[str, str] = {}
         self._router_ip: dict[str, str] = {}
         self._created: list[str] = []
         self._line: subprocess.Popen[str] | None = None
         self._cut: set[str] = set()
+        self._host_link = False
         self.mode = "direct"  # "direct", "tun" or "kernel": how the delay is added
         self.line_stats: dict[str, float] = {}  # the delay line's counters, after close
 
@@ -151,8 +161,27 @@ class Wan:
             self.mode = self._delay_mode()
         for i, side in enumerate(self.sides):
             self._add_side(side, f"{base}{4 * i + 1}", f"{base}{4 * i + 2}")
+        if self._control:
+            self._add_control(base)
         if self.mode == "tun":
             self._start_line()
+
+    def _add_control(self, base: str) -> None:
+        """A veth from the host's namespace to the router (the last /30), and a route to the
+        sides: the benchmark process reaches every side directly, not through the delay line
+        (its traffic still crosses the side's veth and tbf, so it should stay small)."""
+        r, host_if = self.router, self._host_if
+        _run("ip", "link", "add", host_if, "type", "veth", "peer", "name", "ctl", "netns", r)
+        self._host_link = True
+        self.host_address = f"{base}253"
+        _run("ip", "addr", "add", f"{self.host_address}/30", "dev", host_if)
+        _run("ip", "-n", r, "addr", "add", f"{base}254/30", "dev", "ctl")
+        _run("ip", "link", "set", host_if, "up")
+        _run("ip", "-n", r, "link", "set", "ctl", "up")
+        _run("ip", "route", "add", f"{base}0/24", "via", f"{base}254", "dev", host_if)
+        if self.mode == "tun":  # replies to the host skip the TUN
+            _run("ip", "-n", r, "rule", "add", "to", self.host_address, "lookup", "main",
+                 "pref", "50")  # fmt: skip
 
     def _netns_add(self, name: str) -> None:
         """A namespace without IPv6 (no router solicitations in the byte counters)."""
@@ -295,6 +324,9 @@ class Wan:
 
     def close(self) -> None:
         self._end_line()
+        if self._host_link:  # its route goes with it
+            self._host_link = False
+            _run("ip", "link", "del", self._host_if, check=False)
         while self._created:
             _run("ip", "netns", "del", self._created.pop(), check=False)
 

@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from bench.wan_net import LinkProfile, Wan, skip_reason
-from bench.wan_probe import measure_bulk, measure_rtt, probe_server
+from bench.wan_probe import measure_bulk, measure_rtt, ping, probe_server
 
 pytestmark = pytest.mark.skipif(skip_reason() is not None, reason=str(skip_reason()))
 
@@ -19,9 +19,12 @@ PORT = 5000  # inside side b's own namespace: nothing else listens there
 
 
 def _our_namespaces() -> list[str]:
+    """Namespaces and host links of ours still there (bench.wan_net's names)."""
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
-    ours = re.compile(rf"kwr?{os.getpid() % 100000}x")  # bench.wan_net's names
-    return [ln.split()[0] for ln in out.stdout.splitlines() if ours.match(ln)]
+    ours = re.compile(rf"kwr?{os.getpid() % 100000}x")
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True)
+    host = re.findall(rf"kwc{os.getpid() % 100000}x\d+", links.stdout)
+    return [ln.split()[0] for ln in out.stdout.splitlines() if ours.match(ln)] + host
 
 
 def _rtts(wan: Wan, count: int = 20) -> list[float]:
@@ -43,7 +46,10 @@ def test_no_profile_adds_nothing() -> None:
     with Wan(["a", "b"]) as wan:
         rtts = _rtts(wan)
         assert wan.mode == "direct"
+        with probe_server(wan.exec_prefix("b"), wan.address("b"), PORT):  # from the host
+            host_rtts = ping(wan.address("b"), PORT, 5, timeout=5)
     assert statistics.median(rtts) < 5, rtts
+    assert statistics.median(host_rtts) < 5, host_rtts
     assert _our_namespaces() == []
 
 
