@@ -138,6 +138,15 @@ def _serving_flags(p: argparse.ArgumentParser, port: int) -> None:
     )
 
 
+def _compression_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--compression",
+        choices=("auto", "zstd", "none"),
+        default="auto",
+        help="what crosses the link from the upstream (auto: zstd unless it is on loopback)",
+    )
+
+
 def _config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="TOML file of flags; flags given here win")
     p.add_argument("--print-config", action="store_true", help="print the settings and exit")
@@ -208,6 +217,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         help="while no write on the primary waits for acks, fdatasync and ack this often",
     )
     rp.add_argument("--bootstrap-chunk-bytes", type=_count(1), default=256 * 1024)
+    _compression_flag(rp)
     rp.add_argument(
         "--primary-key", type=Path, default=None, help="CURVE: default KEYS/primary.key"
     )
@@ -216,6 +226,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     nd = add("node", "run a member of a group whose leader is chosen through etcd")
     _serving_flags(nd, 7100)
     member_flags(nd, _count(1))
+    _compression_flag(nd)
     _config_flags(nd)
 
     cl = add("cluster", "a primary and N replicas (--failover: etcd and N members) as children")

@@ -124,6 +124,7 @@ def run_replica(args: argparse.Namespace) -> int:
         allow_unrelated_history=args.reinit,
         heartbeat_interval_ms=args.heartbeat_ms,
         lazy_sync_ms=args.lazy_sync_ms,
+        compression=args.compression,
         bootstrap_chunk_bytes=args.bootstrap_chunk_bytes,
         upstream_key=args.primary_key,
     )
@@ -152,7 +153,13 @@ def run_member(args: argparse.Namespace) -> int:
     agent = Agent(kv, ScopeKeys(args.scope), args.id, address, args.ttl_s,
                   args.max_lag_on_failover, log)  # fmt: skip
     upstream, holds_key = agent.join(args.data)
-    config = NodeConfig(**_common(args), node_id=args.id, upstream=upstream, fsync=args.fsync)
+    config = NodeConfig(
+        **_common(args),
+        node_id=args.id,
+        upstream=upstream,
+        fsync=args.fsync,
+        compression=args.compression,
+    )
     try:
         return _run(config, args, agent.start, holds_key)
     finally:

@@ -71,6 +71,7 @@ class ReplicaState:
     flush_delay_ms: int = -1
     replay_delay_ms: int = -1
     rate: RateWindow = field(default_factory=RateWindow)
+    compression: int = 0  # the codec it asked for on Register (0: none)
 
 
 _COUNTED = (Status.SYNCING, Status.READY)
@@ -95,6 +96,9 @@ class Registry:
     _by_id: dict[str, ReplicaState] = field(default_factory=dict)
     commits: CommitTimes = field(default_factory=CommitTimes)
     parked: WriteWaiters = field(default_factory=WriteWaiters)
+    # Some follower heard lately asked for a compressed stream: only then is each record
+    # compressed (once, for all of them). Kept by register and tick, read per publish.
+    wants_compression: bool = False
 
     @property
     def waiters(self) -> int:
@@ -143,6 +147,7 @@ class Registry:
         role: int,
         applied_lsn: int,
         now_ms: int,
+        compression: int = 0,
     ) -> ReplicaState:
         old = self._by_id.get(replica_id)
         if old is None and peer not in self._by_peer and len(self._by_id) >= self.max_replicas:
@@ -165,11 +170,13 @@ class Registry:
             applied_lsn=applied_lsn,
             last_seen_ms=now_ms,
             rate=RateWindow.starting(now_ms, applied_lsn, self.commits.bytes_at(applied_lsn)),
+            compression=compression,
         )
         if old is not None:
             state.bootstraps, state.catchups = old.bootstraps, old.catchups
         self._by_id[replica_id] = state
         self._by_peer[peer] = state
+        self.wants_compression = self.wants_compression or bool(compression)
         return state
 
     def get(self, peer: bytes) -> ReplicaState | None:
@@ -301,6 +308,9 @@ class Registry:
             elif silent > self.stale_after_ms and r.status != Status.DISCONNECTED:
                 r.status = Status.DISCONNECTED
                 stale.append(r)
+        self.wants_compression = any(
+            r.compression and r.status != Status.DISCONNECTED for r in self._by_id.values()
+        )
         return stale, self.parked.expire(now_ms, self.replicas_applied)
 
     def retention_floor(self) -> int | None:

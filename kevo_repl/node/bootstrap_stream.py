@@ -5,7 +5,8 @@ Chunks leave only while the replica has granted credit, a few per loop turn, so 
 never starves the write path or other replicas; a session whose replica stops granting
 credit is dropped after ``idle_timeout_ms`` and its read transaction released. Credit is a
 claim, not proof: each chunk also goes through the serving side's budget of unread bytes,
-so a replica that grants credit without reading holds at most that budget of chunks.
+so a replica that grants credit without reading holds at most that budget of chunks. A
+follower that asked for zstd gets each chunk's keys and values as one checksummed zstd frame.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from kevo_repl.adapters.state_lmdb import StateStore, StoreSnapshot
 from kevo_repl.core.errors import KevoError, StorageError
 from kevo_repl.wire import pb
+from kevo_repl.wire.compression import deflate_checked
 
 __all__ = ["BootstrapSession", "BootstrapSessions", "SessionsFullError"]
 
@@ -48,6 +50,7 @@ class BootstrapSession:
     done: bool = False
     kind: str = "bootstrap"  # or "backup", "scan"
     ahead: tuple[list[bytes], list[bytes]] | None = None  # the next chunk, read already
+    compression: int = pb.CODEC_NONE
 
 
 @dataclass(slots=True)
@@ -57,6 +60,7 @@ class BootstrapSessions:
     _sessions: dict[int, BootstrapSession] = field(default_factory=dict)
     _next_id: int = 1
     _chunks_since_release: int = 0
+    on_compressed: Callable[[int, int], None] = lambda raw, wire: None  # bytes, for Status
 
     def start(
         self,
@@ -67,6 +71,7 @@ class BootstrapSessions:
         now_ms: int,
         kind: str = "bootstrap",
         prefix: bytes = b"",
+        compression: int = pb.CODEC_NONE,
     ) -> BootstrapSession:
         """Open a snapshot for ``peer`` (dropping any older session of the same peer).
 
@@ -92,6 +97,7 @@ class BootstrapSessions:
             credit=max(1, min(credit, MAX_CREDIT)),
             last_active_ms=now_ms,
             kind=kind,
+            compression=compression,
         )
         self._next_id += 1
         self._sessions[session.session_id] = session
@@ -195,14 +201,19 @@ class BootstrapSessions:
         chunk = pb.BootstrapChunk(
             session_id=session.session_id,
             seq=session.seq,
-            keys=keys,
-            values=values,
             progress=1.0 if is_last else min(session.keys_sent / total, 0.999),
             is_last=is_last,
             snapshot_lsn=snap.lsn,
             history_id=snap.history_id or b"",
             total_keys=0 if session.kind == "scan" else snap.key_count,
         )
+        if session.compression == pb.CODEC_ZSTD:
+            raw = pb.BootstrapChunk(keys=keys, values=values).SerializeToString()
+            chunk.compressed = deflate_checked(raw)
+            self.on_compressed(len(raw), len(chunk.compressed))
+        else:
+            chunk.keys.extend(keys)
+            chunk.values.extend(values)
         return pb.Response(request_id=session.request_id, bootstrap=chunk)
 
     def _close(self, session: BootstrapSession) -> None:

@@ -35,6 +35,7 @@ class NodeConfig:
     # following (a replica)
     heartbeat_interval_ms: int = 300
     lazy_sync_ms: int = 10  # a follower no write waits for: fdatasync and ack this often
+    compression: str = "auto"  # zstd | none | auto: zstd unless the upstream is on loopback
     primary_timeout_ms: int = 3000
     request_timeout_ms: int = 3000
     backoff_max_ms: int = 5000

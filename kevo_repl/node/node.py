@@ -48,6 +48,7 @@ from kevo_repl.node.serving_requests import ServingRequests
 from kevo_repl.node.stats import NodeStats
 from kevo_repl.wire import pb
 from kevo_repl.wire.backend import slow_backend_warning
+from kevo_repl.wire.compression import deflate
 from kevo_repl.wire.envelope import encode_beacon
 
 __all__ = ["Counters", "Node", "Source"]
@@ -84,6 +85,12 @@ class Counters:
     catchups_served: int = 0
     bootstraps_served: int = 0
     records_by_walsync_only: int = 0  # over the stream's frame limit: not published
+    compressed_raw_bytes: int = 0  # compressed for followers (stream, WalSync, bootstrap)
+    compressed_wire_bytes: int = 0  # what that became
+
+    def compressed(self, raw: int, wire: int) -> None:
+        self.compressed_raw_bytes += raw
+        self.compressed_wire_bytes += wire
 
 
 class Node:
@@ -118,6 +125,7 @@ class Node:
             max_waiters=config.max_waiting_writes,
         )
         self.sessions = BootstrapSessions(self.state.store)
+        self.sessions.on_compressed = self.counters.compressed
         self.checkpointer = Checkpointer(self.state.store, config.checkpoint_interval_ms, self.log)
         self.address = config.advertise or f"{config.bind}:{config.port}"
         self._wake_r, self._wake_w = os.pipe()  # a helper thread's "a sync is done"
@@ -327,18 +335,34 @@ class Node:
 
     # ---- publishing --------------------------------------------------------------------------
 
-    def publish(self, records: list[tuple[int, int, bytes]], now: int) -> None:
+    def publish(
+        self,
+        records: list[tuple[int, int, bytes]],
+        now: int,
+        compressed: dict[int, bytes] | None = None,
+    ) -> None:
         """Records ``(first, last, bytes)`` just made durable here: on the stream (a record
         over the frame limit is announced by a beacon, followers fetch it by WalSync), to
-        the followers' registry, and to waiting reads."""
+        the followers' registry, and to waiting reads.
+
+        While a follower wants a compressed stream, each record also goes out compressed on
+        topic Z, compressed once for all of them; a relay passes on the frames it received
+        (``compressed``, by first LSN) instead of compressing them again."""
         if not records:
             return
         c = self.counters
         unpublished = 0
         nbytes = 0
+        zstd = self.followers.wants_compression
         for first, last, record in records:
             nbytes += len(record)
-            if self.serving.publish_record(record):
+            frame = None
+            if zstd and len(record) <= self.serving.max_stream_record_bytes:
+                frame = compressed.get(first) if compressed else None
+                if frame is None:
+                    frame = deflate(record)
+                c.compressed(len(record), len(frame) + 1)
+            if self.serving.publish_record(record, frame):
                 c.batches_published += 1
                 c.entries_published += last - first + 1
                 c.bytes_published += len(record) + 1

@@ -34,7 +34,7 @@ from kevo_repl.core.errors import TransportError
 from kevo_repl.node.reply_budget import ReplyBudget
 from kevo_repl.node.stats import NodeStats
 from kevo_repl.wire import pb
-from kevo_repl.wire.envelope import TOPIC_WAL, error_response
+from kevo_repl.wire.envelope import TOPIC_WAL, TOPIC_ZSTD, error_response
 
 __all__ = ["ROUTER_RCVHWM", "ROUTER_SNDHWM", "ServingSockets"]
 
@@ -157,13 +157,16 @@ class ServingSockets:
         if read_token:
             self.budget.confirm(peer, read_token)
 
-    def publish_record(self, record: bytes) -> bool:
-        """Publish a WAL record on the stream; False (not sent) when it is over the stream's
-        frame limit, so followers fetch it by WalSync: the caller beacons at once."""
+    def publish_record(self, record: bytes, compressed: bytes | None = None) -> bool:
+        """Publish a WAL record on the stream (and its zstd frame on topic Z, for the
+        followers that asked for it); False (not sent) when it is over the stream's frame
+        limit, so followers fetch it by WalSync: the caller beacons at once."""
         if len(record) > self.max_stream_record_bytes:
             return False
         frame = TOPIC_WAL + record
         self.pub.send(frame, zmq.DONTWAIT, copy=len(frame) < 65536)
+        if compressed is not None:
+            self.pub.send(TOPIC_ZSTD + compressed, zmq.DONTWAIT)
         return True
 
     def allowed(self, user: str, kind: str) -> bool:

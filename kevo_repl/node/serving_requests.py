@@ -33,6 +33,7 @@ from kevo_repl.node.serving_snapshots import SnapshotRequests
 from kevo_repl.node.stats import INVALID_KIND
 from kevo_repl.wire import pb
 from kevo_repl.wire.batch import WireError, decode_batch
+from kevo_repl.wire.compression import codec_for, codec_name, deflate
 from kevo_repl.wire.envelope import decode_request
 from kevo_repl.wire.history import chain_from_wire, chain_to_wire
 
@@ -71,6 +72,7 @@ def replica_info(r: ReplicaState, registry: Registry, now_ms: int) -> pb.Replica
         replay_lag_s=replay,
         entries_per_s=entries,
         bytes_per_s=nbytes,
+        compression=r.compression,  # type: ignore[arg-type]
     )
 
 
@@ -175,9 +177,10 @@ class ServingRequests:
             self._error(peer, rid, pb.ERROR_UNAUTHORIZED, msg)
             return
         theirs = chain_from_wire(reg.history, reg.history_id)
+        codec = codec_for(reg.compression)
         try:
             node.followers.register(
-                reg.replica_id, peer, reg.address[:512], reg.role, reg.applied_lsn, now
+                reg.replica_id, peer, reg.address[:512], reg.role, reg.applied_lsn, now, codec
             )
         except DuplicateReplicaError as exc:
             self._error(peer, rid, pb.ERROR_DUPLICATE_REPLICA, str(exc))
@@ -202,6 +205,7 @@ class ServingRequests:
             applied_lsn=reg.applied_lsn,
             history=theirs.describe(),
             bootstrap_required=uncovered and on_our_line,
+            compression=codec_name(codec),
         )
         resp = pb.RegisterResponse(
             primary_lsn=node.visible_lsn,
@@ -211,6 +215,7 @@ class ServingRequests:
             history=chain_to_wire(ours),
             role=node.role,  # type: ignore[arg-type]
             primary=self.primary_address(),
+            compression=codec,
         )
         self._reply(peer, pb.Response(request_id=rid, register=resp))
 
@@ -301,11 +306,16 @@ class ServingRequests:
             node.followers.note_catchup(peer, now)
             node.counters.catchups_served += 1
         resp = pb.WalSyncResponse(
-            records=records,
             primary_lsn=visible,
             retained_from_lsn=wal.retained_from_lsn,
             history_id=node.state.chain.current,
         )
+        if codec_for(req.compression) == pb.CODEC_ZSTD:
+            raw = b"".join(records)
+            resp.compressed = deflate(raw)
+            node.counters.compressed(len(raw), len(resp.compressed))
+        else:
+            resp.records.extend(records)
         node.serving.reply_or_refuse(peer, pb.Response(request_id=rid, wal_sync=resp))
 
     def _lsn_at_time(self, req: pb.Request) -> pb.LsnAtTimeResponse:
@@ -353,6 +363,8 @@ class ServingRequests:
             coordinator=node.coordinator,
         )
         c = node.counters
+        status.compressed_raw_bytes = c.compressed_raw_bytes
+        status.compressed_wire_bytes = c.compressed_wire_bytes
         status.entries_per_s, status.bytes_per_s = node.stats.published.rates(
             now, c.entries_published, c.bytes_published
         )

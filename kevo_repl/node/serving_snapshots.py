@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from kevo_repl.node.bootstrap_stream import BootstrapSession, SessionsFullError
 from kevo_repl.wire import pb
 from kevo_repl.wire.batch import WireError
+from kevo_repl.wire.compression import codec_for
 
 if TYPE_CHECKING:
     from kevo_repl.node.node import Node
@@ -31,7 +32,9 @@ class SnapshotRequests:
         if kind == "bootstrap" and node.followers.get(peer) is None:
             self._error(peer, rid, pb.ERROR_NOT_REGISTERED, "register first")
             return
-        session = self._start_session(peer, rid, req.credit, req.chunk_bytes, now, kind)
+        session = self._start_session(
+            peer, rid, req.credit, req.chunk_bytes, now, kind, compression=req.compression
+        )
         if session is None:
             return
         if kind == "bootstrap":
@@ -60,9 +63,13 @@ class SnapshotRequests:
         now: int,
         kind: str,
         prefix: bytes = b"",
+        compression: int = pb.CODEC_NONE,
     ) -> BootstrapSession | None:
+        codec = codec_for(compression)
         try:
-            return self.node.sessions.start(peer, rid, credit, chunk_bytes, now, kind, prefix)
+            return self.node.sessions.start(
+                peer, rid, credit, chunk_bytes, now, kind, prefix, codec
+            )
         except SessionsFullError as exc:
             self._error(peer, rid, pb.ERROR_UNAVAILABLE, str(exc))
             return None

@@ -4,6 +4,12 @@ Everything that arrives is decoded here and every record's crc verified, so the 
 only ever sees whole, checked records; every request the follower asks for is encoded and
 sent here, with the ``read_token`` of the last large reply read. The sockets are replaced
 on ``reconnect`` (whatever the old DEALER had in flight is dropped with it).
+
+Compression is this layer's alone: a follower that wants zstd asks on Register, subscribes
+to topic Z instead of W once the upstream agrees, and asks for compressed WalSync replies
+and bootstrap chunks; everything is inflated here within the reply and record limits
+(``wire/compression.py``), so the follower never sees a compressed byte. Bytes received and
+what they inflated to are counted for Status.
 """
 
 from __future__ import annotations
@@ -35,12 +41,14 @@ from kevo_repl.core.follower_types import (
     SendRewind,
     SendWalSync,
 )
-from kevo_repl.core.record import verify_wire_record
+from kevo_repl.core.record import record_extent, verify_wire_record
 from kevo_repl.wire import pb
 from kevo_repl.wire.batch import WireLimits, decode_batch
+from kevo_repl.wire.compression import inflate
 from kevo_repl.wire.envelope import (
     TOPIC_BEACON,
     TOPIC_WAL,
+    TOPIC_ZSTD,
     decode_beacon,
     decode_response,
     split_stream_frame,
@@ -65,6 +73,7 @@ class UpstreamLink:
         replica_id: str,
         address: str,
         log: Any,
+        compression: int = pb.CODEC_NONE,
     ) -> None:
         self.upstream = upstream
         self._log = log
@@ -77,6 +86,12 @@ class UpstreamLink:
             rcvhwm=SUB_RCVHWM, max_msg_bytes=limits.max_stream_frame_bytes
         )
         self._opts = SocketOptions(rcvhwm=DEALER_RCVHWM, max_msg_bytes=limits.max_reply_bytes)
+        self._limits = limits
+        self.wanted = compression  # what we ask for on Register
+        self.codec = compression  # what the upstream agreed to send (its Register answer)
+        self.compressed: dict[int, bytes] = {}  # zstd frames of decoded records, to pass on
+        self.wire_bytes = 0  # received from the upstream: stream frames and replies
+        self.raw_bytes = 0  # the same, inflated
         self._ids = itertools.count(1)
         self.received_lsn: Callable[[], int] = lambda: 0  # written to the WAL (for write_lag)
         self.heard = pb.HeartbeatResponse()  # the upstream's last word on this follower
@@ -89,7 +104,7 @@ class UpstreamLink:
         self.peers: list[str] = []  # the upstream's other followers, as it last said
         prepare = curve.apply if curve else None
         self.sub = connect_socket(ctx, zmq.SUB, self._host, self._port, self._sub_opts, prepare)
-        self.sub.setsockopt(zmq.SUBSCRIBE, TOPIC_WAL)
+        self.sub.setsockopt(zmq.SUBSCRIBE, self._record_topic(self.codec))
         self.sub.setsockopt(zmq.SUBSCRIBE, TOPIC_BEACON)
         self._watch: ConnectWatch
         self.dealer = self._new_dealer()
@@ -105,6 +120,18 @@ class UpstreamLink:
         return connect_socket(
             self._ctx, zmq.DEALER, self._host, self._port + 1, self._opts, prepare
         )
+
+    @staticmethod
+    def _record_topic(codec: int) -> bytes:
+        return TOPIC_ZSTD if codec == pb.CODEC_ZSTD else TOPIC_WAL
+
+    def _use_codec(self, codec: int) -> None:
+        """Follow the records on the topic of what the upstream agreed to send; what the
+        switch drops or doubles is a gap or a duplicate the follower already handles."""
+        if codec != self.codec:
+            self.sub.setsockopt(zmq.SUBSCRIBE, self._record_topic(codec))
+            self.sub.setsockopt(zmq.UNSUBSCRIBE, self._record_topic(self.codec))
+            self.codec = codec
 
     def diagnose(self, waited_ms: int) -> tuple[str, str]:
         """Why the upstream did not answer: ``(cause, sentence)`` (``adapters/connect_watch``)."""
@@ -143,6 +170,7 @@ class UpstreamLink:
                 return
             if len(frames) != 1:
                 continue
+            self.wire_bytes += len(frames[0])
             try:
                 if sock is self.sub:
                     run(self._on_stream_frame(frames[0], follower))
@@ -154,14 +182,25 @@ class UpstreamLink:
     def _on_stream_frame(self, frame: bytes, follower: Follower) -> list[Action]:
         topic, rest = split_stream_frame(frame)
         if topic == TOPIC_WAL:
+            self.raw_bytes += len(frame)
             first, last, history, record = self._decode_record(bytes(rest))
             return follower.on_record(first, last, history, record)
+        if topic == TOPIC_ZSTD:
+            limit = self._limits.max_stream_record_bytes
+            raw = inflate(rest, limit, "stream record")
+            self.raw_bytes += len(raw) + 1
+            first, last, history, record = self._decode_record(raw)
+            self.compressed[first] = bytes(rest)
+            return follower.on_record(first, last, history, record)
+        self.raw_bytes += len(frame)
         beacon = decode_beacon(rest)
         self.writes_waiting = beacon.writes_waiting
         return follower.on_beacon(beacon.history_id, beacon.last_lsn)
 
     def _on_reply(self, frame: bytes, follower: Follower) -> list[Action]:
         resp = decode_response(frame)
+        if not resp.wal_sync.compressed and not resp.bootstrap.compressed:
+            self.raw_bytes += len(frame)
         if resp.read_token:
             self._read_token = resp.read_token
         kind = resp.WhichOneof("body")
@@ -173,6 +212,7 @@ class UpstreamLink:
         if kind == "register" and mine:
             r = resp.register
             self.upstream_info = r
+            self._use_codec(r.compression if self.wanted else pb.CODEC_NONE)
             return follower.on_register_reply(
                 r.primary_lsn,
                 r.retained_from_lsn,
@@ -182,17 +222,22 @@ class UpstreamLink:
             )
         if kind == "wal_sync" and mine:
             try:
-                records = [self._decode_record(rec) for rec in resp.wal_sync.records]
+                raw = self._wal_sync_records(resp.wal_sync, len(frame))
+                records = [self._decode_record(rec) for rec in raw]
             except ProtocolError as exc:
                 return follower.on_request_refused("BAD_RECORD", str(exc))
             return follower.on_wal_sync_reply(records, resp.wal_sync.primary_lsn)
         if kind == "bootstrap" and mine:
             c = resp.bootstrap
+            try:
+                keys, values = self._chunk_data(c, len(frame))
+            except ProtocolError as exc:
+                return follower.on_request_refused("BAD_CHUNK", str(exc))
             return follower.on_bootstrap_chunk(
                 c.session_id,
                 c.seq,
-                list(c.keys),
-                list(c.values),
+                keys,
+                values,
                 c.progress,
                 c.is_last,
                 c.snapshot_lsn,
@@ -218,6 +263,38 @@ class UpstreamLink:
         if err.code != pb.ERROR_CREDIT:  # a grant that crossed the last chunk is harmless
             self._log.warning("primary_error", code=name, message=err.message)
         return []
+
+    def _wal_sync_records(self, reply: pb.WalSyncResponse, wire: int) -> list[bytes]:
+        """The records of a WalSync reply, inflated and cut apart if it came compressed."""
+        if not reply.compressed:
+            return list(reply.records)
+        raw = inflate(reply.compressed, self._limits.max_reply_bytes, "WalSync reply")
+        self.raw_bytes += wire - len(reply.compressed) + len(raw)
+        records: list[bytes] = []
+        offset = 0
+        while offset < len(raw):
+            end = record_extent(raw, offset)
+            if end is None or end > len(raw):
+                raise ProtocolError(f"WalSync reply: no whole record at byte {offset}")
+            records.append(raw[offset:end])
+            offset = end
+        return records
+
+    def _chunk_data(self, chunk: pb.BootstrapChunk, wire: int) -> tuple[list[bytes], list[bytes]]:
+        """A bootstrap chunk's keys and values, inflated if it came compressed."""
+        if not chunk.compressed:
+            return list(chunk.keys), list(chunk.values)
+        raw = inflate(chunk.compressed, self._limits.max_reply_bytes, "bootstrap chunk")
+        self.raw_bytes += wire - len(chunk.compressed) + len(raw)
+        try:
+            inner = pb.BootstrapChunk.FromString(raw)
+        except Exception as exc:  # DecodeError: garbage that inflated
+            raise ProtocolError(f"bootstrap chunk: compressed data is no chunk ({exc})") from exc
+        if len(inner.keys) != len(inner.values):
+            raise ProtocolError(
+                f"bootstrap chunk: {len(inner.keys)} keys but {len(inner.values)} values"
+            )
+        return list(inner.keys), list(inner.values)
 
     def _decode_record(self, record: bytes) -> tuple[int, int, bytes, bytes]:
         decoded = verify_wire_record(record)
@@ -266,12 +343,17 @@ class UpstreamLink:
                     applied_lsn=action.applied_lsn,
                     history=chain_to_wire(action.chain),
                     primary=self.upstream_info.primary,
+                    compression=self.wanted,  # type: ignore[arg-type]
                 )
             )
             pending = True
         elif isinstance(action, SendWalSync):
             req.wal_sync.CopyFrom(
-                pb.WalSyncRequest(from_lsn=action.from_lsn, max_bytes=action.max_bytes)
+                pb.WalSyncRequest(
+                    from_lsn=action.from_lsn,
+                    max_bytes=action.max_bytes,
+                    compression=self.codec,  # type: ignore[arg-type]
+                )
             )
             pending = True
         elif isinstance(action, SendBootstrap):
@@ -280,6 +362,7 @@ class UpstreamLink:
                     session_id=action.session_id,
                     credit=action.credit,
                     chunk_bytes=action.chunk_bytes,
+                    compression=self.codec,  # type: ignore[arg-type]
                 )
             )
             pending = action.session_id == 0

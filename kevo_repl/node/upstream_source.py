@@ -20,6 +20,7 @@ import zmq
 from kevo_repl.adapters.clock import monotonic_ms, monotonic_s
 from kevo_repl.adapters.security import ClientCurve
 from kevo_repl.adapters.state_lmdb import Batch, BootstrapWriter, StateStore
+from kevo_repl.client import parse_node
 from kevo_repl.core.errors import KevoError, ProtocolError, StorageError
 from kevo_repl.core.follower import Follower
 from kevo_repl.core.follower_types import (
@@ -43,6 +44,7 @@ from kevo_repl.node.upstream_events import UpstreamEvents
 from kevo_repl.node.upstream_link import Decoded, UpstreamLink
 from kevo_repl.wire import pb
 from kevo_repl.wire.batch import WireError
+from kevo_repl.wire.compression import parse_codec
 
 if TYPE_CHECKING:
     from kevo_repl.node.node import Node
@@ -83,13 +85,15 @@ class UpstreamSource:
         curve = None
         if node.security is not None and config.keys_dir is not None:
             curve = ClientCurve.from_dir(config.keys_dir, config.own_key_name, config.upstream_key)
+        codec = parse_codec(config.compression, parse_node(upstream)[0])
         self.link = UpstreamLink(
-            node.ctx, upstream, config.limits, curve, config.node_id, node.address, node.log
+            node.ctx, upstream, config.limits, curve, config.node_id, node.address, node.log, codec
         )
         self.link.upstream_info.primary = known_primary  # until the upstream says
         self.link.received_lsn = lambda: node.wal.last_lsn
         self.events = UpstreamEvents(node.log, self.link)  # logged once per cause
         self._to_apply: list[Decoded] = []
+        self._compressed: dict[int, bytes] = {}  # zstd frames received of _to_apply's records
         self._unsynced: list[tuple[int, int]] = []  # LSN ranges written here, not yet durable
         self._drains = DrainTimes(node.stats)  # appended, not yet published: for metrics
         self._visible = self.follower.durable_lsn
@@ -157,6 +161,9 @@ class UpstreamSource:
         status.write_lag_s = heard.write_lag_s
         status.flush_lag_s = heard.flush_lag_s
         status.replay_lag_s = heard.replay_lag_s
+        status.compression = self.link.codec  # type: ignore[assignment]
+        status.upstream_wire_bytes = self.link.wire_bytes
+        status.upstream_raw_bytes = self.link.raw_bytes
         cause = self.events.unreachable
         if not cause and f.status in (Status.CONNECTING, Status.DISCONNECTED):
             cause = self.link.diagnose(0)[0]  # before the first timeout: what is known now
@@ -217,6 +224,9 @@ class UpstreamSource:
         for action in actions:
             if isinstance(action, ApplyRecord):
                 self._to_apply.append(self.link.decoded.pop(action.first_lsn))
+                frame = self.link.compressed.pop(action.first_lsn, None)
+                if frame is not None:
+                    self._compressed[action.first_lsn] = frame
             elif isinstance(action, Reconnect):
                 self.flush()
                 self.events.reconnecting(action.reason, self.node.config.primary_timeout_ms)
@@ -236,6 +246,7 @@ class UpstreamSource:
                 self.link.send(action)
             if follower.status == Status.ERROR and self._to_apply:
                 self._to_apply.clear()
+                self._compressed.clear()
         self.events.log(self.follower.drain_events())
 
     def flush(self) -> None:
@@ -243,9 +254,12 @@ class UpstreamSource:
         when it is due, apply them (one transaction per history) and publish them."""
         if not self._to_apply:
             self.link.decoded.clear()
+            self.link.compressed.clear()
             return
         queued, self._to_apply = self._to_apply, []
+        compressed, self._compressed = self._compressed, {}
         self.link.decoded.clear()
+        self.link.compressed.clear()
         node = self.node
         wal, store = node.wal, node.store
         started = monotonic_s()
@@ -285,7 +299,7 @@ class UpstreamSource:
         # fetched again). What we ack as durable waits for our own fdatasync.
         ready = [(first, last, record) for first, last, _b, record in queued]
         self._visible = ready[-1][1]
-        self.node.publish(ready, monotonic_ms())
+        self.node.publish(ready, monotonic_ms(), compressed)
         self._drains.published(self._visible)
 
     def _start_sync(self) -> None:
@@ -380,6 +394,7 @@ class UpstreamSource:
         node = self.node
         node.log.error("storage_failed", error=message)
         self._to_apply.clear()
+        self._compressed.clear()
         store = node.store
         self.run(
             self.follower.storage_failed(

@@ -7,8 +7,9 @@ this version understands); the node checks field values per request type. An unk
 ``ERROR_BAD_REQUEST`` rather than half-handled.
 
 Stream frames are one frame each, the first byte is the topic: ``W`` + WAL record bytes (the
-same bytes as on disk), ``B`` + ``Beacon``. :func:`split_stream_frame` returns the rest as a
-memoryview so a multi-megabyte record is not copied just to drop one byte.
+same bytes as on disk), ``Z`` + that record as a zstd frame, ``B`` + ``Beacon``.
+:func:`split_stream_frame` returns the rest as a memoryview so a multi-megabyte record is
+not copied just to drop one byte.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = [
     "STREAM_TOPICS",
     "TOPIC_BEACON",
     "TOPIC_WAL",
+    "TOPIC_ZSTD",
     "decode_beacon",
     "decode_request",
     "decode_response",
@@ -46,7 +48,8 @@ __all__ = [
 
 TOPIC_WAL: Final = b"W"
 TOPIC_BEACON: Final = b"B"
-STREAM_TOPICS: Final = frozenset({TOPIC_WAL, TOPIC_BEACON})
+TOPIC_ZSTD: Final = b"Z"  # a W record as one zstd frame (wire/compression.py)
+STREAM_TOPICS: Final = frozenset({TOPIC_WAL, TOPIC_BEACON, TOPIC_ZSTD})
 
 _BODY: Final = "body"
 

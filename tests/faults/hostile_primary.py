@@ -8,7 +8,9 @@ onto the stream, ``send_to_replica()`` pushes unsolicited frames at the replica'
 
 One thread owns both sockets (ZeroMQ sockets are not thread-safe); the test talks to it
 through a queue. ``expected_digest`` comes from a real ``StateStore`` fed the same records,
-so "nothing forged was applied" is checked against the store's own digest code.
+so "nothing forged was applied" is checked against the store's own digest code. It speaks
+compression as a real primary does: what a follower asks for on Register, WalSync and
+Bootstrap it gets (compressed stream frames are the test's to publish).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from kevo_repl.core.record import encode_record
 from kevo_repl.testing.ports import free_port_pair
 from kevo_repl.wire import pb
 from kevo_repl.wire.batch import encode_client_batch, seal_batch
+from kevo_repl.wire.compression import codec_for, deflate, deflate_checked
 from kevo_repl.wire.envelope import encode_beacon
 
 __all__ = ["HostilePrimary", "Responder", "make_record"]
@@ -121,6 +124,7 @@ class HostilePrimary:
                 retained_from_lsn=1,
                 history_id=self.history,
                 bootstrap_required=self.bootstrap_required,
+                compression=codec_for(req.register.compression),
             )
             return [pb.Response(request_id=rid, register=body).SerializeToString()]
         if kind == "heartbeat":
@@ -129,17 +133,36 @@ class HostilePrimary:
         if kind == "wal_sync":
             start = (req.wal_sync.from_lsn - 1) // self.per_record
             sync = pb.WalSyncResponse(
-                records=self.wal[start:],
-                primary_lsn=self.last_lsn,
-                retained_from_lsn=1,
-                history_id=self.history,
+                primary_lsn=self.last_lsn, retained_from_lsn=1, history_id=self.history
             )
+            if req.wal_sync.compression == pb.CODEC_ZSTD:
+                sync.compressed = deflate(b"".join(self.wal[start:]))
+            else:
+                sync.records.extend(self.wal[start:])
             return [pb.Response(request_id=rid, wal_sync=sync).SerializeToString()]
         if kind == "bootstrap" and req.bootstrap.session_id == 0:
-            return self.bootstrap_chunks(rid)
+            return self.bootstrap_chunks(rid, compressed=req.bootstrap.compression == pb.CODEC_ZSTD)
         return []
 
-    def bootstrap_chunks(self, rid: int, session_id: int = 7, per_chunk: int = 17) -> list[bytes]:
+    def append_record(self) -> bytes:
+        """One more honest record (``per_record`` new keys), added to the WAL this primary
+        serves and to ``expected_digest``; returns it for the test to publish (or not)."""
+        first = self.last_lsn + 1
+        self.records += 1
+        record = self._add_record(first)
+        store = StateStore.open(self.root / "reference.mdb")
+        try:
+            keys, values = self.data_of(first)
+            store.apply(first, self.last_lsn, self.history, [OP_PUT] * len(keys), keys, values)
+            d = store.digest()
+            self.expected_digest = Digest(d.lsn, d.keys, d.sha256)
+        finally:
+            store.close()
+        return record
+
+    def bootstrap_chunks(
+        self, rid: int, session_id: int = 7, per_chunk: int = 17, *, compressed: bool = False
+    ) -> list[bytes]:
         """The whole snapshot (at ``last_lsn``) as in-order chunks of one session."""
         items = sorted(self.data.items())
         parts = [items[i : i + per_chunk] for i in range(0, len(items), per_chunk)]
@@ -156,6 +179,10 @@ class HostilePrimary:
                 history_id=self.history,
                 total_keys=len(items),
             )
+            if compressed:
+                inner = pb.BootstrapChunk(keys=chunk.keys, values=chunk.values)
+                chunk.compressed = deflate_checked(inner.SerializeToString())
+                del chunk.keys[:], chunk.values[:]
             out.append(pb.Response(request_id=rid, bootstrap=chunk).SerializeToString())
         return out
 
@@ -173,18 +200,26 @@ class HostilePrimary:
         try:
             for r in range(self.records):
                 first = r * self.per_record + 1
-                keys = [b"key-%04d" % (first + i) for i in range(self.per_record)]
-                values = [
-                    b"v%d-%s" % (first + i, os.urandom(8).hex().encode()) for i in range(len(keys))
-                ]
-                self.wal.append(make_record(first, keys, values, self.history))
-                self.data.update(zip(keys, values, strict=True))
+                self._add_record(first)
+                keys, values = self.data_of(first)
                 last = first + len(keys) - 1
                 store.apply(first, last, self.history, [OP_PUT] * len(keys), keys, values)
             d = store.digest()
             self.expected_digest = Digest(d.lsn, d.keys, d.sha256)
         finally:
             store.close()
+
+    def _add_record(self, first: int) -> bytes:
+        keys = [b"key-%04d" % (first + i) for i in range(self.per_record)]
+        values = [b"v%d-%s" % (first + i, os.urandom(8).hex().encode()) for i in range(len(keys))]
+        record = make_record(first, keys, values, self.history)
+        self.wal.append(record)
+        self.data.update(zip(keys, values, strict=True))
+        return record
+
+    def data_of(self, first: int) -> tuple[list[bytes], list[bytes]]:
+        keys = [b"key-%04d" % (first + i) for i in range(self.per_record)]
+        return keys, [self.data[k] for k in keys]
 
     def _run(self, ready: threading.Event) -> None:
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()

@@ -47,6 +47,24 @@ ROLE_REPLICA: Role.ValueType  # 2
 ROLE_READONLY: Role.ValueType  # 3
 Global___Role: _TypeAlias = Role  # noqa: Y015
 
+class _Codec:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CodecEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Codec.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CODEC_NONE: _Codec.ValueType  # 0
+    CODEC_ZSTD: _Codec.ValueType  # 1
+
+class Codec(_Codec, metaclass=_CodecEnumTypeWrapper):
+    """How a follower wants what crosses its link (docs/protocol.md "Compression"): the stream on
+    topic Z instead of W, WalSync replies and bootstrap chunks as zstd frames.
+    """
+
+CODEC_NONE: Codec.ValueType  # 0
+CODEC_ZSTD: Codec.ValueType  # 1
+Global___Codec: _TypeAlias = Codec  # noqa: Y015
+
 class _ReplicaStatus:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -373,6 +391,7 @@ class ReplicaInfo(_message.Message):
     REPLAY_LAG_S_FIELD_NUMBER: _builtins.int
     ENTRIES_PER_S_FIELD_NUMBER: _builtins.int
     BYTES_PER_S_FIELD_NUMBER: _builtins.int
+    COMPRESSION_FIELD_NUMBER: _builtins.int
     replica_id: _builtins.str
     address: _builtins.str
     role: Global___Role.ValueType
@@ -402,6 +421,8 @@ class ReplicaInfo(_message.Message):
     """applied by it over the last 10 s"""
     bytes_per_s: _builtins.float
     """record bytes applied by it over the last 10 s"""
+    compression: Global___Codec.ValueType
+    """what it asked for on Register"""
     def __init__(
         self,
         *,
@@ -424,10 +445,11 @@ class ReplicaInfo(_message.Message):
         replay_lag_s: _builtins.float = ...,
         entries_per_s: _builtins.float = ...,
         bytes_per_s: _builtins.float = ...,
+        compression: Global___Codec.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "applied_lsn", b"applied_lsn", "bootstrap_progress", b"bootstrap_progress", "bootstraps", b"bootstraps", "bytes_per_s", b"bytes_per_s", "catchups", b"catchups", "durable_lsn", b"durable_lsn", "entries_per_s", b"entries_per_s", "error_message", b"error_message", "flush_lag_s", b"flush_lag_s", "lag_entries", b"lag_entries", "lag_ms", b"lag_ms", "last_seen_ms", b"last_seen_ms", "received_lsn", b"received_lsn", "replay_lag_s", b"replay_lag_s", "replica_id", b"replica_id", "role", b"role", "status", b"status", "write_lag_s", b"write_lag_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "applied_lsn", b"applied_lsn", "bootstrap_progress", b"bootstrap_progress", "bootstraps", b"bootstraps", "bytes_per_s", b"bytes_per_s", "catchups", b"catchups", "compression", b"compression", "durable_lsn", b"durable_lsn", "entries_per_s", b"entries_per_s", "error_message", b"error_message", "flush_lag_s", b"flush_lag_s", "lag_entries", b"lag_entries", "lag_ms", b"lag_ms", "last_seen_ms", b"last_seen_ms", "received_lsn", b"received_lsn", "replay_lag_s", b"replay_lag_s", "replica_id", b"replica_id", "role", b"role", "status", b"status", "write_lag_s", b"write_lag_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -444,6 +466,7 @@ class RegisterRequest(_message.Message):
     APPLIED_LSN_FIELD_NUMBER: _builtins.int
     HISTORY_FIELD_NUMBER: _builtins.int
     PRIMARY_FIELD_NUMBER: _builtins.int
+    COMPRESSION_FIELD_NUMBER: _builtins.int
     replica_id: _builtins.str
     address: _builtins.str
     """where the replica serves (its PUB endpoint)"""
@@ -453,6 +476,8 @@ class RegisterRequest(_message.Message):
     applied_lsn: _builtins.int
     primary: _builtins.str
     """where the follower's line has its primary (for fencing)"""
+    compression: Global___Codec.ValueType
+    """the stream on topic Z (zstd) instead of W"""
     @_builtins.property
     def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___HistoryEntry]:
         """the follower's chain"""
@@ -467,10 +492,11 @@ class RegisterRequest(_message.Message):
         applied_lsn: _builtins.int = ...,
         history: _abc.Iterable[Global___HistoryEntry] | None = ...,
         primary: _builtins.str = ...,
+        compression: Global___Codec.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "applied_lsn", b"applied_lsn", "history", b"history", "history_id", b"history_id", "primary", b"primary", "replica_id", b"replica_id", "role", b"role"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "applied_lsn", b"applied_lsn", "compression", b"compression", "history", b"history", "history_id", b"history_id", "primary", b"primary", "replica_id", b"replica_id", "role", b"role"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -487,6 +513,7 @@ class RegisterResponse(_message.Message):
     HISTORY_FIELD_NUMBER: _builtins.int
     ROLE_FIELD_NUMBER: _builtins.int
     PRIMARY_FIELD_NUMBER: _builtins.int
+    COMPRESSION_FIELD_NUMBER: _builtins.int
     primary_lsn: _builtins.int
     """the upstream's last LSN a follower may have"""
     retained_from_lsn: _builtins.int
@@ -496,6 +523,8 @@ class RegisterResponse(_message.Message):
     """the upstream's role (a primary behind us lost data)"""
     primary: _builtins.str
     """HOST:PORT of the primary at the top of the upstream's line"""
+    compression: Global___Codec.ValueType
+    """what the upstream publishes for this follower (NONE: topic W)"""
     @_builtins.property
     def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___HistoryEntry]:
         """the upstream's chain"""
@@ -510,10 +539,11 @@ class RegisterResponse(_message.Message):
         history: _abc.Iterable[Global___HistoryEntry] | None = ...,
         role: Global___Role.ValueType = ...,
         primary: _builtins.str = ...,
+        compression: Global___Codec.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bootstrap_required", b"bootstrap_required", "history", b"history", "history_id", b"history_id", "primary", b"primary", "primary_lsn", b"primary_lsn", "retained_from_lsn", b"retained_from_lsn", "role", b"role"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bootstrap_required", b"bootstrap_required", "compression", b"compression", "history", b"history", "history_id", b"history_id", "primary", b"primary", "primary_lsn", b"primary_lsn", "retained_from_lsn", b"retained_from_lsn", "role", b"role"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -636,17 +666,21 @@ class WalSyncRequest(_message.Message):
 
     FROM_LSN_FIELD_NUMBER: _builtins.int
     MAX_BYTES_FIELD_NUMBER: _builtins.int
+    COMPRESSION_FIELD_NUMBER: _builtins.int
     from_lsn: _builtins.int
     max_bytes: _builtins.int
+    compression: Global___Codec.ValueType
+    """ZSTD: the records come as one zstd frame in `compressed`"""
     def __init__(
         self,
         *,
         from_lsn: _builtins.int = ...,
         max_bytes: _builtins.int = ...,
+        compression: Global___Codec.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_lsn", b"from_lsn", "max_bytes", b"max_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compression", b"compression", "from_lsn", b"from_lsn", "max_bytes", b"max_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -660,9 +694,14 @@ class WalSyncResponse(_message.Message):
     PRIMARY_LSN_FIELD_NUMBER: _builtins.int
     RETAINED_FROM_LSN_FIELD_NUMBER: _builtins.int
     HISTORY_ID_FIELD_NUMBER: _builtins.int
+    COMPRESSED_FIELD_NUMBER: _builtins.int
     primary_lsn: _builtins.int
     retained_from_lsn: _builtins.int
     history_id: _builtins.bytes
+    compressed: _builtins.bytes
+    """Instead of `records`: one zstd frame of the records back to back (each carries its own
+    length and crc32c over the uncompressed bytes).
+    """
     @_builtins.property
     def records(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
         """raw WAL records, in LSN order, starting at the batch holding from_lsn"""
@@ -674,10 +713,11 @@ class WalSyncResponse(_message.Message):
         primary_lsn: _builtins.int = ...,
         retained_from_lsn: _builtins.int = ...,
         history_id: _builtins.bytes = ...,
+        compressed: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["history_id", b"history_id", "primary_lsn", b"primary_lsn", "records", b"records", "retained_from_lsn", b"retained_from_lsn"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compressed", b"compressed", "history_id", b"history_id", "primary_lsn", b"primary_lsn", "records", b"records", "retained_from_lsn", b"retained_from_lsn"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -694,6 +734,7 @@ class BootstrapRequest(_message.Message):
     CHUNK_BYTES_FIELD_NUMBER: _builtins.int
     BACKUP_FIELD_NUMBER: _builtins.int
     CANCEL_FIELD_NUMBER: _builtins.int
+    COMPRESSION_FIELD_NUMBER: _builtins.int
     session_id: _builtins.int
     credit: _builtins.int
     """chunks the requester can take now"""
@@ -702,6 +743,8 @@ class BootstrapRequest(_message.Message):
     """a backup (admin or replica key), not a registered follower"""
     cancel: _builtins.bool
     """with session_id: end the session, release its snapshot"""
+    compression: Global___Codec.ValueType
+    """ZSTD: each chunk's keys and values come in `compressed`"""
     def __init__(
         self,
         *,
@@ -710,10 +753,11 @@ class BootstrapRequest(_message.Message):
         chunk_bytes: _builtins.int = ...,
         backup: _builtins.bool = ...,
         cancel: _builtins.bool = ...,
+        compression: Global___Codec.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup", b"backup", "cancel", b"cancel", "chunk_bytes", b"chunk_bytes", "credit", b"credit", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup", b"backup", "cancel", b"cancel", "chunk_bytes", b"chunk_bytes", "compression", b"compression", "credit", b"credit", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -789,6 +833,7 @@ class BootstrapChunk(_message.Message):
     SNAPSHOT_LSN_FIELD_NUMBER: _builtins.int
     HISTORY_ID_FIELD_NUMBER: _builtins.int
     TOTAL_KEYS_FIELD_NUMBER: _builtins.int
+    COMPRESSED_FIELD_NUMBER: _builtins.int
     session_id: _builtins.int
     seq: _builtins.int
     progress: _builtins.float
@@ -797,6 +842,10 @@ class BootstrapChunk(_message.Message):
     snapshot_lsn: _builtins.int
     history_id: _builtins.bytes
     total_keys: _builtins.int
+    compressed: _builtins.bytes
+    """Instead of keys and values: a zstd frame (with its content checksum) of a BootstrapChunk
+    holding only them.
+    """
     @_builtins.property
     def keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
     @_builtins.property
@@ -813,10 +862,11 @@ class BootstrapChunk(_message.Message):
         snapshot_lsn: _builtins.int = ...,
         history_id: _builtins.bytes = ...,
         total_keys: _builtins.int = ...,
+        compressed: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["history_id", b"history_id", "is_last", b"is_last", "keys", b"keys", "progress", b"progress", "seq", b"seq", "session_id", b"session_id", "snapshot_lsn", b"snapshot_lsn", "total_keys", b"total_keys", "values", b"values"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compressed", b"compressed", "history_id", b"history_id", "is_last", b"is_last", "keys", b"keys", "progress", b"progress", "seq", b"seq", "session_id", b"session_id", "snapshot_lsn", b"snapshot_lsn", "total_keys", b"total_keys", "values", b"values"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -931,6 +981,11 @@ class StatusResponse(_message.Message):
     ENTRIES_PER_S_FIELD_NUMBER: _builtins.int
     BYTES_PER_S_FIELD_NUMBER: _builtins.int
     COORDINATOR_FIELD_NUMBER: _builtins.int
+    COMPRESSION_FIELD_NUMBER: _builtins.int
+    UPSTREAM_WIRE_BYTES_FIELD_NUMBER: _builtins.int
+    UPSTREAM_RAW_BYTES_FIELD_NUMBER: _builtins.int
+    COMPRESSED_RAW_BYTES_FIELD_NUMBER: _builtins.int
+    COMPRESSED_WIRE_BYTES_FIELD_NUMBER: _builtins.int
     role: Global___Role.ValueType
     history_id: _builtins.bytes
     lsn: _builtins.int
@@ -974,6 +1029,16 @@ class StatusResponse(_message.Message):
     bytes_per_s: _builtins.float
     coordinator: _builtins.str
     """a member of an etcd group: what its agent sees ("" if none)"""
+    compression: Global___Codec.ValueType
+    """replica: what its upstream sends it"""
+    upstream_wire_bytes: _builtins.int
+    """replica: bytes received from its upstream (stream, replies)"""
+    upstream_raw_bytes: _builtins.int
+    """the same after inflating (the ratio: raw / wire)"""
+    compressed_raw_bytes: _builtins.int
+    """what this node compressed for its followers"""
+    compressed_wire_bytes: _builtins.int
+    """and what that became on the wire"""
     @_builtins.property
     def replicas(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReplicaInfo]: ...
     @_builtins.property
@@ -1021,10 +1086,15 @@ class StatusResponse(_message.Message):
         entries_per_s: _builtins.float = ...,
         bytes_per_s: _builtins.float = ...,
         coordinator: _builtins.str = ...,
+        compression: Global___Codec.ValueType = ...,
+        upstream_wire_bytes: _builtins.int = ...,
+        upstream_raw_bytes: _builtins.int = ...,
+        compressed_raw_bytes: _builtins.int = ...,
+        compressed_wire_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sync", b"sync"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bootstrap_progress", b"bootstrap_progress", "bootstraps", b"bootstraps", "bytes_per_s", b"bytes_per_s", "catchups", b"catchups", "coordinator", b"coordinator", "durable_lsn", b"durable_lsn", "entries_per_s", b"entries_per_s", "error_message", b"error_message", "fenced", b"fenced", "flush_lag_s", b"flush_lag_s", "gaps", b"gaps", "history", b"history", "history_id", b"history_id", "lsn", b"lsn", "node_id", b"node_id", "peers", b"peers", "primary", b"primary", "replay_lag_s", b"replay_lag_s", "replicas", b"replicas", "retained_from_lsn", b"retained_from_lsn", "retention_held_by", b"retention_held_by", "role", b"role", "server_key", b"server_key", "status", b"status", "sync", b"sync", "upstream", b"upstream", "upstream_lsn", b"upstream_lsn", "upstream_problem", b"upstream_problem", "wal_bytes", b"wal_bytes", "write_lag_s", b"write_lag_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bootstrap_progress", b"bootstrap_progress", "bootstraps", b"bootstraps", "bytes_per_s", b"bytes_per_s", "catchups", b"catchups", "compressed_raw_bytes", b"compressed_raw_bytes", "compressed_wire_bytes", b"compressed_wire_bytes", "compression", b"compression", "coordinator", b"coordinator", "durable_lsn", b"durable_lsn", "entries_per_s", b"entries_per_s", "error_message", b"error_message", "fenced", b"fenced", "flush_lag_s", b"flush_lag_s", "gaps", b"gaps", "history", b"history", "history_id", b"history_id", "lsn", b"lsn", "node_id", b"node_id", "peers", b"peers", "primary", b"primary", "replay_lag_s", b"replay_lag_s", "replicas", b"replicas", "retained_from_lsn", b"retained_from_lsn", "retention_held_by", b"retention_held_by", "role", b"role", "server_key", b"server_key", "status", b"status", "sync", b"sync", "upstream", b"upstream", "upstream_lsn", b"upstream_lsn", "upstream_problem", b"upstream_problem", "upstream_raw_bytes", b"upstream_raw_bytes", "upstream_wire_bytes", b"upstream_wire_bytes", "wal_bytes", b"wal_bytes", "write_lag_s", b"write_lag_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
