@@ -102,6 +102,14 @@ class NodeCollector(Collector):
         yield _counter("kevo_bytes_published", "Bytes published on PUB.", c.bytes_published)
         yield _counter("kevo_catchups_served", "WalSync requests answered.", c.catchups_served)
         yield _counter("kevo_bootstraps_served", "Bootstrap sessions started.", c.bootstraps_served)
+        yield _counter(
+            "kevo_compressed_raw_bytes",
+            "Bytes compressed for followers (stream, WalSync, bootstrap chunks).",
+            c.compressed_raw_bytes,
+        )
+        yield _counter(
+            "kevo_compressed_wire_bytes", "What they became on the wire.", c.compressed_wire_bytes
+        )
         yield from _stats(node.stats)
         yield from self._replicas()
         if not primary:
@@ -125,6 +133,11 @@ class NodeCollector(Collector):
         yield _counter("kevo_catchups", "WalSync catch-ups run.", counters.catchups)
         yield _counter("kevo_bootstraps", "Bootstraps run.", counters.bootstraps)
         yield _counter("kevo_gaps", "Gaps detected in the stream.", counters.gaps)
+        link = source.link
+        yield _counter(
+            "kevo_upstream_wire_bytes", "Bytes received from the upstream.", link.wire_bytes
+        )
+        yield _counter("kevo_upstream_raw_bytes", "The same, inflated.", link.raw_bytes)
 
     def _replicas(self) -> Iterator[Metric]:
         registry = self.node.followers

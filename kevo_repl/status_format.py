@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from kevo_repl.node_status import role_name, status_name
 from kevo_repl.wire import pb
+from kevo_repl.wire.compression import codec_name
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -40,6 +41,7 @@ def _replicas(s: pb.StatusResponse) -> list[dict[str, Any]]:
             "replay_lag_s": round(r.replay_lag_s, 6),
             "entries_per_s": round(r.entries_per_s, 1),
             "bytes_per_s": round(r.bytes_per_s, 1),
+            "compression": codec_name(r.compression),
         }
         for r in s.replicas
     ]
@@ -59,6 +61,8 @@ def status_json(s: pb.StatusResponse) -> dict[str, Any]:
         "bytes_per_s": round(s.bytes_per_s, 1),
         "replicas": _replicas(s),
         "coordinator": s.coordinator,
+        "compressed_raw_bytes": s.compressed_raw_bytes,
+        "compressed_wire_bytes": s.compressed_wire_bytes,
     }
     if s.role == pb.ROLE_PRIMARY:
         sync = {
@@ -85,6 +89,9 @@ def status_json(s: pb.StatusResponse) -> dict[str, Any]:
         "write_lag_s": round(s.write_lag_s, 6),
         "flush_lag_s": round(s.flush_lag_s, 6),
         "replay_lag_s": round(s.replay_lag_s, 6),
+        "compression": codec_name(s.compression),
+        "upstream_wire_bytes": s.upstream_wire_bytes,
+        "upstream_raw_bytes": s.upstream_raw_bytes,
     }
 
 
@@ -134,6 +141,12 @@ def _head(doc: dict[str, Any]) -> list[str]:
             f"bootstraps {doc['bootstraps']}, catch-ups {doc['catchups']}, gaps {doc['gaps']}; "
             + wal,
         ]
+        if doc["upstream_wire_bytes"]:
+            lines.append(
+                f"from its upstream ({doc['compression']}): "
+                + _ratio(doc["upstream_raw_bytes"], doc["upstream_wire_bytes"])
+            )
+        lines += _compressed(doc)
         if doc["error"]:
             lines.append(f"error: {doc['error']}")
         if doc["upstream_problem"]:
@@ -145,6 +158,7 @@ def _head(doc: dict[str, Any]) -> list[str]:
         f"primary {doc['node_id']}  history {doc['history_id']}",
         f"LSN {doc['lsn']} (durable {doc['durable_lsn']}), {rate}",
         wal,
+        *_compressed(doc),
     ]
     if doc["fenced"]:
         lines.append(f"accepts no writes: {doc['fenced']}")
@@ -166,7 +180,7 @@ def _table(replicas: list[dict[str, Any]]) -> RenderableType:
 
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     right = ("APPLIED", "DURABLE", "LAG", "LAG_MS", "WRITE_LAG", "FLUSH_LAG", "REPLAY_LAG")
-    for name in ("ID", "ADDRESS", "ROLE", "STATUS", *right, "ENTRIES/S", "BYTES/S", "SEEN"):
+    for name in ("ID", "ADDRESS", "ROLE", "STATUS", *right, "ENTRIES/S", "BYTES/S", "LINK", "SEEN"):
         table.add_column(
             name, justify="left" if name in ("ID", "ADDRESS", "ROLE", "STATUS") else "right"
         )
@@ -189,10 +203,21 @@ def _table(replicas: list[dict[str, Any]]) -> RenderableType:
             _secs(r["replay_lag_s"]),
             _count(r["entries_per_s"]),
             _bytes(r["bytes_per_s"]),
+            r["compression"],
             f"{r['last_seen_ms'] / 1000:.1f}s ago",
             *(bar if copying else []),
         )
     return table
+
+
+def _compressed(doc: dict[str, Any]) -> list[str]:
+    raw, wire = doc["compressed_raw_bytes"], doc["compressed_wire_bytes"]
+    return [f"compressed for its followers: {_ratio(raw, wire)}"] if raw else []
+
+
+def _ratio(raw: int, wire: int) -> str:
+    """What crossed the wire for how much data, and the ratio."""
+    return f"{_bytes(wire)} on the wire for {_bytes(raw)} ({raw / max(wire, 1):.2f}x)"
 
 
 def _bar(fraction: float) -> RenderableType:

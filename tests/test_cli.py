@@ -100,7 +100,7 @@ def test_status_json_keys_on_primary_and_replica(nodes: tuple[Node, Node]) -> No
     assert {"role", "status", "applied_lsn", "primary"} <= rep.keys()
     assert rep["role"] == "replica" and rep["primary"] == primary.address
     text = kevo("status", "--node", primary.address).stdout
-    assert "history" in text and "r1" in text and "LAG_MS" in text
+    assert "history" in text and "r1" in text and "LAG_MS" in text and "LINK" in text
     ready = kevo("status", "--node", replica.address, "--ready")
     assert ready.returncode == 0, ready.stdout
 

@@ -14,8 +14,8 @@ from tests.faults.checkers import count_events
 from tests.nodes import Cluster, Node, converged, wait_for
 from tests.test_replication_e2e import batch_items, model_digest, model_of, write_batches
 
-# WAL floor 128 KiB: 200 writes of 500 bytes per batch push LSN 1 out, so a late joiner
-# bootstraps, while a follower stopped for one batch round catches up from the WAL.
+# WAL floor 128 KiB, cap 512 KiB: a follower stopped for 100 KB of writes catches up from
+# the WAL, and a late joiner, once 1.1 MB were written, bootstraps.
 SMALL = ["--retention-bytes", "131072", "--segment-bytes", "65536"]
 VALUE = 500
 
@@ -36,16 +36,23 @@ def test_mixed_followers_end_digest_equal(cluster: Cluster) -> None:
     # A relay that follows compressed and serves both kinds below it.
     leaf_z = cluster.replica("leaf-z", zstd, "--compression", "zstd")
     leaf_n = cluster.replica("leaf-n", zstd, "--compression", "none")
-    rounds = [batch_items(10, 100, prefix=f"r{n}-", value_bytes=VALUE) for n in range(3)]
-    write_batches(primary, 10, 100, prefix="r0-", value_bytes=VALUE)
-    wait_for("followers converge", lambda: converged(primary, zstd, plain, leaf_z, leaf_n))
+    sizes = [10, 2, 10, 2]  # batches of 100 writes per round
+    rounds = [batch_items(n, 100, prefix=f"r{i}-", value_bytes=VALUE) for i, n in enumerate(sizes)]
 
+    def write(i: int) -> int:
+        return write_batches(primary, sizes[i], 100, prefix=f"r{i}-", value_bytes=VALUE)
+
+    write(0)
+    wait_for("followers converge", lambda: converged(primary, zstd, plain, leaf_z, leaf_n))
     zstd.signal(signal.SIGTERM)  # stopped for a round: catches up by compressed WalSync
     zstd.proc.wait(10)  # type: ignore[union-attr]
-    write_batches(primary, 10, 100, prefix="r1-", value_bytes=VALUE)
+    write(1)
     cluster.restart(zstd)
-    late = cluster.replica("late", primary, "--compression", "zstd")  # WAL moved on: bootstrap
-    lsn = write_batches(primary, 10, 100, prefix="r2-", value_bytes=VALUE)
+    wait_for("zstd caught up", lambda: converged(primary, zstd, leaf_z, leaf_n))
+    write(2)
+    wait_for("the WAL moves past LSN 1", lambda: status(primary).retained_from_lsn > 1)
+    late = cluster.replica("late", primary, "--compression", "zstd")  # must bootstrap
+    lsn = write(3)
     followers = (zstd, plain, leaf_z, leaf_n, late)
     digest = wait_for("all converge", lambda: converged(primary, *followers))
     assert digest == model_digest(model_of([b for r in rounds for b in r]), lsn)
