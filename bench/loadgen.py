@@ -15,6 +15,7 @@ import random
 import signal
 import time
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,20 @@ from kevo_repl.wire import pb
 __all__ = ["LoadResult", "run_load"]
 
 MODES = ("batch", "inflight")
+VALUES = ("fixed", "json", "random")
+
+
+def value_maker(kind: str, rng: random.Random) -> Callable[[], bytes]:
+    """Values of ``kind`` drawn from ``rng`` (fixed seed: the same values every run)."""
+    if kind == "fixed":
+        return lambda: b"v" * 100
+    from bench.compress_bench import json_like_value
+
+    if kind == "json":
+        return lambda: json_like_value(rng)
+    if kind == "random":
+        return lambda: rng.randbytes(len(json_like_value(rng)))
+    raise ValueError(f"values must be one of {VALUES}")
 
 
 @dataclass(frozen=True)
@@ -49,18 +64,21 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
-def _bodies(mode: str, depth: int, entries: int, seed: int, key_space: int) -> list[bytes]:
+def _bodies(
+    mode: str, depth: int, entries: int, seed: int, key_space: int, values: str = "fixed"
+) -> list[bytes]:
     rng = random.Random(seed)
-    value = b"v" * 100
+    value = value_maker(values, rng)
     bodies: list[bytes] = []
     if mode == "batch" and depth > 1:
         for _ in range(entries // depth):
             keys = [b"key:%012d" % rng.randrange(key_space) for _ in range(depth)]
-            bodies.append(batch_request((k, value) for k in keys).SerializeToString())
+            bodies.append(batch_request((k, value()) for k in keys).SerializeToString())
     else:
         for _ in range(entries):
             key = b"key:%012d" % rng.randrange(key_space)
-            bodies.append(pb.Request(put=pb.PutRequest(key=key, value=value)).SerializeToString())
+            put = pb.PutRequest(key=key, value=value())
+            bodies.append(pb.Request(put=put).SerializeToString())
     return bodies
 
 
@@ -72,12 +90,13 @@ def _worker(
     entries: int,
     seed: int,
     key_space: int,
+    values: str,
     ready: Any,
     go: Any,
     out: Any,
 ) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent ends us
-    bodies = _bodies(mode, depth, entries, seed, key_space)
+    bodies = _bodies(mode, depth, entries, seed, key_space, values)
     per_request = depth if mode == "batch" and depth > 1 else 1
     window = clients * (1 if per_request > 1 else depth)
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
@@ -140,6 +159,7 @@ def run_load(
     procs: int = 2,
     key_space: int = 100_000,
     seed: int = 7,
+    values: str = "fixed",
 ) -> LoadResult:
     """Write ``entries`` entries with ``clients`` logical clients over ``procs`` processes."""
     if mode not in MODES:
@@ -152,7 +172,7 @@ def run_load(
         for i in range(procs):
             share = clients // procs + (1 if i < clients % procs else 0)
             ready = spawn.Event()
-            args = (address, share, depth, mode, entries // procs, seed + i, key_space)
+            args = (address, share, depth, mode, entries // procs, seed + i, key_space, values)
             proc = spawn.Process(target=_worker, args=(*args, ready, go, out), daemon=True)
             proc.start()
             workers.append((proc, ready))

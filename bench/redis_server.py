@@ -1,6 +1,8 @@
 """redis-server processes for the side-by-side rows: loopback ports, temp dirs, ended by PID.
 
-Also a minimal RESP client (no dependency) and bulk loading through ``redis-cli --pipe``.
+A server can also run elsewhere (``prefix``: ``ip netns exec NS``), bound to ``host`` and to
+that namespace's loopback, for the WAN rows. Also a minimal RESP client (no dependency) and
+bulk loading through ``redis-cli --pipe``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +36,7 @@ __all__ = [
 INSTALL_HINT = "redis-server not found: apt-get install -y redis-server redis-tools"
 AOF_ALWAYS = ("--appendonly", "yes", "--appendfsync", "always")
 NO_AOF = ("--appendonly", "no")
+LOOPBACK = "127.0.0.1"
 
 
 def redis_available() -> bool:
@@ -50,8 +53,8 @@ def encode_command(*args: bytes) -> bytes:
 class Resp:
     """One blocking RESP connection; enough for INFO, CONFIG, SHUTDOWN, DBSIZE."""
 
-    def __init__(self, port: int, timeout: float = 10.0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port: int, timeout: float = 10.0, host: str = LOOPBACK) -> None:
+        self.sock = socket.create_connection((host, port), timeout=timeout)
         self.buf = b""
 
     def close(self) -> None:
@@ -107,9 +110,9 @@ class Resp:
         raise RuntimeError(f"unexpected RESP reply {line[:40]!r}")
 
 
-def _answers(port: int) -> bool:
+def _answers(port: int, host: str = LOOPBACK) -> bool:
     try:
-        with Resp(port, timeout=1) as r:
+        with Resp(port, timeout=1, host=host) as r:
             return bool(r.call("PING") == b"PONG")
     except (OSError, RuntimeError):
         return False
@@ -121,15 +124,27 @@ class RedisCluster:
 
     root: Path
     procs: dict[str, tuple[subprocess.Popen[bytes], int]] = field(default_factory=dict)
+    hosts: dict[str, str] = field(default_factory=dict)  # where each is reached (loopback)
 
-    def start(self, name: str, *args: str, replica_of: int = 0, port: int = 0) -> int:
+    def start(
+        self,
+        name: str,
+        *args: str,
+        replica_of: int = 0,
+        port: int = 0,
+        prefix: Sequence[str] = (),
+        host: str = LOOPBACK,
+        primary_host: str = LOOPBACK,
+    ) -> int:
+        """Start ``name`` and wait until it answers; a replica of ``primary_host:replica_of``
+        if given. Under ``prefix`` it binds ``host`` and its namespace's loopback."""
         port = port or free_port()
         data = self.root / name
         data.mkdir(exist_ok=True)
         argv = [
             "redis-server",
             "--port", str(port),
-            "--bind", "127.0.0.1",
+            "--bind", *((host,) if host == LOOPBACK else (host, LOOPBACK)),
             "--dir", str(data),
             "--save", "",
             "--protected-mode", "no",
@@ -141,31 +156,39 @@ class RedisCluster:
             *args,
         ]  # fmt: skip
         if replica_of:
-            argv += ["--replicaof", "127.0.0.1", str(replica_of)]
+            argv += ["--replicaof", primary_host, str(replica_of)]
         proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            [*prefix, *argv],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         self.procs[name] = (proc, port)
-        wait_until(f"redis {name} answers", lambda: _answers(port), 30, 0.01)
+        self.hosts[name] = host
+        wait_until(f"redis {name} answers", lambda: _answers(port, host), 30, 0.01)
         return port
+
+    def resp(self, name: str) -> Resp:
+        """A connection to ``name`` where it is reached."""
+        return Resp(self.procs[name][1], host=self.hosts.get(name, LOOPBACK))
 
     def pid(self, name: str) -> int:
         return self.procs[name][0].pid
 
     def synced(self, name: str) -> bool:
         """The replica's link is up and its initial sync is over."""
-        with Resp(self.procs[name][1]) as r:
+        with self.resp(name) as r:
             info = r.info("replication")
         return info.get("master_link_status") == "up" and info.get("master_sync_in_progress") == "0"
 
     def online(self, name: str) -> int:
         """How many replicas the primary ``name`` streams to (state=online)."""
-        with Resp(self.procs[name][1]) as r:
+        with self.resp(name) as r:
             info = r.info("replication")
         return sum(1 for k, v in info.items() if k.startswith("slave") and "state=online" in v)
 
     def offset(self, name: str) -> int:
-        with Resp(self.procs[name][1]) as r:
+        with self.resp(name) as r:
             return int(r.info("replication").get("master_repl_offset", "0"))
 
     def caught_up(self, replica: str, primary: str) -> bool:
@@ -173,9 +196,9 @@ class RedisCluster:
 
     def shutdown_save(self, name: str) -> None:
         """SHUTDOWN SAVE: the replica keeps its replication id and offset for a partial resync."""
-        proc, port = self.procs[name]
+        proc, _ = self.procs[name]
         try:
-            with Resp(port) as r:
+            with self.resp(name) as r:
                 r.call("SHUTDOWN", "SAVE")
         except (ConnectionError, OSError):
             pass  # the server closes the connection as it exits
