@@ -19,7 +19,7 @@ import zmq
 
 from kevo_repl.adapters.clock import monotonic_ms, monotonic_s
 from kevo_repl.adapters.security import ClientCurve
-from kevo_repl.adapters.state_lmdb import Batch, BootstrapWriter, StateStore
+from kevo_repl.adapters.state_lmdb import Batch
 from kevo_repl.client import parse_node
 from kevo_repl.core.errors import KevoError, ProtocolError, StorageError
 from kevo_repl.core.follower import Follower
@@ -37,6 +37,7 @@ from kevo_repl.core.follower_types import (
     WriteChunk,
 )
 from kevo_repl.core.registry import WaitResult
+from kevo_repl.node.bootstrap_copy import BootstrapCopy
 from kevo_repl.node.config import POLL_MS
 from kevo_repl.node.stats import DrainTimes
 from kevo_repl.node.tail_aside import set_aside_tail
@@ -93,7 +94,6 @@ class UpstreamSource:
         self.link.received_lsn = lambda: node.wal.last_lsn
         self.events = UpstreamEvents(node.log, self.link)  # logged once per cause
         self._to_apply: list[Decoded] = []
-        self._compressed: dict[int, bytes] = {}  # zstd frames received of _to_apply's records
         self._unsynced: list[tuple[int, int]] = []  # LSN ranges written here, not yet durable
         self._drains = DrainTimes(node.stats)  # appended, not yet published: for metrics
         self._visible = self.follower.durable_lsn
@@ -103,8 +103,7 @@ class UpstreamSource:
         self._last_ack_ms = 0
         self._lazy_ms = config.lazy_sync_ms
         self._syncer = ThreadPoolExecutor(1, thread_name_prefix="wal-sync")
-        self._writer: BootstrapWriter | None = None
-        self._progress_logged = 0
+        self._copy = BootstrapCopy(node)
         self._crash_at = int(os.environ.get(CRASH_AFTER_APPEND_ENV, "0"))  # fault tests only
         self.run(self.follower.start(monotonic_ms()))
 
@@ -224,9 +223,6 @@ class UpstreamSource:
         for action in actions:
             if isinstance(action, ApplyRecord):
                 self._to_apply.append(self.link.decoded.pop(action.first_lsn))
-                frame = self.link.compressed.pop(action.first_lsn, None)
-                if frame is not None:
-                    self._compressed[action.first_lsn] = frame
             elif isinstance(action, Reconnect):
                 self.flush()
                 self.events.reconnecting(action.reason, self.node.config.primary_timeout_ms)
@@ -246,7 +242,6 @@ class UpstreamSource:
                 self.link.send(action)
             if follower.status == Status.ERROR and self._to_apply:
                 self._to_apply.clear()
-                self._compressed.clear()
         self.events.log(self.follower.drain_events())
 
     def flush(self) -> None:
@@ -257,9 +252,8 @@ class UpstreamSource:
             self.link.compressed.clear()
             return
         queued, self._to_apply = self._to_apply, []
-        compressed, self._compressed = self._compressed, {}
+        compressed, self.link.compressed = self.link.compressed, {}  # to pass on as received
         self.link.decoded.clear()
-        self.link.compressed.clear()
         node = self.node
         wal, store = node.wal, node.store
         started = monotonic_s()
@@ -346,55 +340,27 @@ class UpstreamSource:
             node.state.save_consistent_at(action.consistent_at)  # first: a restart must wait
             node.store.rewind(action.puts, action.lsn, action.history_id)
             node.state.reset_wal(action.lsn + 1, action.history_id or node.wal.history_id)
-            self._unsynced.clear()
-            self._drains.clear()
-            self._visible = action.lsn
+            self._log_restarted(action.lsn)
         elif isinstance(action, BeginBootstrap):
-            if node.store.applied_lsn:  # never silently: say what is discarded
-                node.log.warning(
-                    "bootstrap_replaces_data",
-                    keys=node.store.key_count,
-                    applied_lsn=node.store.applied_lsn,
-                    history_id=(node.store.history_id or b"").hex(),
-                )
-            if self._writer is not None:
-                self._writer.abort()
-            self._writer = StateStore.begin_bootstrap(node.store.path)
-            self._progress_logged = 0
+            self._copy.begin()
         elif isinstance(action, WriteChunk):
-            if self._writer is None:
-                raise StorageError("bootstrap chunk without a bootstrap in progress")
-            self._writer.add(action.keys, action.values)
-            self._log_progress()
+            self._copy.add(action.keys, action.values, self.follower.bootstrap_progress)
         elif isinstance(action, InstallBootstrap):
-            if self._writer is None:
-                raise StorageError("bootstrap install without a bootstrap in progress")
-            self._writer.finish(action.snapshot_lsn, action.history_id)
-            self._writer = None
+            self._copy.finish(action)
             self._finish_sync(monotonic_ms(), wait=True)
-            node.sessions.close_all()  # our own followers' snapshots of the old store
-            node.store.replace_with_bootstrap()
-            node.state.save_consistent_at(0)  # a snapshot is a state of its history
-            # The old log does not lead to the snapshot: start one right after it.
-            node.state.reset_wal(action.snapshot_lsn + 1, action.history_id)
-            self._unsynced.clear()
-            self._drains.clear()
-            self._visible = action.snapshot_lsn
-            node.followers.note_commit(action.snapshot_lsn, monotonic_ms())
+            self._copy.install(action)
+            self._log_restarted(action.snapshot_lsn)
 
-    def _log_progress(self) -> None:
-        """One line per tenth of a bootstrap, not one per chunk."""
-        tenth = int(self.follower.bootstrap_progress * 10)
-        if tenth > self._progress_logged:
-            self._progress_logged = tenth
-            keys = self._writer.keys_added if self._writer else 0
-            self.node.log.info("bootstrap_progress", progress=tenth / 10, keys=keys)
+    def _log_restarted(self, lsn: int) -> None:
+        """The WAL starts afresh after ``lsn`` (a rewind, a bootstrap): nothing is pending."""
+        self._unsynced.clear()
+        self._drains.clear()
+        self._visible = lsn
 
     def _storage_failed(self, message: str) -> None:
         node = self.node
         node.log.error("storage_failed", error=message)
         self._to_apply.clear()
-        self._compressed.clear()
         store = node.store
         self.run(
             self.follower.storage_failed(
@@ -408,7 +374,5 @@ class UpstreamSource:
         self._start_sync()  # what lazy syncing left: durable before a stop or a promotion
         self._finish_sync(monotonic_ms(), wait=True)
         self._syncer.shutdown(wait=True)
-        if self._writer is not None:
-            self._writer.abort()
-            self._writer = None
+        self._copy.abort()
         self.link.close()
