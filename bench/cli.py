@@ -5,6 +5,7 @@
     python -m bench fanout --replicas 1,4,8,16 --rate 5000 | fanout --tree 4x16[,4x64]
     python -m bench bootstrap --keys 1000000 | catchup --entries 1000000 | memory
     python -m bench redis | zmq --batch 1,16
+    python -m bench wan --rtt-ms 40 --rate-mbit 50 [--values json|random|both] (root)
     python -m bench all [--plots docs/img] [--save results.json] [--quick]
 
 Every command starts its own processes on free loopback ports in a temporary directory and
@@ -25,10 +26,11 @@ from types import FrameType
 from typing import Any
 
 from bench import redis_bench as rb
-from bench import suite
+from bench import suite, wan_suite
 from bench.procinfo import machine_info
 from bench.redis_server import INSTALL_HINT, redis_available
 from bench.report import add_ratios, render
+from bench.wan_net import LinkProfile
 
 __all__ = ["main"]
 
@@ -54,6 +56,13 @@ def _trees(text: str) -> list[tuple[int, int]]:
             raise argparse.ArgumentTypeError(f"relays and leaves must be >= 1, got {part!r}")
         out.append(shape)
     return out
+
+
+def _sections(text: str) -> tuple[str, ...]:
+    got = tuple(x for x in text.split(",") if x)
+    if not got or set(got) - set(wan_suite.SECTIONS):
+        raise argparse.ArgumentTypeError(f"expected some of {','.join(wan_suite.SECTIONS)}")
+    return got
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,6 +101,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--entries", type=int, default=1_000_000)
     add("memory", "RSS of an idle primary and an idle replica")
     add("redis", "only the Redis rows of every workload")
+    w = add("wan", "kevo (per compression mode) and Redis across a WAN profile in namespaces")
+    w.add_argument("--rtt-ms", type=float, default=40, help="round trip added between sides")
+    w.add_argument("--jitter-ms", type=float, default=0)
+    w.add_argument("--rate-mbit", type=float, default=50, help="0: unlimited")
+    w.add_argument("--loss-pct", type=float, default=0, help="random loss each way")
+    w.add_argument("--seconds", type=float, default=10, help="lag run; throughput size")
+    w.add_argument("--values", choices=["json", "random", "both"], default="both")
+    w.add_argument("--catchup-entries", type=int, default=1_000_000)
+    w.add_argument("--lag-rate", type=int, default=2000, help="single writes/s in the lag run")
+    w.add_argument("--only", type=_sections, default=wan_suite.SECTIONS, help="e.g. link,lag")
+    w.add_argument("--save", type=Path, help="also write the JSON object to this file")
     z = add("zmq", "the raw pyzmq PUB->SUB limit")
     z.add_argument("--batch", type=_ints, default=[1, 16])
     a = add("all", "every workload (under 15 minutes on 2 cores)")
@@ -123,6 +143,11 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         return suite.zmq_rows(args.batch)
     if cmd == "redis":
         return _redis_only()
+    if cmd == "wan":
+        profile = LinkProfile(args.rtt_ms, args.jitter_ms, args.rate_mbit, args.loss_pct)
+        values = ("json", "random") if args.values == "both" else (args.values,)
+        return wan_suite.wan(profile, args.seconds, values, args.catchup_entries,
+                             args.lag_rate, redis, args.only)  # fmt: skip
     return _all(args)
 
 

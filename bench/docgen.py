@@ -1,4 +1,5 @@
-"""Markdown tables for docs/benchmarks.md from a saved ``python -m bench all --save`` file.
+"""Markdown tables for docs/benchmarks.md from a saved ``python -m bench all --save`` file
+(or ``python -m bench wan --save``: its own tables).
 
 python -m bench.docgen bench/results/latest.json
 """
@@ -12,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["markdown"]
+__all__ = ["markdown", "wan_markdown"]
 
 
 def _fmt(value: Any) -> str:
@@ -154,5 +155,44 @@ def markdown(res: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+_WAN_TABLES = {
+    "wan_link": ("The link", ["system", "rtt_ms", "rate_mbit", "rtt_min_ms", "rtt_p50_ms",
+                              "rtt_max_ms", "bulk_mbit", "line_pkts_per_s", "line_late_max_ms"]),
+    "wan_throughput": ("Replicated throughput", ["system", "compression", "values",
+                       "writes_per_s", "replica_applied_per_s", "wire_bytes_per_entry",
+                       "raw_over_wire", "primary_cpu_ms_per_mb", "extra_primary_cpu_ms_per_mb",
+                       "extra_replica_cpu_ms_per_mb"]),
+    "wan_lag": ("Lag at a fixed rate", ["system", "compression", "values", "rate",
+                "one_way_ms", "lag_p50_ms", "lag_p99_ms", "lag_p999_ms",
+                "extra_primary_cpu_ms_per_mb", "extra_replica_cpu_ms_per_mb"]),
+    "wan_catchup": ("Catch-up", ["system", "compression", "values", "entries", "seconds",
+                    "entries_per_s", "wire_bytes_per_entry", "raw_over_wire", "partial"]),
+}  # fmt: skip
+
+
+def wan_markdown(res: dict[str, Any]) -> str:
+    """The ``bench wan`` tables: a heading per section, its rows, its ratios to Redis."""
+    p, m = res["profile"], res["machine"]
+    out = [
+        f"Profile: RTT {p['rtt_ms']} ms, jitter {p['jitter_ms']} ms, {p['rate_mbit']} Mbit/s "
+        f"each way, loss {p['loss_pct']} %. Machine: {m['nproc']} cores, Linux {m['kernel']}, "
+        f"CPython {m['python']}; load average before {m['load_avg_before']}, after "
+        f"{m['load_avg']}.",
+    ]
+    for name, (title, keys) in _WAN_TABLES.items():
+        if name not in res["sections"]:
+            continue
+        s = res["sections"][name]
+        out += ["", f"### {title}", "", *_simple(s, keys)]
+        ratios = []
+        for r in s.get("ratios", []):
+            label = ", ".join(f"{k}={r[k]}" for k in ("values", "compression") if k in r)
+            parts = ", ".join(f"{k[:-6]} {_fmt(v)}x" for k, v in r.items() if k.endswith("_ratio"))
+            ratios.append(f"- kevo ({label}) / {r['vs']}: {parts}")
+        out += ["", *ratios] if ratios else []
+    return "\n".join(out) + "\n"
+
+
 if __name__ == "__main__":
-    print(markdown(json.loads(Path(sys.argv[1]).read_text())), end="")
+    saved = json.loads(Path(sys.argv[1]).read_text())
+    print(wan_markdown(saved) if saved.get("command") == "wan" else markdown(saved), end="")

@@ -92,6 +92,60 @@ COLUMNS: dict[str, list[str]] = {
     "catchup": ["system", "entries", "seconds", "entries_per_s", "partial", "catchups"],
     "memory": ["system", "primary_rss_mib", "replica_rss_mib"],
     "zmq": ["system", "batch", "frame_bytes", "frames_per_s", "entries_per_s", "mb_per_s"],
+    "wan_link": [
+        "system",
+        "rtt_ms",
+        "rate_mbit",
+        "rtt_min_ms",
+        "rtt_p50_ms",
+        "rtt_max_ms",
+        "bulk_mbit",
+        "line_pkts_per_s",
+        "line_late_mean_ms",
+        "line_late_max_ms",
+    ],
+    "wan_throughput": [
+        "system",
+        "compression",
+        "values",
+        "entries",
+        "writes_per_s",
+        "replica_applied_per_s",
+        "wire_bytes_per_entry",
+        "raw_over_wire",
+        "primary_cpu_ms_per_mb",
+        "replica_cpu_ms_per_mb",
+        "extra_primary_cpu_ms_per_mb",
+        "extra_replica_cpu_ms_per_mb",
+    ],
+    "wan_lag": [
+        "system",
+        "compression",
+        "values",
+        "rate",
+        "achieved_rate",
+        "one_way_ms",
+        "lag_p50_ms",
+        "lag_p99_ms",
+        "lag_p999_ms",
+        "missing_on_replica_stream",
+        "primary_cpu_ms_per_mb",
+        "extra_primary_cpu_ms_per_mb",
+        "extra_replica_cpu_ms_per_mb",
+    ],
+    "wan_catchup": [
+        "system",
+        "compression",
+        "values",
+        "entries",
+        "seconds",
+        "entries_per_s",
+        "wire_bytes_per_entry",
+        "raw_over_wire",
+        "partial",
+        "catchups",
+        "bootstraps",
+    ],
 }
 
 # Metric compared per command, and whether lower is better.
@@ -102,10 +156,14 @@ RATIO_KEYS: dict[str, list[tuple[str, bool]]] = {
     "bootstrap": [("seconds", True)],
     "catchup": [("entries_per_s", False)],
     "memory": [("primary_rss_mib", True), ("replica_rss_mib", True)],
+    "wan_throughput": [("replica_applied_per_s", False), ("wire_bytes_per_entry", True)],
+    "wan_lag": [("lag_p50_ms", True), ("lag_p99_ms", True)],
+    "wan_catchup": [("entries_per_s", False), ("wire_bytes_per_entry", True)],
 }
 
-# The row a kevo row is compared with: same shape (pipeline, rate, replicas).
-_SHAPE = ("pipeline", "rate", "replicas", "run")
+# The row a kevo row is compared with: same shape (pipeline, rate, replicas, WAN values).
+_SHAPE = ("pipeline", "rate", "replicas", "run", "values")
+_LABELS = (*_SHAPE, "mode", "compression")  # what a ratio line names of the kevo row
 
 
 def _same_shape(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -122,7 +180,7 @@ def add_ratios(command: str, rows: Sequence[dict[str, Any]]) -> list[dict[str, A
             ):
                 continue
             entry: dict[str, Any] = {"vs": theirs["system"]}
-            entry.update({k: ours.get(k) for k in (*_SHAPE, "mode") if k in ours})
+            entry.update({k: ours.get(k) for k in _LABELS if k in ours})
             for key, _ in RATIO_KEYS.get(command, []):
                 entry[f"{key}_ratio"] = ratio(ours.get(key), theirs.get(key))
             out.append(entry)
@@ -155,7 +213,7 @@ def render(result: dict[str, Any]) -> str:
     lines = [f"== {command} ==", *_table(result["rows"], COLUMNS[command])]
     for r in result.get("ratios", []):
         keys = [k for k in r if k.endswith("_ratio")]
-        shape = ", ".join(f"{k}={r[k]}" for k in (*_SHAPE, "mode") if k in r)
+        shape = ", ".join(f"{k}={r[k]}" for k in _LABELS if k in r)
         parts = ", ".join(f"{k[:-6]} {_cell(r[k])}x" for k in keys)
         lines.append(f"kevo/{r['vs']}{f' ({shape})' if shape else ''}: {parts}")
     for t in result.get("targets", []):

@@ -37,7 +37,9 @@ from kevo_repl.wire import pb
 
 __all__ = [
     "KEY_BYTES",
+    "LAG_KEY_BYTES",
     "compression_modes",
+    "cpu_per_mb",
     "kevo_catchup",
     "kevo_lag",
     "kevo_throughput",
@@ -45,6 +47,7 @@ __all__ = [
 ]
 
 KEY_BYTES = 16  # key:%012d
+LAG_KEY_BYTES = 13  # lag:%09d
 
 
 @cache
@@ -71,6 +74,17 @@ def wire_fields(
         "raw_bytes_per_entry": round(raw / max(1, entries), 1),
         "raw_over_wire": round(raw / max(1, tx), 2),
         "acks_bytes_per_entry": round(rx / max(1, entries), 1),
+    }
+
+
+def cpu_per_mb(
+    cpu: list[float], entries: int, values: str, key_bytes: int = KEY_BYTES
+) -> dict[str, float]:
+    """CPU ms of the primary and the replica per raw MB (key + value) written."""
+    raw_mb = entries * (key_bytes + mean_value_bytes(values)) / 1e6
+    return {
+        "primary_cpu_ms_per_mb": round(cpu[0] * 1e3 / raw_mb, 1),
+        "replica_cpu_ms_per_mb": round(cpu[1] * 1e3 / raw_mb, 1),
     }
 
 
@@ -143,7 +157,6 @@ def kevo_throughput(
         done = _applied(cluster, replica, load["last_lsn"], deadline_s)
         cpu = [cpu_seconds(p) - c for p, c in zip(pids, cpu0, strict=True)]
         wire = wire_fields(wan, before, load["entries"], values)
-    raw_mb = load["entries"] * wire["raw_bytes_per_entry"] / 1e6
     return {
         **_base(profile, mode, values),
         "entries": load["entries"],
@@ -154,8 +167,7 @@ def kevo_throughput(
         **wire,
         "primary_cpu_s": round(cpu[0], 2),
         "replica_cpu_s": round(cpu[1], 2),
-        "primary_cpu_ms_per_mb": round(cpu[0] * 1e3 / raw_mb, 1),
-        "replica_cpu_ms_per_mb": round(cpu[1] * 1e3 / raw_mb, 1),
+        **cpu_per_mb(cpu, load["entries"], values),
     }
 
 
@@ -171,9 +183,12 @@ def kevo_lag(
             listen.expect("ready")
             paced = ["paced", "--kind", "kevo", "--target", primary, "--rate", str(rate),
                      "--total", str(total), "--values", values]  # fmt: skip
+            pids = (cluster.pid("primary"), cluster.pid("r1"))
+            cpu0 = [cpu_seconds(p) for p in pids]
             with Agent(wan.exec_prefix("a"), *paced, deadline_s=limit + 60) as writer:
                 last = int(writer.expect("written", limit).split()[1])
                 _applied(cluster, replica, last, 120)
+                cpu = [cpu_seconds(p) - c for p, c in zip(pids, cpu0, strict=True)]
                 writer.stop()
                 listen.stop()
                 w, r = writer.result(), listen.result()
@@ -186,6 +201,7 @@ def kevo_lag(
         "one_way_ms": profile.rtt_ms / 2,
         "missing_on_replica_stream": missing,
         **lag_summary(lags),
+        **cpu_per_mb(cpu, total, values, LAG_KEY_BYTES),
     }
 
 
