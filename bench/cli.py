@@ -2,7 +2,7 @@
 
     python -m bench throughput --clients 50 --pipeline 16 --requests 1000000 [--json]
     python -m bench lag --rate 5000 --seconds 10 [--json]
-    python -m bench fanout --replicas 1,4,8,16 --rate 5000 | fanout --tree 4x16[,4x64]
+    python -m bench fanout --replicas 1,4,8,16 --rate 5000 | fanout --tree 4x16[,4x64] [--netns]
     python -m bench bootstrap --keys 1000000 | catchup --entries 1000000 | memory
     python -m bench redis | zmq --batch 1,16
     python -m bench wan --rtt-ms 40 --rate-mbit 50 [--values json|random|both] (root)
@@ -95,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     f.add_argument("--rate", type=int, default=5000)
     f.add_argument("--seconds", type=float, default=10)
+    f.add_argument(
+        "--netns",
+        action="store_true",
+        help="kevo's primary, relays and leaves in network namespaces (bench.wan_net, root): "
+        "the primary's bytes sent read from its veth",
+    )
     b = add("bootstrap", "a fresh replica of a large dataset: seconds, MB/s, peak RSS")
     b.add_argument("--keys", type=int, default=1_000_000)
     c = add("catchup", "a replica N entries behind: entries/s until it converges")
@@ -132,7 +138,9 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         return suite.lag(args.rate, args.seconds, redis)
     if cmd == "fanout":
         flat = args.replicas if args.replicas is not None else [] if args.tree else [1, 4, 8, 16]
-        return suite.fanout(flat, args.rate, args.seconds, redis, args.tree, args.listener_procs)
+        return suite.fanout(
+            flat, args.rate, args.seconds, redis, args.tree, args.listener_procs, args.netns
+        )
     if cmd == "bootstrap":
         return suite.bootstrap(args.keys, redis)
     if cmd == "catchup":

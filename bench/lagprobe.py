@@ -19,7 +19,7 @@ import signal
 import socket
 import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -31,9 +31,14 @@ _LSNS = struct.Struct("<QQ")
 _KEY = re.compile(rb"\$13\r\nlag:(\d{9})\r\n")
 
 
-def _kevo_listen(addresses: list[str], ready: Any, stop: Any, out: Any) -> None:
-    """One SUB socket per node; several nodes per process keep the probe's CPU bounded."""
+def _kevo_listen(addresses: list[str], ready: Any, stop: Any, out: Any, netns: str = "") -> None:
+    """One SUB socket per node; several nodes per process keep the probe's CPU bounded.
+    ``netns``: listen from that namespace, beside the nodes (their streams stay off links)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent ends us
+    if netns:
+        from bench.netio import join_netns
+
+        join_netns(netns)  # before the context: its I/O thread must start in there
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     poller = zmq.Poller()
     index: dict[Any, int] = {}
@@ -111,26 +116,37 @@ def _redis_listen(ports: list[int], ready: Any, stop: Any, out: Any) -> None:
     out.put([seen])
 
 
-def listener_groups(n: int, procs: int) -> list[list[int]]:
+def listener_groups(n: int, procs: int, sides: Sequence[str] = ()) -> list[list[int]]:
     """Target indices per process: the first (the primary, the reference) alone, the rest
-    round-robin over the other processes; one each when ``procs`` is 0 or >= ``n``."""
+    round-robin over the other processes; one each when ``procs`` is 0 or >= ``n``. With
+    ``sides`` (a namespace per target) a process holds targets of one side only, as many
+    per process as without sides (so a few more processes)."""
     if procs <= 0 or procs >= n:
         return [[i] for i in range(n)]
     rest = max(1, procs - 1)
-    return [[0], *(list(range(1 + k, n, rest)) for k in range(rest))]
+    if len(set(sides[1:])) <= 1:
+        return [[0], *(list(range(1 + k, n, rest)) for k in range(rest))]
+    per = -(-(n - 1) // rest)
+    groups = [[0]]
+    for side in dict.fromkeys(sides[1:]):
+        members = [i for i in range(1, n) if sides[i] == side]
+        count = -(-len(members) // per)
+        groups += [members[k::count] for k in range(count)]
+    return groups
 
 
 @contextmanager
 def listeners(
-    kind: str, targets: list[Any], procs: int = 0
+    kind: str, targets: list[Any], procs: int = 0, sides: Sequence[str] = ()
 ) -> Iterator[Callable[[], list[dict[int, int]]]]:
     """Listeners on ``targets`` (kevo ``HOST:PORT`` or Redis port); yields ``collect``, which
     returns one ``{lsn: ns}`` per target, in order. One process per target, or for kevo
-    ``procs`` processes (the first target alone in one, the others shared by the rest)."""
+    ``procs`` processes (the first target alone in one, the others shared by the rest).
+    ``sides``: for kevo, the namespace each target's listener joins ("" stays here)."""
     spawn = mp.get_context("spawn")
     stop = spawn.Event()
     target = _kevo_listen if kind == "kevo" else _redis_listen
-    groups = listener_groups(len(targets), procs if kind == "kevo" else 0)
+    groups = listener_groups(len(targets), procs if kind == "kevo" else 0, sides)
     running: list[tuple[Any, Any, Any]] = []
 
     def collect() -> list[dict[int, int]]:
@@ -144,7 +160,9 @@ def listeners(
     try:
         for group in groups:
             ready, out = spawn.Event(), spawn.Queue()
-            args = ([targets[i] for i in group], ready, stop, out)
+            args: tuple[Any, ...] = ([targets[i] for i in group], ready, stop, out)
+            if sides and sides[group[0]]:
+                args += (sides[group[0]],)
             proc = spawn.Process(target=target, args=args, daemon=True)
             proc.start()
             running.append((proc, ready, out))

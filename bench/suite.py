@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from bench import dataset_bench as ds
+from bench import fanout_bench as fb
 from bench import redis_bench as rb
 from bench import replication_bench as kb
 from bench.redis_server import INSTALL_HINT, redis_available
@@ -128,12 +129,22 @@ def fanout(
     redis: bool = True,
     trees: Sequence[tuple[int, int]] = (),
     listener_procs: int = 0,
+    netns: bool = False,
 ) -> dict[str, Any]:
-    """Flat rows (R replicas of the primary, each beside Redis's), then relay-tree rows."""
+    """Flat rows (R replicas of the primary, each beside Redis's), then relay-tree rows.
+    ``netns``: kevo's nodes in namespace sides (the primary's link counted); skipped with a
+    note where they cannot be built."""
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
+    if netns:
+        from bench.wan_net import skip_reason
+
+        reason = skip_reason()
+        if reason is not None:
+            notes.append(f"--netns: {reason}; nodes on loopback, bytes from ss only")
+            netns = False
     for r in replicas:
-        rows.append(kb.run_fanout(r, rate, seconds, listener_procs))
+        rows.append(fb.run_fanout(r, rate, seconds, listener_procs, netns))
         if redis:
             _redis(rows, notes, lambda r=r: rb.redis_fanout(True, r, rate, seconds))  # type: ignore[misc]
     targets = []
@@ -144,7 +155,7 @@ def fanout(
         text = f"16 replicas at {rate}/s: worst lag p99 <= 6 ms, zero bootstraps"
         targets.append(_target(text, measured, ok))
     for relays, leaves in trees:
-        rows.append(kb.run_tree(relays, leaves, rate, seconds, listener_procs))
+        rows.append(fb.run_tree(relays, leaves, rate, seconds, listener_procs, netns))
     return result("fanout", rows, targets=targets, notes=notes)
 
 
