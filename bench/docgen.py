@@ -157,7 +157,8 @@ def markdown(res: dict[str, Any]) -> str:
 
 _WAN_TABLES = {
     "wan_link": ("The link", ["system", "rtt_ms", "rate_mbit", "rtt_min_ms", "rtt_p50_ms",
-                              "rtt_max_ms", "bulk_mbit", "line_pkts_per_s", "line_late_max_ms"]),
+                              "rtt_max_ms", "bulk_mbit", "line_pkts_per_s", "line_late_max_ms",
+                              "line_cpu"]),
     "wan_throughput": ("Replicated throughput", ["system", "compression", "values",
                        "writes_per_s", "replica_applied_per_s", "wire_bytes_per_entry",
                        "raw_over_wire", "primary_cpu_ms_per_mb", "extra_primary_cpu_ms_per_mb",

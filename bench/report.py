@@ -106,6 +106,7 @@ COLUMNS: dict[str, list[str]] = {
         "line_pkts_per_s",
         "line_late_mean_ms",
         "line_late_max_ms",
+        "line_cpu",
     ],
     "wan_throughput": [
         "system",

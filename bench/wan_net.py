@@ -112,6 +112,11 @@ class Wan:
         """Prefix a command with this to run it in ``side`` (``ip netns exec`` execs it)."""
         return ["ip", "netns", "exec", self._ns[side]]
 
+    @property
+    def line_pid(self) -> int | None:
+        """The TUN delay line's PID while it runs (``mode == "tun"``), else None."""
+        return self._line.pid if self._line is not None else None
+
     def router_prefix(self) -> list[str]:
         return ["ip", "netns", "exec", self.router]
 

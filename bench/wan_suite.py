@@ -17,6 +17,7 @@ from typing import Any
 
 from bench import wan_bench as wb
 from bench import wan_redis as wr
+from bench.procinfo import cpu_seconds
 from bench.redis_server import INSTALL_HINT, redis_available
 from bench.suite import result
 from bench.wan_net import LinkProfile, Wan, skip_reason
@@ -35,7 +36,9 @@ def link_check(profile: LinkProfile, bulk_seconds: float = 2.0) -> dict[str, Any
         to = f"{wan.address('b')}:{_PORT}"
         with probe_server(wan.exec_prefix("b"), wan.address("b"), _PORT):
             rtts = sorted(measure_rtt(wan.exec_prefix("a"), to, 50))
+            line_cpu = cpu_seconds(wan.line_pid) if wan.line_pid else 0.0
             seconds = measure_bulk(wan.exec_prefix("a"), to, nbytes, timeout=60 + 10 * bulk_seconds)
+            line_cpu = cpu_seconds(wan.line_pid) - line_cpu if wan.line_pid else 0.0
     line = wan.line_stats
     packets = float(line.get("packets", 0))
     return {
@@ -51,6 +54,7 @@ def link_check(profile: LinkProfile, bulk_seconds: float = 2.0) -> dict[str, Any
         "line_late_mean_ms": round(line["late_us_sum"] / packets / 1e3, 3) if packets else None,
         "line_late_max_ms": round(line["late_us_max"] / 1e3, 3) if packets else None,
         "line_dropped": int(line.get("lost", 0) + line.get("overflow", 0)) if packets else None,
+        "line_cpu": round(line_cpu / seconds, 2) if packets else None,  # cores, in the bulk
     }
 
 
