@@ -101,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="kevo's primary, relays and leaves in network namespaces (bench.wan_net, root): "
         "the primary's bytes sent read from its veth",
     )
+    f.add_argument(
+        "--compression",
+        choices=["auto", "zstd", "none"],
+        default="auto",
+        help="kevo replicas' --compression (auto: zstd off loopback, so in --netns sides)",
+    )
     b = add("bootstrap", "a fresh replica of a large dataset: seconds, MB/s, peak RSS")
     b.add_argument("--keys", type=int, default=1_000_000)
     c = add("catchup", "a replica N entries behind: entries/s until it converges")
@@ -139,7 +145,14 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     if cmd == "fanout":
         flat = args.replicas if args.replicas is not None else [] if args.tree else [1, 4, 8, 16]
         return suite.fanout(
-            flat, args.rate, args.seconds, redis, args.tree, args.listener_procs, args.netns
+            flat,
+            args.rate,
+            args.seconds,
+            redis,
+            args.tree,
+            args.listener_procs,
+            args.netns,
+            args.compression,
         )
     if cmd == "bootstrap":
         return suite.bootstrap(args.keys, redis)

@@ -27,6 +27,7 @@ from typing import Any
 from bench.harness import BenchCluster, bench_cluster, replica_caught_up, wait_until
 from bench.lagprobe import lags_ms, listener_groups, listeners
 from bench.netio import Conn, sent_delta, tcp_sent
+from bench.node_metrics import scrape, window_figures
 from bench.paced_writer import write_paced, write_paced_in
 from bench.procinfo import cpu_seconds
 from bench.report import lag_summary
@@ -65,13 +66,19 @@ def measure(
         topo = build(cluster)
         place = topo.placement
 
+        def counters() -> dict[str, Any]:
+            if not topo.metrics_port:
+                return {}
+            return scrape(place.primary.host, topo.metrics_port)
+
         def mark(name: str) -> None:  # the clock inside the readings: the window is the writes
             t = time.monotonic()
-            got = {
-                "cpu": [cpu_seconds(p) for p in topo.pids],
-                "tcp": _primary_sent(topo),
-                "links": links() if links else {},
-            }
+            got: dict[str, Any] = {"metrics": counters()} if name == "start" else {}
+            got["cpu"] = [cpu_seconds(p) for p in topo.pids]  # the scrape's bytes outside
+            got["tcp"] = _primary_sent(topo)  # the link window, the CPU next to the clock
+            got["links"] = links() if links else {}
+            if name == "end":
+                got["metrics"] = counters()
             at[name] = {**got, "t": time.monotonic() if name == "start" else t}
 
         sides = [side.netns for _, side in topo.targets]
@@ -109,6 +116,7 @@ def measure(
         "cpu": [(y - x) / window for x, y in zip(a["cpu"], b["cpu"], strict=True)],
         "primary_tcp_bytes": sent_delta(a["tcp"], b["tcp"]),
         "link_tx_bytes": {s: b["links"][s] - a["links"][s] for s in b["links"]},
+        "counters": window_figures(a["metrics"], b["metrics"], window) if b["metrics"] else {},
         "relays": len(topo.relays),
         "listener_procs": len(listener_groups(len(topo.pids), listener_procs, sides)),
         "placement": "loopback" if place.local else "netns",
@@ -147,6 +155,10 @@ def _figures(m: dict[str, Any], rate: int, seconds: float) -> dict[str, Any]:
         out[f"{side}_link_kb_per_s"] = round(nbytes / window / 1e3, 1)
     if "p" in m["link_tx_bytes"]:
         out["primary_link_bytes_per_write"] = round(m["link_tx_bytes"]["p"] / writes)
+    out.update(m["counters"])
+    published = m["counters"].get("primary_published_kb_per_s")
+    if published:  # how many copies of its stream the primary sent (+ replies, beacons)
+        out["primary_copies_sent"] = round(out["primary_tcp_kb_per_s"] / published, 1)
     missing = sum(n for _, n in m["per_replica"] + m["per_relay"])
     out.update(missing_on_replica_streams=missing, bootstraps=m["bootstraps"])
     out.update(catchups=m["catchups"], gaps=m["gaps"], listener_procs=m["listener_procs"])
@@ -193,16 +205,25 @@ def _end_left_behind(namespaces: list[str]) -> None:
                 os.kill(int(pid), signal.SIGKILL)
 
 
+def _replica_args(compression: str) -> tuple[str, ...]:
+    return () if compression == "auto" else ("--compression", compression)
+
+
 def run_fanout(
     replicas: int,
     rate: int = 5000,
     seconds: float = 10,
     listener_procs: int = 0,
     netns: bool = False,
+    compression: str = "auto",
 ) -> dict[str, Any]:
-    """One primary and ``replicas`` replicas at ``rate``: lag p99 per replica."""
+    """One primary and ``replicas`` replicas at ``rate``: lag p99 per replica. ``compression``
+    is the replicas' ``--compression`` (auto: the node's default)."""
+    args = _replica_args(compression)
     with _where(netns, ["p", "leaf"]) as (place, links):
-        m = measure(rate, seconds, lambda c: flat(c, replicas, place), listener_procs, links)
+        m = measure(
+            rate, seconds, lambda c: flat(c, replicas, place, args, True), listener_procs, links
+        )
     p99 = _p(m["per_replica"], "lag_p99_ms")
     return {
         "system": "kevo",
@@ -212,6 +233,7 @@ def run_fanout(
         "lag_p99_ms_per_replica": p99,
         "lag_p99_ms_max": max(p99),
         "lag_p99_ms_median": round(statistics.median(p99), 3),
+        "compression": compression,
         **_figures(m, rate, seconds),
     }
 
@@ -223,11 +245,17 @@ def run_tree(
     seconds: float = 10,
     listener_procs: int = 0,
     netns: bool = False,
+    compression: str = "auto",
 ) -> dict[str, Any]:
     """Primary -> ``relays`` relays -> ``leaves`` leaves at ``rate``: a leaf's lag runs from
     the commit on the primary's PUB to the apply on the leaf's PUB (two hops)."""
+    args = _replica_args(compression)
+
+    def build(c: BenchCluster) -> Topology:
+        return tree(c, relays, leaves, place, args, True)
+
     with _where(netns, ["p", "relay", "leaf"]) as (place, links):
-        m = measure(rate, seconds, lambda c: tree(c, relays, leaves, place), listener_procs, links)
+        m = measure(rate, seconds, build, listener_procs, links)
     p99 = _p(m["per_replica"], "lag_p99_ms")
     relay_p99 = _p(m["per_relay"], "lag_p99_ms")
     return {
@@ -242,5 +270,6 @@ def run_tree(
         "lag_p99_ms_max": max(p99),
         "lag_p99_ms_median": round(statistics.median(p99), 3),
         "relay_p99_ms_max": max(relay_p99),
+        "compression": compression,
         **_figures(m, rate, seconds),
     }

@@ -78,6 +78,7 @@ COLUMNS: dict[str, list[str]] = {
         "primary_cpu",
         "primary_tcp_kb_per_s",
         "p_link_kb_per_s",
+        "primary_follower_requests_per_s",
         "nodes_cpu",
         "missing_on_replica_streams",
         "bootstraps",

@@ -130,6 +130,7 @@ def fanout(
     trees: Sequence[tuple[int, int]] = (),
     listener_procs: int = 0,
     netns: bool = False,
+    compression: str = "auto",
 ) -> dict[str, Any]:
     """Flat rows (R replicas of the primary, each beside Redis's), then relay-tree rows.
     ``netns``: kevo's nodes in namespace sides (the primary's link counted); skipped with a
@@ -144,7 +145,7 @@ def fanout(
             notes.append(f"--netns: {reason}; nodes on loopback, bytes from ss only")
             netns = False
     for r in replicas:
-        rows.append(fb.run_fanout(r, rate, seconds, listener_procs, netns))
+        rows.append(fb.run_fanout(r, rate, seconds, listener_procs, netns, compression))
         if redis:
             _redis(rows, notes, lambda r=r: rb.redis_fanout(True, r, rate, seconds))  # type: ignore[misc]
     targets = []
@@ -155,7 +156,7 @@ def fanout(
         text = f"16 replicas at {rate}/s: worst lag p99 <= 6 ms, zero bootstraps"
         targets.append(_target(text, measured, ok))
     for relays, leaves in trees:
-        rows.append(fb.run_tree(relays, leaves, rate, seconds, listener_procs, netns))
+        rows.append(fb.run_tree(relays, leaves, rate, seconds, listener_procs, netns, compression))
     return result("fanout", rows, targets=targets, notes=notes)
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from bench.harness import LOOPBACK, BenchCluster, replica_caught_up, wait_until
 from kevo_repl.client import Client
+from kevo_repl.testing.ports import free_port_pair
 
 __all__ = ["LOCAL", "Placement", "Side", "Topology", "flat", "follow", "pair", "tree"]
 
@@ -51,6 +52,7 @@ class Topology:
     leaves: list[str] = field(default_factory=list)
     pids: list[int] = field(default_factory=list)
     placement: Placement = LOCAL
+    metrics_port: int = 0  # the primary's --metrics-port, if it serves one
 
     @property
     def followers(self) -> list[str]:
@@ -68,10 +70,14 @@ class Topology:
 
 
 def follow(
-    cluster: BenchCluster, specs: list[tuple[str, str]], timeout: float, side: Side = Side()
+    cluster: BenchCluster,
+    specs: list[tuple[str, str]],
+    timeout: float,
+    side: Side = Side(),
+    args: tuple[str, ...] = (),
 ) -> list[str]:
     """Start a replica per (name, upstream), all at once; returns addresses once all READY."""
-    argv = [(n, ["--primary", up, "--id", n]) for n, up in specs]
+    argv = [(n, ["--primary", up, "--id", n, *args]) for n, up in specs]
     addresses = cluster.start_all("replica", argv, timeout, prefix=side.prefix, host=side.host)
     for address in addresses:
         with Client(address, timeout_ms=5000) as c:
@@ -79,9 +85,10 @@ def follow(
     return addresses
 
 
-def _primary(cluster: BenchCluster, side: Side) -> str:
+def _primary(cluster: BenchCluster, side: Side, metrics_port: int = 0) -> str:
+    metrics = ["--metrics-port", str(metrics_port)] if metrics_port else []
     address = cluster.spawn(
-        "primary", "primary", "--fsync", "always", prefix=side.prefix, host=side.host
+        "primary", "primary", "--fsync", "always", *metrics, prefix=side.prefix, host=side.host
     )
     cluster.wait_serving("primary")
     return address
@@ -94,26 +101,42 @@ def pair(cluster: BenchCluster, replicas: int = 1) -> tuple[str, list[str]]:
     return primary, follow(cluster, [(n, primary) for n in names], 60)
 
 
-def flat(cluster: BenchCluster, replicas: int, placement: Placement = LOCAL) -> Topology:
-    """A primary and ``replicas`` replicas of it (in the leaves' side)."""
-    primary = _primary(cluster, placement.primary)
+def flat(
+    cluster: BenchCluster,
+    replicas: int,
+    placement: Placement = LOCAL,
+    args: tuple[str, ...] = (),
+    metrics: bool = False,
+) -> Topology:
+    """A primary and ``replicas`` replicas of it (in the leaves' side); ``args`` for every
+    replica, ``metrics``: the primary serves its counters (``Topology.metrics_port``)."""
+    port = free_port_pair() if metrics else 0
+    primary = _primary(cluster, placement.primary, port)
     names = [f"r{i + 1}" for i in range(replicas)]
-    addresses = follow(cluster, [(n, primary) for n in names], 60 + replicas, placement.leaves)
+    specs = [(n, primary) for n in names]
+    addresses = follow(cluster, specs, 60 + replicas, placement.leaves, args)
     pids = [cluster.pid(n) for n in ("primary", *names)]
-    return Topology(primary, [], addresses, pids, placement)
+    return Topology(primary, [], addresses, pids, placement, port)
 
 
-def tree(cluster: BenchCluster, relays: int, leaves: int, placement: Placement = LOCAL) -> Topology:
+def tree(
+    cluster: BenchCluster,
+    relays: int,
+    leaves: int,
+    placement: Placement = LOCAL,
+    args: tuple[str, ...] = (),
+    metrics: bool = False,
+) -> Topology:
     """A primary, ``relays`` replicas of it, and ``leaves`` replicas of the relays (leaf i
     follows relay i mod R, so the relays have L/R leaves each, +-1)."""
-    primary = _primary(cluster, placement.primary)
+    port = free_port_pair() if metrics else 0
+    primary = _primary(cluster, placement.primary, port)
     timeout = 60 + leaves  # dozens of processes starting on two cores
     relay_names = [f"r{i + 1}" for i in range(relays)]
-    relay_addresses = follow(
-        cluster, [(n, primary) for n in relay_names], timeout, placement.relays
-    )
+    specs = [(n, primary) for n in relay_names]
+    relay_addresses = follow(cluster, specs, timeout, placement.relays, args)
     leaf_names = [f"l{i + 1}" for i in range(leaves)]
     specs = [(n, relay_addresses[i % relays]) for i, n in enumerate(leaf_names)]
-    leaf_addresses = follow(cluster, specs, timeout, placement.leaves)
+    leaf_addresses = follow(cluster, specs, timeout, placement.leaves, args)
     pids = [cluster.pid(n) for n in ("primary", *relay_names, *leaf_names)]
-    return Topology(primary, relay_addresses, leaf_addresses, pids, placement)
+    return Topology(primary, relay_addresses, leaf_addresses, pids, placement, port)
