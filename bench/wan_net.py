@@ -7,9 +7,11 @@ are rate-limited. Traffic between sides crosses the router, where the delay is a
 per crossing (one way = ``rtt_ms / 2``): by the kernel's netem on the router's veth ends
 when this kernel has it, else by ``bench.netem_tun`` (a userspace delay line on a TUN that
 policy routing puts between every pair of veths). This kernel has no ``sch_netem``, so only
-the TUN path is exercised here. A profile without delay, jitter or loss forwards directly.
-A control veth joins the host's namespace to the router (``control=True``): the benchmark
-process reaches every side's address without the delay, to start nodes and poll status.
+the TUN path is exercised here; the netem branch is minimal and untested (there, traffic
+from the host to a side is delayed too). A profile without delay, jitter or loss forwards
+directly. A control veth joins the host's namespace to the router (``control=True``): the
+benchmark process reaches every side's address without the delay line, to start nodes and
+poll status (it does cross the side's veth, its tbf and its byte counters: keep it small).
 
 Names come from our PID, and ``close`` removes exactly what was created (the delay-line
 process by PID, then the namespaces, which take their veths and tables with them).
@@ -55,7 +57,7 @@ _ROUTER_SYSCTLS = (
 @dataclass(frozen=True)
 class LinkProfile:
     rtt_ms: float = 0.0  # round trip added between two sides (half each way)
-    jitter_ms: float = 0.0  # uniform +- on each crossing, never reordering
+    jitter_ms: float = 0.0  # uniform +- half of it each way (the round trip +-it), FIFO
     rate_mbit: float = 0.0  # 0: unlimited; else tbf on both ends of every side's veth
     loss_pct: float = 0.0  # random loss on each crossing (each direction)
 
@@ -96,7 +98,7 @@ class Wan:
         self.router = f"kwr{tag}"
         self._host_if = f"kwc{tag}"[:15]
         self.host_address = ""  # this (the host's) namespace's address on the control veth
-        self._ns = {s: f"kw{tag}{s}" for s in self.sides}
+        self._ns = {s: f"kw{tag}_{s}" for s in self.sides}
         self._ip: dict[str, str] = {}
         self._router_ip: dict[str, str] = {}
         self._created: list[str] = []
@@ -224,7 +226,7 @@ class Wan:
         parent = ["root"]
         if self.mode == "kernel":
             netem = ["netem", "delay", f"{p.rtt_ms / 2}ms"]
-            netem += [f"{p.jitter_ms}ms"] if p.jitter_ms else []
+            netem += [f"{p.jitter_ms / 2}ms"] if p.jitter_ms else []
             netem += ["loss", f"{p.loss_pct}%"] if p.loss_pct else []
             _run("tc", "-n", r, "qdisc", "add", "dev", rif, "root", "handle", "1:", *netem)
             parent = ["parent", "1:"]
@@ -296,7 +298,7 @@ class Wan:
         rules = "".join(f'iifname "v{s}" drop; oifname "v{s}" drop; ' for s in sorted(self._cut))
         script = (
             "table inet kvwan { chain forward { type filter hook forward priority 0; "
-            f"policy accept; {rules}}} }}\n"
+            f"policy accept; {rules}}}\n}}\n"
         )
         proc = subprocess.run(
             [*self.router_prefix(), "nft", "-f", "-"],

@@ -117,9 +117,10 @@ def probe_server(prefix: list[str], bind: str, port: int) -> Iterator[None]:
 
 
 def _client(prefix: list[str], *args: str, timeout: float) -> object:
-    argv = [*prefix, sys.executable, "-m", "bench.wan_probe", *args]
+    """Run a client; it gives up after ``timeout`` s of silence (``CalledProcessError``)."""
+    argv = [*prefix, sys.executable, "-m", "bench.wan_probe", *args, "--timeout", str(timeout)]
     out = subprocess.run(
-        argv, capture_output=True, text=True, timeout=timeout, check=True, cwd=_ROOT
+        argv, capture_output=True, text=True, timeout=timeout + 30, check=True, cwd=_ROOT
     )
     return json.loads(out.stdout)
 

@@ -67,3 +67,14 @@ def test_rate_bounds_a_bulk_transfer() -> None:
     assert nbytes <= on_wire < 1.1 * nbytes  # headers, but not every byte twice
     assert got >= nbytes
     assert _our_namespaces() == []
+
+
+def test_cut_partitions_a_side_until_healed() -> None:
+    with Wan(["a", "b"]) as wan, probe_server(wan.exec_prefix("b"), wan.address("b"), PORT):
+        to = f"{wan.address('b')}:{PORT}"
+        wan.cut("b")
+        with pytest.raises(subprocess.CalledProcessError):
+            measure_rtt(wan.exec_prefix("a"), to, 1, timeout=0.5)
+        wan.heal()
+        assert len(measure_rtt(wan.exec_prefix("a"), to, 3)) == 3
+    assert _our_namespaces() == []
