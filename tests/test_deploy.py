@@ -2,10 +2,12 @@
 
 Docker and a cluster are not available here, so the checks are what can fail without them:
 the manifests against the Kubernetes OpenAPI schemas (kubernetes-validate, strict: unknown
-fields fail), the compose file's services, ports, volumes and health checks, and every node
-command line in any of these files parsed by kevo-repl's own parser (a renamed flag breaks
-this test, not a deployment). The Grafana dashboard's queries are checked against what a live
-primary and replica serve: a renamed series or label breaks this test, not a dashboard.
+fields fail), the compose files' services, ports, volumes and health checks (and `docker
+compose config` where there is one), the systemd units by `systemd-analyze verify`, and every
+node command line in any of these files parsed by kevo-repl's own parser (a renamed flag
+breaks this test, not a deployment). The relay tier's files are checked for who follows
+whom. The Grafana dashboard's queries are checked against what a live primary and replica
+serve: a renamed series or label breaks this test, not a dashboard.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import configparser
 import copy
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +135,45 @@ def test_kubernetes_failover_group() -> None:
     assert {p["port"] for p in clients["ports"]} == {ns.port, ns.port + 1}
 
 
+def test_kubernetes_relay_tier_follows_primary_then_relay() -> None:
+    services = of_kind("Service", "relay-tier.yaml")
+    sets = of_kind("StatefulSet", "relay-tier.yaml")
+    assert set(sets) == {"kevo-relay", "kevo-leaf"} and set(services) == set(sets)
+    upstream = {}
+    for name, sts in sets.items():
+        headless = services[name]["spec"]
+        assert sts["spec"]["serviceName"] == name and headless["clusterIP"] == "None"
+        labels = sts["spec"]["template"]["metadata"]["labels"]
+        assert sts["spec"]["selector"]["matchLabels"] == labels == headless["selector"]
+        (container,) = sts["spec"]["template"]["spec"]["containers"]
+        ns = parses(pod_args(container, f"{name}-0"))
+        assert ns.command == "replica" and ns.id == f"{name}-0" and ns.bind == "0.0.0.0"
+        assert ns.advertise == f"{name}-0.{name}:{ns.port}"
+        assert {p["containerPort"] for p in container["ports"]} == {ns.port, ns.port + 1, 9100}
+        assert "--ready" in container["readinessProbe"]["exec"]["command"]
+        for probe in ("readinessProbe", "livenessProbe"):
+            parses(container[probe]["exec"]["command"][1:])
+        upstream[name] = ns.primary
+    assert upstream["kevo-relay"] == "kevo-primary-0.kevo-primary:7100"
+    assert upstream["kevo-leaf"] == "kevo-relay-0.kevo-relay:7100"  # one relay pod, by name
+    assert services["kevo-relay"]["spec"]["publishNotReadyAddresses"]
+
+
+def test_every_kubernetes_service_selects_one_statefulset() -> None:
+    """A copied manifest whose labels were not changed would put its pods behind another
+    tier's Service (a leaf answering as a replica): every selector matches one pod template."""
+    docs = [d for _, d in k8s_docs()]
+    templates = {
+        d["metadata"]["name"]: d["spec"]["template"]["metadata"]["labels"]
+        for d in docs
+        if d["kind"] == "StatefulSet"
+    }
+    for svc in (d for d in docs if d["kind"] == "Service"):
+        selector = svc["spec"]["selector"].items()
+        matched = [n for n, labels in templates.items() if selector <= labels.items()]
+        assert len(matched) == 1, f"Service {svc['metadata']['name']} selects {matched}"
+
+
 def test_compose_has_one_primary_and_three_replicas() -> None:
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
     services = compose["services"]
@@ -190,6 +233,66 @@ def test_compose_failover_group_is_etcd_and_three_members() -> None:
     assert not host_ports & plain_ports  # both files can run on one host
 
 
+def host_ports(compose: dict[str, Any]) -> set[str]:
+    return {p.split(":")[-2] for svc in compose["services"].values() for p in svc.get("ports", [])}
+
+
+def test_compose_relay_tier_leaves_follow_the_relay() -> None:
+    compose = yaml.safe_load((DEPLOY / "docker-compose.relay.yml").read_text())
+    services = compose["services"]
+    leaves = {"leaf-1", "leaf-2", "leaf-3"}
+    assert set(services) == {"primary", "relay", *leaves}
+    assert set(compose["volumes"]) == {f"{s}-data" for s in services}
+    follows = {}
+    for name, svc in services.items():
+        ns = parses(svc["command"])
+        assert ns.bind == "0.0.0.0" and ns.port == 7100 and str(ns.data) == "/data"
+        assert ns.advertise == f"{name}:7100" and svc["volumes"] == [f"{name}-data:/data"]
+        published = {p.split(":")[1]: p.split(":")[0] for p in svc["ports"]}
+        assert {"7100", "7101"} <= published.keys()
+        health = svc["healthcheck"]["test"]
+        assert health[:3] == ["CMD", "kevo-repl", "status"]
+        parses(health[2:])
+        assert svc["build"]["dockerfile"] == "deploy/Dockerfile"
+        if name == "primary":
+            assert ns.command == "primary"
+            continue
+        assert ns.command == "replica" and ns.id == name and "--ready" in health
+        upstream = ns.primary.split(":")[0]
+        assert svc["depends_on"][upstream]["condition"] == "service_healthy"
+        follows[name] = upstream
+    assert follows == {"relay": "primary", **dict.fromkeys(leaves, "relay")}
+    ports = host_ports(compose)
+    assert len(ports) == 3 * len(services)  # no two services publish one host port
+    for other in ("docker-compose.yml", "docker-compose.failover.yml"):
+        assert not ports & host_ports(yaml.safe_load((DEPLOY / other).read_text()))
+
+
+def _compose_cli() -> list[str] | None:
+    """``docker compose`` or ``docker-compose``, whichever answers here."""
+    for argv in (["docker", "compose"], ["docker-compose"]):
+        if shutil.which(argv[0]) is None:
+            continue
+        try:
+            probe = subprocess.run([*argv, "version"], capture_output=True, timeout=30)
+        except subprocess.TimeoutExpired:
+            continue
+        if probe.returncode == 0:
+            return argv
+    return None
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in DEPLOY.glob("docker-compose*.yml")))
+def test_compose_config_accepts(name: str) -> None:
+    cli = _compose_cli()
+    if cli is None:
+        pytest.skip("neither `docker compose` nor `docker-compose` here")
+    r = subprocess.run(
+        [*cli, "-f", str(DEPLOY / name), "config", "-q"], capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 0, r.stderr
+
+
 def test_dockerfile_runs_the_cli() -> None:
     text = (DEPLOY / "Dockerfile").read_text()
     assert 'ENTRYPOINT ["kevo-repl"]' in text
@@ -220,6 +323,49 @@ def test_systemd_units_start_nodes_from_valid_config_files() -> None:
         settings = json.loads(r.stdout)
         assert settings["port"] == 7100 and settings["bind"] == "0.0.0.0"
         assert str(settings["data"]).startswith(service["ReadWritePaths"])
+
+
+def print_config(unit: str, instance: str) -> dict[str, Any]:
+    """The settings unit ``unit`` (a template, with ``instance``) starts its node with."""
+    ini = configparser.ConfigParser(interpolation=None, strict=True)
+    ini.read(DEPLOY / "systemd" / unit)
+    args = ini["Service"]["ExecStart"].replace("%i", instance).split()[1:]
+    config = args.index("--config") + 1
+    args[config] = str(DEPLOY / "config" / Path(args[config]).name)
+    r = kevo(*args, "--print-config")
+    assert r.returncode == 0, r.stderr
+    settings: dict[str, Any] = json.loads(r.stdout)
+    return settings
+
+
+def test_systemd_relay_tier_is_the_replica_unit_twice() -> None:
+    relay = print_config("kevo-replica@.service", "relay-1")
+    leaf = print_config("kevo-replica@.service", "leaf-1")
+    primary = print_config("kevo-primary.service", "")
+    assert relay["primary"] == primary["advertise"]  # the relay follows the primary
+    assert leaf["primary"] == relay["advertise"]  # the leaf follows the relay
+    assert {relay["id"], leaf["id"]} == {"relay-1", "leaf-1"}
+    assert relay["data"] != leaf["data"]
+
+
+def test_systemd_units_verify(tmp_path: Path) -> None:
+    """``systemd-analyze verify`` on every unit (templates as an instance), with ExecStart's
+    binary pointed at this checkout's (the unit's path exists on a host, not here)."""
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("no systemd-analyze here")
+    binary = Path(shutil.which("kevo-repl") or DEPLOY.parent / ".venv" / "bin" / "kevo-repl")
+    assert binary.exists()
+    paths = []
+    for unit in sorted((DEPLOY / "systemd").glob("*.service")):
+        text = unit.read_text().replace("/usr/local/bin/kevo-repl", str(binary))
+        name = unit.name.replace("@.", "@example.")  # verify loads a template by an instance
+        (tmp_path / name).write_text(text)
+        paths.append(str(tmp_path / name))
+    r = subprocess.run(
+        ["systemd-analyze", "verify", *paths], capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 0, r.stderr
+    assert str(tmp_path) not in r.stderr, r.stderr  # warnings (an unknown key) say the file
 
 
 DASHBOARD = DEPLOY / "grafana" / "kevo-repl.json"
