@@ -60,9 +60,7 @@ def compression_modes() -> tuple[str, ...]:
     return ("none", "zstd") if "--compression" in out.stdout else ("default",)
 
 
-def wire_fields(
-    wan: Wan, before: tuple[int, int], entries: int, values: str
-) -> dict[str, float | int]:
+def wire_fields(wan: Wan, before: tuple[int, int], entries: int, values: str) -> dict[str, Any]:
     """Bytes side ``a`` sent (and received) on its veth since ``before``, per entry and
     against the entries' raw size (key + value)."""
     tx = wan.tx_bytes("a") - before[0]
@@ -129,6 +127,24 @@ def _load(wan: Wan, primary: str, entries: int, values: str, deadline_s: float,
     return out
 
 
+def _upstream(replica: str) -> tuple[int, int]:
+    """The replica's own count of bytes from its upstream: (on the wire, inflated)."""
+    with Client(replica, timeout_ms=10_000) as c:
+        s = c.status_message()
+    return int(getattr(s, "upstream_wire_bytes", 0)), int(getattr(s, "upstream_raw_bytes", 0))
+
+
+def _node_fields(before: tuple[int, int], after: tuple[int, int], entries: int) -> dict[str, Any]:
+    """What the replica says it received, beside the veth's count (a cross-check)."""
+    wire, raw = after[0] - before[0], after[1] - before[1]
+    if wire <= 0:
+        return {}
+    return {
+        "node_wire_bytes_per_entry": round(wire / max(1, entries), 1),
+        "node_raw_over_wire": round(raw / wire, 2),
+    }
+
+
 def _applied(cluster: BenchCluster, replica: str, lsn: int, timeout: float) -> float:
     with Client(replica, timeout_ms=10_000) as rc:
         return wait_until("replica applied", replica_caught_up(rc, lsn, cluster), timeout, 0.02)
@@ -152,11 +168,12 @@ def kevo_throughput(
         _applied(cluster, replica, warm["last_lsn"], deadline_s)
         pids = (cluster.pid("primary"), cluster.pid("r1"))
         cpu0 = [cpu_seconds(p) for p in pids]
-        before = _counters(wan)
+        before, node0 = _counters(wan), _upstream(replica)
         load = _load(wan, primary, entries, values, deadline_s)
         done = _applied(cluster, replica, load["last_lsn"], deadline_s)
         cpu = [cpu_seconds(p) - c for p, c in zip(pids, cpu0, strict=True)]
         wire = wire_fields(wan, before, load["entries"], values)
+        wire.update(_node_fields(node0, _upstream(replica), load["entries"]))
     return {
         **_base(profile, mode, values),
         "entries": load["entries"],
@@ -230,6 +247,7 @@ def kevo_catchup(
         done = _applied(cluster, replica, load["last_lsn"], deadline_s)
         cpu = cpu_seconds(cluster.pid("primary")) - cpu0
         wire = wire_fields(wan, before, entries, values)
+        wire.update(_node_fields((0, 0), _upstream(replica), entries))  # a new process
         info = _info(primary)
     seconds = done - start
     return {
