@@ -269,15 +269,19 @@ def test_compose_relay_tier_leaves_follow_the_relay() -> None:
 
 
 def _compose_cli() -> list[str] | None:
-    """``docker compose`` or ``docker-compose``, whichever answers here."""
+    """``docker compose`` or ``docker-compose`` of Compose 2 or later, whichever answers here
+    (1.x predates the Compose Specification and refuses its top-level ``name``)."""
     for argv in (["docker", "compose"], ["docker-compose"]):
         if shutil.which(argv[0]) is None:
             continue
         try:
-            probe = subprocess.run([*argv, "version"], capture_output=True, timeout=30)
+            probe = subprocess.run(
+                [*argv, "version", "--short"], capture_output=True, text=True, timeout=30
+            )
         except subprocess.TimeoutExpired:
             continue
-        if probe.returncode == 0:
+        major = probe.stdout.strip().lstrip("v").split(".")[0]
+        if probe.returncode == 0 and major.isdigit() and int(major) >= 2:
             return argv
     return None
 
@@ -286,7 +290,7 @@ def _compose_cli() -> list[str] | None:
 def test_compose_config_accepts(name: str) -> None:
     cli = _compose_cli()
     if cli is None:
-        pytest.skip("neither `docker compose` nor `docker-compose` here")
+        pytest.skip("no Compose 2 (`docker compose` or `docker-compose`) here")
     r = subprocess.run(
         [*cli, "-f", str(DEPLOY / name), "config", "-q"], capture_output=True, text=True, timeout=60
     )
