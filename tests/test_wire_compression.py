@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import zstandard
-
 import pytest
+import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
