@@ -18,6 +18,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -162,16 +163,27 @@ def test_kubernetes_relay_tier_follows_primary_then_relay() -> None:
 def test_every_kubernetes_service_selects_one_statefulset() -> None:
     """A copied manifest whose labels were not changed would put its pods behind another
     tier's Service (a leaf answering as a replica): every selector matches one pod template."""
-    docs = [d for _, d in k8s_docs()]
-    templates = {
-        d["metadata"]["name"]: d["spec"]["template"]["metadata"]["labels"]
-        for d in docs
-        if d["kind"] == "StatefulSet"
-    }
-    for svc in (d for d in docs if d["kind"] == "Service"):
+    sets = [d for _, d in k8s_docs() if d["kind"] == "StatefulSet"]
+    templates = {d["metadata"]["name"]: d["spec"]["template"]["metadata"]["labels"] for d in sets}
+    for svc in (d for _, d in k8s_docs() if d["kind"] == "Service"):
         selector = svc["spec"]["selector"].items()
         matched = [n for n, labels in templates.items() if selector <= labels.items()]
         assert len(matched) == 1, f"Service {svc['metadata']['name']} selects {matched}"
+
+
+def compose_node(name: str, svc: dict[str, Any]) -> tuple[Any, list[str], dict[str, str]]:
+    """A compose service running a node: its parsed command, health check and published
+    ports (container -> host), after the checks every node service must pass."""
+    ns = parses(svc["command"])
+    assert ns.bind == "0.0.0.0" and str(ns.data) == "/data"
+    assert svc["volumes"] == [f"{name}-data:/data"]
+    published = {p.split(":")[1]: p.split(":")[0] for p in svc["ports"]}
+    assert {str(ns.port), str(ns.port + 1)} <= published.keys()  # PUB and ROUTER reachable
+    health = svc["healthcheck"]["test"]
+    assert health[:3] == ["CMD", "kevo-repl", "status"]
+    parses(health[2:])
+    assert svc["build"]["dockerfile"] == "deploy/Dockerfile"
+    return ns, health, published
 
 
 def test_compose_has_one_primary_and_three_replicas() -> None:
@@ -181,17 +193,10 @@ def test_compose_has_one_primary_and_three_replicas() -> None:
     assert set(compose["volumes"]) == {f"{s}-data" for s in services}
     host_ports: set[str] = set()
     for name, svc in services.items():
-        ns = parses(svc["command"])
+        ns, _, published = compose_node(name, svc)
         assert ns.command == ("primary" if name == "primary" else "replica")
-        assert ns.bind == "0.0.0.0" and ns.port == 7100 and str(ns.data) == "/data"
-        assert svc["volumes"] == [f"{name}-data:/data"]
-        published = {p.split(":")[1]: p.split(":")[0] for p in svc["ports"]}
-        assert {"7100", "7101"} <= published.keys()  # PUB and ROUTER both reachable
+        assert ns.port == 7100
         host_ports |= set(published.values())
-        health = svc["healthcheck"]["test"]
-        assert health[:3] == ["CMD", "kevo-repl", "status"]
-        parses(health[2:])
-        assert svc["build"]["dockerfile"] == "deploy/Dockerfile"
         if name != "primary":
             assert ns.primary == "primary:7100" and ns.id == name
             assert svc["depends_on"]["primary"]["condition"] == "service_healthy"
@@ -213,28 +218,22 @@ def test_compose_failover_group_is_etcd_and_three_members() -> None:
     host_ports: set[str] = set()
     ids = set()
     for name, svc in services.items():
-        ns = parses(svc["command"])
+        ns, health, published = compose_node(name, svc)
         assert ns.command == "node" and ns.id == name and ns.etcd == etcd_url
-        assert ns.bind == "0.0.0.0" and ns.advertise == f"{name}:{ns.port}"
-        assert str(ns.data) == "/data" and svc["volumes"] == [f"{name}-data:/data"]
+        assert ns.advertise == f"{name}:{ns.port}" and "--ready" in health
         ids.add(ns.id)
-        published = {p.split(":")[1]: p.split(":")[0] for p in svc["ports"]}
-        assert {str(ns.port), str(ns.port + 1)} <= published.keys()
         host_ports |= set(published.values())
-        health = svc["healthcheck"]["test"]
-        assert health[:3] == ["CMD", "kevo-repl", "status"] and "--ready" in health
-        parses(health[2:])
-        assert svc["build"]["dockerfile"] == "deploy/Dockerfile"
         assert svc["depends_on"]["etcd"]["condition"] == "service_healthy"
     assert len(ids) == 3
     assert len(host_ports) == 3 * len(services)  # no two members publish one host port
-    plain = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())["services"].values()
-    plain_ports = {p.split(":")[0] for svc in plain for p in svc["ports"]}
-    assert not host_ports & plain_ports  # both files can run on one host
 
 
-def host_ports(compose: dict[str, Any]) -> set[str]:
-    return {p.split(":")[-2] for svc in compose["services"].values() for p in svc.get("ports", [])}
+def test_compose_files_can_run_on_one_host() -> None:
+    """No two services publish one host port, in one file or across them."""
+    files = DEPLOY.glob("docker-compose*.yml")
+    services = [s for f in files for s in yaml.safe_load(f.read_text())["services"].values()]
+    ports = [p.split(":")[-2] for svc in services for p in svc.get("ports", [])]
+    assert len(ports) == len(set(ports)) and len(services) >= 13
 
 
 def test_compose_relay_tier_leaves_follow_the_relay() -> None:
@@ -245,15 +244,8 @@ def test_compose_relay_tier_leaves_follow_the_relay() -> None:
     assert set(compose["volumes"]) == {f"{s}-data" for s in services}
     follows = {}
     for name, svc in services.items():
-        ns = parses(svc["command"])
-        assert ns.bind == "0.0.0.0" and ns.port == 7100 and str(ns.data) == "/data"
-        assert ns.advertise == f"{name}:7100" and svc["volumes"] == [f"{name}-data:/data"]
-        published = {p.split(":")[1]: p.split(":")[0] for p in svc["ports"]}
-        assert {"7100", "7101"} <= published.keys()
-        health = svc["healthcheck"]["test"]
-        assert health[:3] == ["CMD", "kevo-repl", "status"]
-        parses(health[2:])
-        assert svc["build"]["dockerfile"] == "deploy/Dockerfile"
+        ns, health, _ = compose_node(name, svc)
+        assert ns.port == 7100 and ns.advertise == f"{name}:7100"
         if name == "primary":
             assert ns.command == "primary"
             continue
@@ -262,27 +254,19 @@ def test_compose_relay_tier_leaves_follow_the_relay() -> None:
         assert svc["depends_on"][upstream]["condition"] == "service_healthy"
         follows[name] = upstream
     assert follows == {"relay": "primary", **dict.fromkeys(leaves, "relay")}
-    ports = host_ports(compose)
-    assert len(ports) == 3 * len(services)  # no two services publish one host port
-    for other in ("docker-compose.yml", "docker-compose.failover.yml"):
-        assert not ports & host_ports(yaml.safe_load((DEPLOY / other).read_text()))
+    assert all(len(svc["ports"]) == 3 for svc in services.values())  # PUB, ROUTER, metrics
 
 
 def _compose_cli() -> list[str] | None:
     """``docker compose`` or ``docker-compose`` of Compose 2 or later, whichever answers here
     (1.x predates the Compose Specification and refuses its top-level ``name``)."""
     for argv in (["docker", "compose"], ["docker-compose"]):
-        if shutil.which(argv[0]) is None:
-            continue
-        try:
-            probe = subprocess.run(
-                [*argv, "version", "--short"], capture_output=True, text=True, timeout=30
-            )
-        except subprocess.TimeoutExpired:
-            continue
-        major = probe.stdout.strip().lstrip("v").split(".")[0]
-        if probe.returncode == 0 and major.isdigit() and int(major) >= 2:
-            return argv
+        if shutil.which(argv[0]) is not None:
+            cmd = [*argv, "version", "--short"]
+            probe = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+            major = probe.stdout.strip().lstrip("v").split(".")[0]
+            if probe.returncode == 0 and major.isdigit() and int(major) >= 2:
+                return argv
     return None
 
 
@@ -304,48 +288,40 @@ def test_dockerfile_runs_the_cli() -> None:
     assert "pip install --no-cache-dir ." in text
 
 
+def unit_settings(unit: str, instance: str) -> tuple[configparser.ConfigParser, dict[str, Any]]:
+    """Unit ``unit`` (a template, as ``instance``) and the settings it starts its node with,
+    from the example config file it reads (``--print-config``)."""
+    ini = configparser.ConfigParser(interpolation=None, strict=True)
+    ini.optionxform = str  # type: ignore[assignment,method-assign]
+    ini.read(DEPLOY / "systemd" / unit)
+    args = ini["Service"]["ExecStart"].replace("%i", instance).split()[1:]
+    config = args.index("--config") + 1
+    local = DEPLOY / "config" / Path(args[config]).name
+    assert local.exists(), f"{unit} reads {args[config]}; ship an example"
+    args[config] = str(local)
+    r = kevo(*args, "--print-config")
+    assert r.returncode == 0, r.stderr
+    return ini, json.loads(r.stdout)
+
+
 def test_systemd_units_start_nodes_from_valid_config_files() -> None:
     units = sorted((DEPLOY / "systemd").glob("*.service"))
     instances = {"kevo-member@.service": "n1", "kevo-replica@.service": "replica-1"}
     assert [u.name for u in units] == ["kevo-member@.service", "kevo-primary.service",
                                        "kevo-replica@.service"]  # fmt: skip
     for unit in units:
-        ini = configparser.ConfigParser(interpolation=None, strict=True)
-        ini.optionxform = str  # type: ignore[assignment,method-assign]
-        ini.read(unit)
+        ini, settings = unit_settings(unit.name, instances.get(unit.name, ""))
         service = ini["Service"]
         assert service["KillSignal"] == "SIGTERM" and ini["Install"]["WantedBy"]
-        argv = service["ExecStart"].split()
-        assert argv[0] == "/usr/local/bin/kevo-repl"
-        args = [a.replace("%i", instances.get(unit.name, "")) for a in argv[1:]]
-        config_name = Path(args[args.index("--config") + 1]).name
-        local = DEPLOY / "config" / config_name
-        assert local.exists(), f"{unit.name} reads {config_name}; ship an example"
-        args[args.index("--config") + 1] = str(local)
-        r = kevo(*args, "--print-config")
-        assert r.returncode == 0, r.stderr
-        settings = json.loads(r.stdout)
+        assert service["ExecStart"].split()[0] == "/usr/local/bin/kevo-repl"
         assert settings["port"] == 7100 and settings["bind"] == "0.0.0.0"
         assert str(settings["data"]).startswith(service["ReadWritePaths"])
 
 
-def print_config(unit: str, instance: str) -> dict[str, Any]:
-    """The settings unit ``unit`` (a template, with ``instance``) starts its node with."""
-    ini = configparser.ConfigParser(interpolation=None, strict=True)
-    ini.read(DEPLOY / "systemd" / unit)
-    args = ini["Service"]["ExecStart"].replace("%i", instance).split()[1:]
-    config = args.index("--config") + 1
-    args[config] = str(DEPLOY / "config" / Path(args[config]).name)
-    r = kevo(*args, "--print-config")
-    assert r.returncode == 0, r.stderr
-    settings: dict[str, Any] = json.loads(r.stdout)
-    return settings
-
-
 def test_systemd_relay_tier_is_the_replica_unit_twice() -> None:
-    relay = print_config("kevo-replica@.service", "relay-1")
-    leaf = print_config("kevo-replica@.service", "leaf-1")
-    primary = print_config("kevo-primary.service", "")
+    _, relay = unit_settings("kevo-replica@.service", "relay-1")
+    _, leaf = unit_settings("kevo-replica@.service", "leaf-1")
+    _, primary = unit_settings("kevo-primary.service", "")
     assert relay["primary"] == primary["advertise"]  # the relay follows the primary
     assert leaf["primary"] == relay["advertise"]  # the leaf follows the relay
     assert {relay["id"], leaf["id"]} == {"relay-1", "leaf-1"}
@@ -357,8 +333,7 @@ def test_systemd_units_verify(tmp_path: Path) -> None:
     binary pointed at this checkout's (the unit's path exists on a host, not here)."""
     if shutil.which("systemd-analyze") is None:
         pytest.skip("no systemd-analyze here")
-    binary = Path(shutil.which("kevo-repl") or DEPLOY.parent / ".venv" / "bin" / "kevo-repl")
-    assert binary.exists()
+    binary = Path(sys.executable).with_name("kevo-repl")  # the venv's console script
     paths = []
     for unit in sorted((DEPLOY / "systemd").glob("*.service")):
         text = unit.read_text().replace("/usr/local/bin/kevo-repl", str(binary))
@@ -368,8 +343,7 @@ def test_systemd_units_verify(tmp_path: Path) -> None:
     r = subprocess.run(
         ["systemd-analyze", "verify", *paths], capture_output=True, text=True, timeout=60
     )
-    assert r.returncode == 0, r.stderr
-    assert str(tmp_path) not in r.stderr, r.stderr  # warnings (an unknown key) say the file
+    assert r.returncode == 0 and str(tmp_path) not in r.stderr, r.stderr  # warnings name it
 
 
 DASHBOARD = DEPLOY / "grafana" / "kevo-repl.json"
