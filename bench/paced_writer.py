@@ -20,7 +20,7 @@ from bench.netio import join_netns
 from kevo_repl.client import Client
 from kevo_repl.wire import pb
 
-__all__ = ["write_paced", "write_paced_in"]
+__all__ = ["send_paced", "write_paced", "write_paced_in"]
 
 
 def _nothing(_: str) -> None:
@@ -38,6 +38,15 @@ def write_paced(
         ).SerializeToString()
         for n in range(total)
     ]
+    return send_paced(primary, frames, rate, mark)
+
+
+def send_paced(
+    primary: str, frames: list[bytes], rate: int, mark: Callable[[str], None] = _nothing
+) -> tuple[float, int]:
+    """Send request ``frames`` (writes) at ``rate``/s, draining the answers apart; returns
+    (seconds, last LSN acked, waiting up to 30 s after the last send)."""
+    total = len(frames)
     last = 0
     deadline = time.monotonic() + 2 * total / rate + 60  # a stalled primary fails the run
     with Client(primary, timeout_ms=10_000) as c:

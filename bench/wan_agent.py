@@ -31,13 +31,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import zmq
-
 from bench.lagprobe import listeners, paced
 from bench.loadgen import VALUES, run_load, value_maker
+from bench.paced_writer import send_paced
 from bench.redis_server import encode_command
 from bench.report import percentile
-from kevo_repl.client import Client
 from kevo_repl.wire import pb
 
 __all__ = ["Agent", "mean_value_bytes"]
@@ -95,28 +93,6 @@ def _listen(a: argparse.Namespace) -> dict[str, Any]:
     return {"seen": seen}
 
 
-def _kevo_paced(target: str, rate: int, frames: list[bytes]) -> tuple[float, int]:
-    last = 0
-    with Client(target, timeout_ms=10_000) as c:
-        sock = c._sock  # open loop: sends on schedule, replies drained apart
-
-        def drain() -> None:
-            nonlocal last
-            while True:
-                try:
-                    resp = pb.Response.FromString(sock.recv(zmq.NOBLOCK))
-                except zmq.Again:
-                    return
-                last = max(last, resp.write.lsn)
-
-        seconds = paced(lambda n: sock.send(frames[n]), drain, rate, len(frames))
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and last < len(frames):
-            if sock.poll(100, zmq.POLLIN):
-                drain()
-    return seconds, last
-
-
 def _redis_paced(port: int, rate: int, cmds: list[bytes]) -> tuple[float, int]:
     sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -150,7 +126,7 @@ def _paced(a: argparse.Namespace) -> dict[str, Any]:
                 pb.Request(request_id=n + 1, put=pb.PutRequest(key=k, value=value()))
                 .SerializeToString() for n, k in enumerate(keys)
             ]  # fmt: skip
-            seconds, last = _kevo_paced(a.target, a.rate, frames)
+            seconds, last = send_paced(a.target, frames, a.rate)
         else:
             cmds = [encode_command(b"SET", k, value()) for k in keys]
             seconds, last = _redis_paced(int(a.target), a.rate, cmds)
