@@ -28,6 +28,7 @@ from kevo_repl.core.follower_types import (
     WriteChunk,
 )
 from kevo_repl.core.history import HistoryChain
+from kevo_repl.core.stream_ahead import StreamAhead
 
 H = b"H" * 16  # the primary's history
 OTHER = b"O" * 16
@@ -201,9 +202,64 @@ def test_stale_register_reply_is_ignored() -> None:
 
 def test_gap_in_the_stream_moves_to_syncing_and_asks_once() -> None:
     f = ready(applied=5)
-    assert f.on_record(*rec(8, 9)) == [SendWalSync(6, MAX)]
+    assert f.on_record(*rec(8, 9)) == [SendWalSync(6, MAX, to_lsn=7)]  # the hole alone
     assert status(f) == Status.SYNCING and f.counters.gaps == 1
     assert f.on_record(*rec(10, 10)) == []  # a WalSync is in flight: no second request
+
+
+def test_stream_records_past_a_gap_apply_once_the_gap_is_filled() -> None:
+    f = ready(applied=5)
+    f.on_record(*rec(8, 9))
+    f.on_record(*rec(10, 10))
+    out = f.on_wal_sync_reply([rec(6, 7)], primary_lsn=10)
+    assert out == [
+        ApplyRecord(6, 7, b"6-7"),
+        ApplyRecord(8, 9, b"8-9"),
+        ApplyRecord(10, 10, b"10-10"),
+    ]
+    assert status(f) == Status.READY and f.applied_lsn == 10
+
+
+def test_a_reply_past_to_lsn_still_applies_each_record_once() -> None:
+    # An upstream that does not know to_lsn sends the held records too: duplicates, dropped.
+    f = ready(applied=5)
+    f.on_record(*rec(8, 9))
+    out = f.on_wal_sync_reply([rec(6, 7), rec(8, 9), rec(10, 12)], primary_lsn=12)
+    assert out == [
+        ApplyRecord(6, 7, b"6-7"),
+        ApplyRecord(8, 9, b"8-9"),
+        ApplyRecord(10, 12, b"10-12"),
+    ]
+    assert f.applied_lsn == 12 and f.counters.dropped_duplicates == 1
+
+
+def test_a_second_hole_past_held_records_is_asked_for_alone() -> None:
+    f = ready(applied=5)
+    f.on_record(*rec(8, 9))  # hole 6..7
+    f.on_record(*rec(12, 12))  # hole 10..11, behind the first
+    out = f.on_wal_sync_reply([rec(6, 7)], primary_lsn=12)
+    assert out == [ApplyRecord(6, 7, b"6-7"), ApplyRecord(8, 9, b"8-9"), SendWalSync(10, MAX, 11)]
+    assert f.on_wal_sync_reply([rec(10, 11)], primary_lsn=12) == [
+        ApplyRecord(10, 11, b"10-11"),
+        ApplyRecord(12, 12, b"12-12"),
+    ]
+
+
+def test_held_records_go_with_a_reconnect() -> None:
+    f = ready(applied=5)
+    f.on_record(*rec(8, 9))
+    f.on_record(*rec(10, 10, OTHER))  # the upstream changed history: register again
+    assert status(f) == Status.CONNECTING and len(f._ahead) == 0
+
+
+def test_held_bytes_are_bounded() -> None:
+    ahead = StreamAhead(max_bytes=10)
+    assert ahead.keep(8, 9, H, b"x" * 6)
+    assert not ahead.keep(10, 10, H, b"y" * 6)  # over the bound: fetched later instead
+    assert not ahead.keep(8, 9, H, b"x" * 6)  # held already
+    assert ahead.held_bytes == 6 and ahead.end_of_gap(5) == 7
+    ahead.prune(9)
+    assert len(ahead) == 0 and ahead.held_bytes == 0 and ahead.end_of_gap(9) == 0
 
 
 def test_next_record_applies_and_old_ones_are_dropped() -> None:

@@ -167,6 +167,7 @@ class Follower(FollowerCopy):
             out += self._offer(first, last, history, record)
             if self._pending or self.status not in (Status.SYNCING, Status.READY):
                 return out  # a gap inside the reply or a foreign history: already handled
+        self._ahead.prune(self.applied_lsn)
         if self.applied_lsn >= primary_lsn:
             if self.status == Status.SYNCING:
                 self._move(Status.READY)
@@ -200,7 +201,7 @@ class Follower(FollowerCopy):
         if self.status not in (Status.SYNCING, Status.READY):
             return []  # joining or bootstrapping: WalSync fetches it later
         self._heard(last_lsn)
-        return self._offer(first_lsn, last_lsn, history_id, record)
+        return self._offer(first_lsn, last_lsn, history_id, record, live=True)
 
     def on_beacon(self, history_id: bytes, last_lsn: int) -> list[Action]:
         """Beacons follow the records on the same PUB, so ``applied < last_lsn`` is a gap."""
@@ -273,7 +274,22 @@ class Follower(FollowerCopy):
         self._retry_at_ms = self._now_ms + retry_after_ms
         return [self._heartbeat()]
 
-    def _offer(self, first: int, last: int, history: bytes, record: bytes) -> list[Action]:
+    def _offer(
+        self, first: int, last: int, history: bytes, record: bytes, live: bool = False
+    ) -> list[Action]:
+        """Decide one record; after an apply, the stream records held past the gap it
+        closed follow, each decided again (core/stream_ahead.py)."""
+        out = self._offer_one(first, last, history, record, live)
+        while out and isinstance(out[-1], ApplyRecord):
+            held = self._ahead.take(self.applied_lsn + 1)
+            if held is None:
+                break
+            out += self._offer_one(*held, live=False)
+        return out
+
+    def _offer_one(
+        self, first: int, last: int, history: bytes, record: bytes, live: bool
+    ) -> list[Action]:
         if history != self.upstream_chain.at(last) or history != self.upstream_chain.at(first):
             self.counters.foreign_records += 1
             return self._foreign_history()
@@ -290,6 +306,8 @@ class Follower(FollowerCopy):
             # (a forged record, or a primary that lost an unsynced tail). Never apply it.
             self._note("straddling_record", first_lsn=first, last_lsn=last)
             return self._disconnect(f"record {first}..{last} straddles applied {self.applied_lsn}")
+        if live:
+            self._ahead.keep(first, last, history, record)
         return [] if self._pending else self._gap(first - 1)
 
     def _on_request_timeout(self) -> list[Action]:

@@ -23,6 +23,7 @@ from kevo_repl.core.follower_types import (
 )
 from kevo_repl.core.history import HistoryChain
 from kevo_repl.core.rewind import RewindReceiver
+from kevo_repl.core.stream_ahead import StreamAhead
 
 __all__ = ["FollowerCore"]
 
@@ -73,6 +74,7 @@ class FollowerCore:
     _chain_before_install: HistoryChain = field(default_factory=HistoryChain)
     _rewind: RewindReceiver | None = None  # a diverged tail being rewound
     serve_from_lsn: int = 0  # consistent (servable) only once applied past it (a rewind)
+    _ahead: StreamAhead = field(default_factory=StreamAhead)  # stream records past a gap
 
     def __post_init__(self) -> None:
         if not self.chain and self.history_id:  # a store from before chains: one history
@@ -114,7 +116,8 @@ class FollowerCore:
             return []
         self.counters.catchups += 1
         self._request("wal_sync")
-        return [SendWalSync(self.applied_lsn + 1, self.config.wal_sync_max_bytes)]
+        to_lsn = self._ahead.end_of_gap(self.applied_lsn)  # the stream brought what follows
+        return [SendWalSync(self.applied_lsn + 1, self.config.wal_sync_max_bytes, to_lsn)]
 
     def _refuse_upstream(self, reason: str, upstream_history: bytes, lsn: int) -> list[Action]:
         """Stay in ERROR, keep serving reads, and look again when the upstream's stream shows
@@ -183,6 +186,8 @@ class FollowerCore:
         else:
             self._note("status", old=self.status.name, new=to.name)
         self.status = to
+        if to not in (Status.SYNCING, Status.READY):
+            self._ahead.clear()  # a new join, a copy or an error: nothing held applies
         self._last_heartbeat_ms = -(10**12)  # tell the primary at the next tick
         if to != Status.ERROR:
             self.error_message = ""

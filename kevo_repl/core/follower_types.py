@@ -128,6 +128,7 @@ class SendAck:
 class SendWalSync:
     from_lsn: int
     max_bytes: int
+    to_lsn: int = 0  # the last LSN needed (the stream brought what follows); 0: no bound
 
 
 @dataclass(frozen=True, slots=True)

@@ -294,8 +294,9 @@ class ServingRequests:
         records: list[bytes] = []
         try:
             for record in wal.read_from(req.from_lsn, max_bytes):
-                if peek_lsns(record)[1] > visible:
-                    break
+                first, last = peek_lsns(record)
+                if last > visible or (records and req.to_lsn and first > req.to_lsn):
+                    break  # not yet served, or held by the follower already
                 records.append(record)
         except TooOldError:
             node.log.info("wal_sync_too_old", from_lsn=req.from_lsn)

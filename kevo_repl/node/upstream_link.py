@@ -296,6 +296,15 @@ class UpstreamLink:
             )
         return list(inner.keys), list(inner.values)
 
+    def decoded_of(self, first_lsn: int, record: bytes) -> Decoded:
+        """A record offered earlier, decoded: from this turn's, or decoded again (one the
+        follower held past a gap while a WalSync filled it)."""
+        decoded = self.decoded.pop(first_lsn, None)
+        if decoded is None:
+            self._decode_record(record)
+            decoded = self.decoded.pop(first_lsn)
+        return decoded
+
     def _decode_record(self, record: bytes) -> tuple[int, int, bytes, bytes]:
         decoded = verify_wire_record(record)
         batch = decode_batch(decoded.payload)
@@ -352,6 +361,7 @@ class UpstreamLink:
                 pb.WalSyncRequest(
                     from_lsn=action.from_lsn,
                     max_bytes=action.max_bytes,
+                    to_lsn=action.to_lsn,
                     compression=self.codec,  # type: ignore[arg-type]
                 )
             )

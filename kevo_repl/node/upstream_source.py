@@ -222,7 +222,7 @@ class UpstreamSource:
         follower = self.follower
         for action in actions:
             if isinstance(action, ApplyRecord):
-                self._to_apply.append(self.link.decoded.pop(action.first_lsn))
+                self._to_apply.append(self.link.decoded_of(action.first_lsn, action.record))
             elif isinstance(action, Reconnect):
                 self.flush()
                 self.events.reconnecting(action.reason, self.node.config.primary_timeout_ms)

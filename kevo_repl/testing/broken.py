@@ -17,23 +17,27 @@ __all__ = ["BROKEN_RULES", "DRIVER_RULES"]
 class ApplyPastGap(Follower):
     """Skips the gap check: applies a record whose first_lsn > applied + 1."""
 
-    def _offer(self, first: int, last: int, history: bytes, record: bytes) -> list[Action]:
+    def _offer_one(
+        self, first: int, last: int, history: bytes, record: bytes, live: bool
+    ) -> list[Action]:
         ours = history == self.primary_history == self.history_id
         if ours and first > self.applied_lsn + 1:
             self.applied_lsn = last
             self._ack_due = True
             return [ApplyRecord(first, last, record)]
-        return Follower._offer(self, first, last, history, record)
+        return Follower._offer_one(self, first, last, history, record, live)
 
 
 class ApplyTwice(Follower):
     """Forgets to drop records it already applied."""
 
-    def _offer(self, first: int, last: int, history: bytes, record: bytes) -> list[Action]:
+    def _offer_one(
+        self, first: int, last: int, history: bytes, record: bytes, live: bool
+    ) -> list[Action]:
         ours = history == self.primary_history == self.history_id
         if ours and last <= self.applied_lsn:
             return [ApplyRecord(first, last, record)]
-        return Follower._offer(self, first, last, history, record)
+        return Follower._offer_one(self, first, last, history, record, live)
 
 
 class IgnoreHistory(Follower):
@@ -61,8 +65,11 @@ class IgnoreHistory(Follower):
             upstream_is_primary=upstream_is_primary,
         )
 
-    def _offer(self, first: int, last: int, history: bytes, record: bytes) -> list[Action]:
-        return Follower._offer(self, first, last, self.upstream_chain.at(last), record)
+    def _offer_one(
+        self, first: int, last: int, history: bytes, record: bytes, live: bool
+    ) -> list[Action]:
+        at = self.upstream_chain.at(last)
+        return Follower._offer_one(self, first, last, at, record, live)
 
 
 class BootstrapOverUnrelated(Follower):

@@ -64,6 +64,7 @@ class HostilePrimary:
     beacons: bool = True
     port: int = 0
     requests_seen: dict[str, int] = field(default_factory=dict)
+    last_request: dict[str, pb.Request] = field(default_factory=dict)  # by kind
     last_peer: bytes = b""
     wal: list[bytes] = field(default_factory=list)
     data: dict[bytes, bytes] = field(default_factory=dict)
@@ -132,13 +133,15 @@ class HostilePrimary:
             return [pb.Response(request_id=rid, heartbeat=hb).SerializeToString()]
         if kind == "wal_sync":
             start = (req.wal_sync.from_lsn - 1) // self.per_record
+            to_lsn = req.wal_sync.to_lsn  # records end on multiples of per_record
+            end = max(start + 1, to_lsn // self.per_record) if to_lsn else len(self.wal)
             sync = pb.WalSyncResponse(
                 primary_lsn=self.last_lsn, retained_from_lsn=1, history_id=self.history
             )
             if req.wal_sync.compression == pb.CODEC_ZSTD:
-                sync.compressed = deflate(b"".join(self.wal[start:]))
+                sync.compressed = deflate(b"".join(self.wal[start:end]))
             else:
-                sync.records.extend(self.wal[start:])
+                sync.records.extend(self.wal[start:end])
             return [pb.Response(request_id=rid, wal_sync=sync).SerializeToString()]
         if kind == "bootstrap" and req.bootstrap.session_id == 0:
             return self.bootstrap_chunks(rid, compressed=req.bootstrap.compression == pb.CODEC_ZSTD)
@@ -263,6 +266,7 @@ class HostilePrimary:
             req.ParseFromString(raw)
             kind = req.WhichOneof("body") or "?"
             self.requests_seen[kind] = self.requests_seen.get(kind, 0) + 1
+            self.last_request[kind] = req
             self.last_peer = peer
             reply = self.honest_reply(req)
             if self.responder is not None:

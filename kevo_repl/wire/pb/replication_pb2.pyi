@@ -667,20 +667,26 @@ class WalSyncRequest(_message.Message):
     FROM_LSN_FIELD_NUMBER: _builtins.int
     MAX_BYTES_FIELD_NUMBER: _builtins.int
     COMPRESSION_FIELD_NUMBER: _builtins.int
+    TO_LSN_FIELD_NUMBER: _builtins.int
     from_lsn: _builtins.int
     max_bytes: _builtins.int
     compression: Global___Codec.ValueType
     """ZSTD: the records come as one zstd frame in `compressed`"""
+    to_lsn: _builtins.int
+    """The last LSN needed (0: no bound): the follower holds the stream's records after it,
+    so the reply stops before the record that starts past to_lsn (at least one record).
+    """
     def __init__(
         self,
         *,
         from_lsn: _builtins.int = ...,
         max_bytes: _builtins.int = ...,
         compression: Global___Codec.ValueType = ...,
+        to_lsn: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["compression", b"compression", "from_lsn", b"from_lsn", "max_bytes", b"max_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compression", b"compression", "from_lsn", b"from_lsn", "max_bytes", b"max_bytes", "to_lsn", b"to_lsn"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
