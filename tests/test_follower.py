@@ -245,6 +245,31 @@ def test_a_second_hole_past_held_records_is_asked_for_alone() -> None:
     ]
 
 
+def test_while_the_stream_flows_a_reply_short_of_the_upstream_asks_no_more() -> None:
+    # The rest is in flight on the stream (a saturated link): fetching it would send it twice.
+    f = ready(applied=5)
+    f.on_record(*rec(8, 9))  # hole 6..7
+    f.on_record(*rec(10, 10))
+    out = f.on_wal_sync_reply([rec(6, 7)], primary_lsn=20)  # the upstream is at 20 already
+    assert out == [
+        ApplyRecord(6, 7, b"6-7"),
+        ApplyRecord(8, 9, b"8-9"),
+        ApplyRecord(10, 10, b"10-10"),
+    ]
+    assert status(f) == Status.SYNCING and f.pending_request == ""
+    assert f.on_record(*rec(11, 20)) == [ApplyRecord(11, 20, b"11-20")]
+    assert status(f) == Status.READY  # the stream itself brought it to the upstream's LSN
+
+
+def test_a_quiet_stream_leaves_catch_up_to_walsync() -> None:
+    f = ready(applied=5)
+    f.on_beacon(H, 20)  # a gap a beacon shows: nothing came on the stream meanwhile
+    assert f.on_wal_sync_reply([rec(6, 9)], primary_lsn=20) == [
+        ApplyRecord(6, 9, b"6-9"),
+        SendWalSync(10, MAX),
+    ]
+
+
 def test_held_records_go_with_a_reconnect() -> None:
     f = ready(applied=5)
     f.on_record(*rec(8, 9))

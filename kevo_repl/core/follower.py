@@ -170,11 +170,22 @@ class Follower(FollowerCopy):
                 return out  # a gap inside the reply or a foreign history: already handled
         self._ahead.prune(self.applied_lsn)
         if self.applied_lsn >= primary_lsn:
-            if self.status == Status.SYNCING:
-                self._move(Status.READY)
-                self._note("caught_up", applied_lsn=self.applied_lsn)
+            self._caught_up()
+            return out
+        if not self._ahead.end_of_gap(self.applied_lsn) and self._stream_flowing():
+            # What follows is on the stream, in flight: fetching it too would carry it twice
+            # (a saturated link). A gap shows at its next record, or at the next beacon.
             return out
         return out + self._wal_sync()
+
+    def _stream_flowing(self) -> bool:
+        """Records came on the stream while the last WalSync was out."""
+        return self._stream_records > self._stream_records_at_sync
+
+    def _caught_up(self) -> None:
+        if self.status == Status.SYNCING:
+            self._move(Status.READY)
+            self._note("caught_up", applied_lsn=self.applied_lsn)
 
     def on_request_refused(self, code: str, message: str) -> list[Action]:
         """The pending request got an Error reply: log it, back off, register again."""
@@ -202,6 +213,7 @@ class Follower(FollowerCopy):
         if self.status not in (Status.SYNCING, Status.READY):
             return []  # joining or bootstrapping: WalSync fetches it later
         self._heard(last_lsn)
+        self._stream_records += 1
         return self._offer(first_lsn, last_lsn, history_id, record, live=True)
 
     def on_beacon(self, history_id: bytes, last_lsn: int) -> list[Action]:
@@ -301,6 +313,8 @@ class Follower(FollowerCopy):
             self.applied_lsn = last
             self.history_id = history
             self._ack_due = True
+            if live and not self._pending and self.applied_lsn >= self.primary_lsn:
+                self._caught_up()  # the stream itself brought us to the upstream's position
             return [ApplyRecord(first, last, record)]
         if first <= self.applied_lsn:
             # Remote input, not our invariant: the primary's batch boundaries differ from ours

@@ -75,6 +75,8 @@ class FollowerCore:
     _rewind: RewindReceiver | None = None  # a diverged tail being rewound
     serve_from_lsn: int = 0  # consistent (servable) only once applied past it (a rewind)
     _ahead: StreamAhead = field(default_factory=StreamAhead)  # stream records past a gap
+    _stream_records: int = 0  # records the stream brought while following
+    _stream_records_at_sync: int = 0  # ... when the last WalSync was sent
 
     def __post_init__(self) -> None:
         if not self.chain and self.history_id:  # a store from before chains: one history
@@ -116,6 +118,7 @@ class FollowerCore:
             return []
         self.counters.catchups += 1
         self._request("wal_sync")
+        self._stream_records_at_sync = self._stream_records
         to_lsn = self._ahead.end_of_gap(self.applied_lsn)  # the stream brought what follows
         return [SendWalSync(self.applied_lsn + 1, self.config.wal_sync_max_bytes, to_lsn)]
 
