@@ -213,7 +213,8 @@ class Follower(FollowerCopy):
         if self.status not in (Status.SYNCING, Status.READY):
             return []  # joining or bootstrapping: WalSync fetches it later
         self._heard(last_lsn)
-        self._stream_records += 1
+        if last_lsn > self.applied_lsn:  # news, not a duplicate: the stream is flowing
+            self._stream_records += 1
         return self._offer(first_lsn, last_lsn, history_id, record, live=True)
 
     def on_beacon(self, history_id: bytes, last_lsn: int) -> list[Action]:
