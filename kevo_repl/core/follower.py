@@ -9,7 +9,8 @@ One rule decides every record, whatever path it came by (live stream or WalSync 
 ``first_lsn == applied + 1`` applies it, ``last_lsn <= applied`` drops it as already applied,
 ``first_lsn > applied + 1`` is a gap repaired by WalSync from ``applied + 1`` (a stream
 record past it is held meanwhile and decided again once the gap is filled, so WalSync asks
-for the hole alone: ``core/stream_ahead.py``). A record of another history is never applied. Status changes go through ``TRANSITIONS`` and nothing else.
+for the hole alone: ``core/stream_ahead.py``). A record of another history is never applied.
+Status changes go through ``TRANSITIONS`` and nothing else.
 """
 
 from __future__ import annotations
