@@ -25,13 +25,12 @@ import signal
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import zmq
 
-from kevo_repl.adapters.clock import monotonic_ms, wall_us
+from kevo_repl.adapters.clock import monotonic_ms
 from kevo_repl.adapters.security import ServerSecurity
 from kevo_repl.adapters.state_lmdb import StateStore
 from kevo_repl.adapters.wal_files import WriteAheadLog
@@ -46,12 +45,11 @@ from kevo_repl.node.local_state import open_local_state
 from kevo_repl.node.serving import ServingSockets
 from kevo_repl.node.serving_requests import ServingRequests
 from kevo_repl.node.stats import NodeStats
+from kevo_repl.node.stream_out import Counters, StreamOut
 from kevo_repl.wire import pb
 from kevo_repl.wire.backend import slow_backend_warning
-from kevo_repl.wire.compression import deflate
-from kevo_repl.wire.envelope import encode_beacon
 
-__all__ = ["Counters", "Node", "Source"]
+__all__ = ["Node", "Source"]
 
 
 class Source(Protocol):
@@ -77,22 +75,6 @@ class Source(Protocol):
     def close(self) -> None: ...
 
 
-@dataclass(slots=True)
-class Counters:
-    batches_published: int = 0
-    entries_published: int = 0
-    bytes_published: int = 0
-    catchups_served: int = 0
-    bootstraps_served: int = 0
-    records_by_walsync_only: int = 0  # over the stream's frame limit: not published
-    compressed_raw_bytes: int = 0  # compressed for followers (stream, WalSync, bootstrap)
-    compressed_wire_bytes: int = 0  # what that became
-
-    def compressed(self, raw: int, wire: int) -> None:
-        self.compressed_raw_bytes += raw
-        self.compressed_wire_bytes += wire
-
-
 class Node:
     """Owns the data directory and the sockets; ``run()`` until ``stop()``."""
 
@@ -116,8 +98,9 @@ class Node:
         self._calls: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = queue.SimpleQueue()
         self.retention_held_by = ""  # the follower whose position keeps the oldest segment
         self.counters = Counters()
+        self.stream = StreamOut(self)
         self.stats = NodeStats()  # histograms, counters, rates (metrics, Status)
-        self.last_publish_ms = self._last_tick_ms = self._last_retain_ms = 0
+        self._last_tick_ms = self._last_retain_ms = 0
         self.state = open_local_state(Path(config.data_dir), role, config.segment_size, self.log)
         self.followers = Registry(
             stale_after_ms=config.stale_after_ms,
@@ -333,66 +316,11 @@ class Node:
         self.ctx.destroy(0)
         self.state.close(clean=clean)
 
-    # ---- publishing --------------------------------------------------------------------------
-
-    def publish(
-        self,
-        records: list[tuple[int, int, bytes]],
-        now: int,
-        compressed: dict[int, bytes] | None = None,
-    ) -> None:
-        """Records ``(first, last, bytes)`` just made durable here: on the stream (a record
-        over the frame limit is announced by a beacon, followers fetch it by WalSync), to
-        the followers' registry, and to waiting reads.
-
-        While a follower wants a compressed stream, each record also goes out compressed on
-        topic Z, compressed once for all of them; a relay passes on the frames it received
-        (``compressed``, by first LSN) instead of compressing them again."""
-        if not records:
-            return
-        c = self.counters
-        unpublished = 0
-        nbytes = 0
-        zstd = self.followers.wants_compression
-        for first, last, record in records:
-            nbytes += len(record)
-            frame = None
-            if zstd and len(record) <= self.serving.max_stream_record_bytes:
-                frame = compressed.get(first) if compressed else None
-                if frame is None:
-                    frame = deflate(record)
-                c.compressed(len(record), len(frame) + 1)
-            if self.serving.publish_record(record, frame):
-                c.batches_published += 1
-                c.entries_published += last - first + 1
-                c.bytes_published += len(record) + 1
-            else:
-                unpublished += 1
-        self.followers.note_commit(records[-1][1], now, nbytes)
-        self.stats.published.note(now, c.entries_published, c.bytes_published)
-        if unpublished:
-            c.records_by_walsync_only += unpublished
-            self.beacon(now)
-        else:
-            self.last_publish_ms = now
-        self.requests.reads.release(now)
-
-    def beacon(self, now: int) -> None:
-        self.last_publish_ms = now
-        frame = encode_beacon(
-            self.state.chain.current,
-            self.visible_lsn,
-            wall_us(),
-            self.wal.retained_from_lsn,
-            self.source.writes_waiting,
-        )
-        self.serving.pub.send(frame, zmq.DONTWAIT)
-
     # ---- timers ------------------------------------------------------------------------------
 
     def _timers(self, now: int) -> None:
-        if now - self.last_publish_ms >= self.config.beacon_interval_ms:
-            self.beacon(now)
+        if now - self.stream.last_publish_ms >= self.config.beacon_interval_ms:
+            self.stream.beacon(now)
         if now - self._last_tick_ms >= 50:
             self._last_tick_ms = now
             self.requests.tick(now)

@@ -79,7 +79,7 @@ def promote(node: Node, force: bool) -> pb.PromoteResponse:
         previous_upstream=source.upstream,
         forced=force and alive,
     )
-    node.beacon(monotonic_ms())  # followers see the new history at once
+    node.stream.beacon(monotonic_ms())  # followers see the new history at once
     return pb.PromoteResponse(fork_lsn=fork, history_id=history, history=chain_to_wire(chain))
 
 

@@ -15,9 +15,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from kevo_repl.adapters.clock import monotonic_ms
-from kevo_repl.core.errors import StorageError, TooOldError
+from kevo_repl.core.errors import StorageError
 from kevo_repl.core.follower_types import Status
-from kevo_repl.core.record import peek_lsns
 from kevo_repl.core.registry import (
     DuplicateReplicaError,
     ImpossiblePositionError,
@@ -30,10 +29,11 @@ from kevo_repl.node.parked_reads import ParkedReads
 from kevo_repl.node.refusals import RefusalLog
 from kevo_repl.node.roles import fence, handover, promote, repoint
 from kevo_repl.node.serving_snapshots import SnapshotRequests
+from kevo_repl.node.serving_walsync import serve_wal_sync
 from kevo_repl.node.stats import INVALID_KIND
 from kevo_repl.wire import pb
 from kevo_repl.wire.batch import WireError, decode_batch
-from kevo_repl.wire.compression import codec_for, codec_name, deflate
+from kevo_repl.wire.compression import codec_for, codec_name
 from kevo_repl.wire.envelope import decode_request
 from kevo_repl.wire.history import chain_from_wire, chain_to_wire
 
@@ -42,10 +42,8 @@ if TYPE_CHECKING:
 
 __all__ = ["ServingRequests", "replica_info"]
 
-MIN_SYNC_BYTES = 64 * 1024
 REWIND_MAX_KEYS = 1024
 REWIND_MAX_BYTES = 8 * 1024 * 1024
-MAX_SYNC_BYTES = 16 * 1024 * 1024
 
 
 def replica_info(r: ReplicaState, registry: Registry, now_ms: int) -> pb.ReplicaInfo:
@@ -137,7 +135,7 @@ class ServingRequests:
         elif kind == "ack":
             self._ack(peer, rid, req.ack, now)
         elif kind == "wal_sync":
-            self._wal_sync(peer, rid, req.wal_sync, now)
+            serve_wal_sync(node, peer, rid, req.wal_sync, now)
         elif kind == "lsn_at_time":
             self._reply(peer, pb.Response(request_id=rid, lsn_at_time=self._lsn_at_time(req)))
         elif kind == "bootstrap":
@@ -279,45 +277,6 @@ class ServingRequests:
         who = r.replica_id if r is not None else peer.hex()
         self.refusals.refused("impossible_position", now, replica_id=who, error=str(exc))
         self._error(peer, rid, pb.ERROR_BAD_REQUEST, str(exc))
-
-    def _wal_sync(self, peer: bytes, rid: int, req: pb.WalSyncRequest, now: int) -> None:
-        node = self.node
-        wal = node.wal
-        visible = node.visible_lsn  # records still syncing are not served yet
-        if req.from_lsn < 1 or req.from_lsn > visible + 1:
-            raise WireError(f"wal_sync: from_lsn {req.from_lsn} outside 1..{visible + 1}")
-        room = node.serving.budget.room(peer)
-        if room < MIN_SYNC_BYTES:
-            msg = f"{node.serving.budget.unread_bytes(peer)} bytes of earlier replies are unread"
-            raise WireError(msg, pb.ERROR_UNREAD_REPLIES)
-        max_bytes = max(MIN_SYNC_BYTES, min(req.max_bytes or MAX_SYNC_BYTES, MAX_SYNC_BYTES, room))
-        records: list[bytes] = []
-        try:
-            for record in wal.read_from(req.from_lsn, max_bytes):
-                first, last = peek_lsns(record)
-                if last > visible or (records and req.to_lsn and first > req.to_lsn):
-                    break  # not yet served, or held by the follower already
-                records.append(record)
-        except TooOldError:
-            node.log.info("wal_sync_too_old", from_lsn=req.from_lsn)
-            msg = f"LSN {req.from_lsn} was retained away; WAL starts at {wal.retained_from_lsn}"
-            self._error(peer, rid, pb.ERROR_TOO_OLD, msg, retained_from_lsn=wal.retained_from_lsn)
-            return
-        if node.followers.get(peer) is not None:  # a replica, not a tail or a tool
-            node.followers.note_catchup(peer, now)
-            node.counters.catchups_served += 1
-        resp = pb.WalSyncResponse(
-            primary_lsn=visible,
-            retained_from_lsn=wal.retained_from_lsn,
-            history_id=node.state.chain.current,
-        )
-        if codec_for(req.compression) == pb.CODEC_ZSTD:
-            raw = b"".join(records)
-            resp.compressed = deflate(raw)
-            node.counters.compressed(len(raw), len(resp.compressed))
-        else:
-            resp.records.extend(records)
-        node.serving.reply_or_refuse(peer, pb.Response(request_id=rid, wal_sync=resp))
 
     def _lsn_at_time(self, req: pb.Request) -> pb.LsnAtTimeResponse:
         """The first LSN committed at or after a time (``tail --from-time``), from our WAL."""

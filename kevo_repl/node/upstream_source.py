@@ -293,7 +293,7 @@ class UpstreamSource:
         # fetched again). What we ack as durable waits for our own fdatasync.
         ready = [(first, last, record) for first, last, _b, record in queued]
         self._visible = ready[-1][1]
-        self.node.publish(ready, monotonic_ms(), compressed)
+        self.node.stream.publish(ready, monotonic_ms(), compressed)
         self._drains.published(self._visible)
 
     def _start_sync(self) -> None:

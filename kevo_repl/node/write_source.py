@@ -235,7 +235,7 @@ class WriteSource:
         self._waits_until_ms = now + WAIT_HOLD_MS
         if not self.writes_waiting:
             self.writes_waiting = True
-            self.node.beacon(now)
+            self.node.stream.beacon(now)
 
     def _refuse_unconfirmable(self, needed: int) -> None:
         """``--sync-refuse``: while fewer followers than ``needed`` are connected a write
@@ -276,7 +276,7 @@ class WriteSource:
             and not self.node.followers.waiters
         ):
             self.writes_waiting = False
-            self.node.beacon(now_ms)
+            self.node.stream.beacon(now_ms)
         if not self.committer.store_error:
             return
         try:
@@ -308,7 +308,7 @@ class WriteSource:
         for flight in done:
             now = monotonic_ms()
             self.retries.committed(flight.committed())
-            self.node.publish(
+            self.node.stream.publish(
                 [
                     (r.appended.first_lsn, r.appended.last_lsn, r.appended.record)
                     for r in flight.records
