@@ -205,10 +205,6 @@ def _end_left_behind(namespaces: list[str]) -> None:
                 os.kill(int(pid), signal.SIGKILL)
 
 
-def _replica_args(compression: str) -> tuple[str, ...]:
-    return () if compression == "auto" else ("--compression", compression)
-
-
 def run_fanout(
     replicas: int,
     rate: int = 5000,
@@ -218,8 +214,8 @@ def run_fanout(
     compression: str = "auto",
 ) -> dict[str, Any]:
     """One primary and ``replicas`` replicas at ``rate``: lag p99 per replica. ``compression``
-    is the replicas' ``--compression`` (auto: the node's default)."""
-    args = _replica_args(compression)
+    is the replicas' ``--compression``."""
+    args = ("--compression", compression)
     with _where(netns, ["p", "leaf"]) as (place, links):
         m = measure(
             rate, seconds, lambda c: flat(c, replicas, place, args, True), listener_procs, links
@@ -249,7 +245,7 @@ def run_tree(
 ) -> dict[str, Any]:
     """Primary -> ``relays`` relays -> ``leaves`` leaves at ``rate``: a leaf's lag runs from
     the commit on the primary's PUB to the apply on the leaf's PUB (two hops)."""
-    args = _replica_args(compression)
+    args = ("--compression", compression)
 
     def build(c: BenchCluster) -> Topology:
         return tree(c, relays, leaves, place, args, True)

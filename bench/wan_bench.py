@@ -18,12 +18,9 @@ sizes. Everything (nodes by PID, agents by PID, namespaces) ends with its ``with
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import cache
 from typing import Any
 
 from bench.harness import BenchCluster, bench_cluster, replica_caught_up, wait_until
@@ -38,7 +35,7 @@ from kevo_repl.wire import pb
 __all__ = [
     "KEY_BYTES",
     "LAG_KEY_BYTES",
-    "compression_modes",
+    "MODES",
     "cpu_per_mb",
     "kevo_catchup",
     "kevo_lag",
@@ -50,14 +47,7 @@ KEY_BYTES = 16  # key:%012d
 LAG_KEY_BYTES = 13  # lag:%09d
 
 
-@cache
-def compression_modes() -> tuple[str, ...]:
-    """``("none", "zstd")`` once replicas take ``--compression``, else ``("default",)``."""
-    out = subprocess.run(
-        [sys.executable, "-m", "kevo_repl", "replica", "--help"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    return ("none", "zstd") if "--compression" in out.stdout else ("default",)
+MODES = ("none", "zstd")  # the replica's --compression, one row each
 
 
 def wire_fields(wan: Wan, before: tuple[int, int], entries: int, values: str) -> dict[str, Any]:
@@ -91,8 +81,7 @@ def _counters(wan: Wan) -> tuple[int, int]:
 
 
 def _replica_args(primary: str, mode: str) -> list[str]:
-    args = ["--primary", primary, "--id", "r1"]
-    return args if mode == "default" else [*args, "--compression", mode]
+    return ["--primary", primary, "--id", "r1", "--compression", mode]
 
 
 def _start_replica(wan: Wan, cluster: BenchCluster, primary: str, mode: str, port: int = 0) -> str:

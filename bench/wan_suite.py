@@ -96,9 +96,7 @@ def wan(
     if redis and not redis_available():
         notes.append(f"{INSTALL_HINT}; Redis rows skipped")
         redis = False
-    modes = wb.compression_modes()
-    if modes == ("default",):
-        notes.append("replicas take no --compression here: one kevo row (its default)")
+    modes = wb.MODES
     sec = out["sections"]
     entries = throughput_entries(profile, seconds)
     deadline = 120 + 10 * seconds

@@ -43,8 +43,8 @@ from kevo_repl.core.follower_types import (
 )
 from kevo_repl.core.record import record_extent, verify_wire_record
 from kevo_repl.wire import pb
-from kevo_repl.wire.batch import WireLimits, decode_batch
-from kevo_repl.wire.compression import inflate
+from kevo_repl.wire.batch import BytesLike, WireLimits, decode_batch
+from kevo_repl.wire.compression import inflate, parse_codec
 from kevo_repl.wire.envelope import (
     TOPIC_BEACON,
     TOPIC_WAL,
@@ -73,7 +73,7 @@ class UpstreamLink:
         replica_id: str,
         address: str,
         log: Any,
-        compression: int = pb.CODEC_NONE,
+        compression: str = "none",
     ) -> None:
         self.upstream = upstream
         self._log = log
@@ -87,11 +87,12 @@ class UpstreamLink:
         )
         self._opts = SocketOptions(rcvhwm=DEALER_RCVHWM, max_msg_bytes=limits.max_reply_bytes)
         self._limits = limits
-        self.wanted = compression  # what we ask for on Register
-        self.codec = compression  # what the upstream agreed to send (its Register answer)
+        # What we ask for on Register (--compression, auto decided by the upstream's host),
+        # and what the upstream agreed to send (its Register answer).
+        self.wanted = self.codec = parse_codec(compression, self._host)
         self.compressed: dict[int, bytes] = {}  # zstd frames of decoded records, to pass on
         self.wire_bytes = 0  # received from the upstream: stream frames and replies
-        self.raw_bytes = 0  # the same, inflated
+        self.raw_bytes = 0  # the same, inflated (``_inflate`` adds what inflating added)
         self._ids = itertools.count(1)
         self.received_lsn: Callable[[], int] = lambda: 0  # written to the WAL (for write_lag)
         self.heard = pb.HeartbeatResponse()  # the upstream's last word on this follower
@@ -125,7 +126,7 @@ class UpstreamLink:
     def _record_topic(codec: int) -> bytes:
         return TOPIC_ZSTD if codec == pb.CODEC_ZSTD else TOPIC_WAL
 
-    def _use_codec(self, codec: int) -> None:
+    def _use_codec(self, codec: pb.Codec.ValueType) -> None:
         """Follow the records on the topic of what the upstream agreed to send; what the
         switch drops or doubles is a gap or a duplicate the follower already handles."""
         if codec != self.codec:
@@ -171,6 +172,7 @@ class UpstreamLink:
             if len(frames) != 1:
                 continue
             self.wire_bytes += len(frames[0])
+            self.raw_bytes += len(frames[0])
             try:
                 if sock is self.sub:
                     run(self._on_stream_frame(frames[0], follower))
@@ -182,25 +184,19 @@ class UpstreamLink:
     def _on_stream_frame(self, frame: bytes, follower: Follower) -> list[Action]:
         topic, rest = split_stream_frame(frame)
         if topic == TOPIC_WAL:
-            self.raw_bytes += len(frame)
             first, last, history, record = self._decode_record(bytes(rest))
             return follower.on_record(first, last, history, record)
         if topic == TOPIC_ZSTD:
-            limit = self._limits.max_stream_record_bytes
-            raw = inflate(rest, limit, "stream record")
-            self.raw_bytes += len(raw) + 1
+            raw = self._inflate(rest, self._limits.max_stream_record_bytes, "stream record")
             first, last, history, record = self._decode_record(raw)
             self.compressed[first] = bytes(rest)
             return follower.on_record(first, last, history, record)
-        self.raw_bytes += len(frame)
         beacon = decode_beacon(rest)
         self.writes_waiting = beacon.writes_waiting
         return follower.on_beacon(beacon.history_id, beacon.last_lsn)
 
     def _on_reply(self, frame: bytes, follower: Follower) -> list[Action]:
         resp = decode_response(frame)
-        if not resp.wal_sync.compressed and not resp.bootstrap.compressed:
-            self.raw_bytes += len(frame)
         if resp.read_token:
             self._read_token = resp.read_token
         kind = resp.WhichOneof("body")
@@ -222,7 +218,7 @@ class UpstreamLink:
             )
         if kind == "wal_sync" and mine:
             try:
-                raw = self._wal_sync_records(resp.wal_sync, len(frame))
+                raw = self._wal_sync_records(resp.wal_sync)
                 records = [self._decode_record(rec) for rec in raw]
             except ProtocolError as exc:
                 return follower.on_request_refused("BAD_RECORD", str(exc))
@@ -230,7 +226,7 @@ class UpstreamLink:
         if kind == "bootstrap" and mine:
             c = resp.bootstrap
             try:
-                keys, values = self._chunk_data(c, len(frame))
+                keys, values = self._chunk_data(c)
             except ProtocolError as exc:
                 return follower.on_request_refused("BAD_CHUNK", str(exc))
             return follower.on_bootstrap_chunk(
@@ -264,12 +260,16 @@ class UpstreamLink:
             self._log.warning("primary_error", code=name, message=err.message)
         return []
 
-    def _wal_sync_records(self, reply: pb.WalSyncResponse, wire: int) -> list[bytes]:
+    def _inflate(self, frame: BytesLike, limit: int, what: str) -> bytes:
+        raw = inflate(frame, limit, what)
+        self.raw_bytes += len(raw) - len(frame)
+        return raw
+
+    def _wal_sync_records(self, reply: pb.WalSyncResponse) -> list[bytes]:
         """The records of a WalSync reply, inflated and cut apart if it came compressed."""
         if not reply.compressed:
             return list(reply.records)
-        raw = inflate(reply.compressed, self._limits.max_reply_bytes, "WalSync reply")
-        self.raw_bytes += wire - len(reply.compressed) + len(raw)
+        raw = self._inflate(reply.compressed, self._limits.max_reply_bytes, "WalSync reply")
         records: list[bytes] = []
         offset = 0
         while offset < len(raw):
@@ -280,12 +280,11 @@ class UpstreamLink:
             offset = end
         return records
 
-    def _chunk_data(self, chunk: pb.BootstrapChunk, wire: int) -> tuple[list[bytes], list[bytes]]:
+    def _chunk_data(self, chunk: pb.BootstrapChunk) -> tuple[list[bytes], list[bytes]]:
         """A bootstrap chunk's keys and values, inflated if it came compressed."""
         if not chunk.compressed:
             return list(chunk.keys), list(chunk.values)
-        raw = inflate(chunk.compressed, self._limits.max_reply_bytes, "bootstrap chunk")
-        self.raw_bytes += wire - len(chunk.compressed) + len(raw)
+        raw = self._inflate(chunk.compressed, self._limits.max_reply_bytes, "bootstrap chunk")
         try:
             inner = pb.BootstrapChunk.FromString(raw)
         except Exception as exc:  # DecodeError: garbage that inflated
@@ -352,7 +351,7 @@ class UpstreamLink:
                     applied_lsn=action.applied_lsn,
                     history=chain_to_wire(action.chain),
                     primary=self.upstream_info.primary,
-                    compression=self.wanted,  # type: ignore[arg-type]
+                    compression=self.wanted,
                 )
             )
             pending = True
@@ -362,7 +361,7 @@ class UpstreamLink:
                     from_lsn=action.from_lsn,
                     max_bytes=action.max_bytes,
                     to_lsn=action.to_lsn,
-                    compression=self.codec,  # type: ignore[arg-type]
+                    compression=self.codec,
                 )
             )
             pending = True
@@ -372,7 +371,7 @@ class UpstreamLink:
                     session_id=action.session_id,
                     credit=action.credit,
                     chunk_bytes=action.chunk_bytes,
-                    compression=self.codec,  # type: ignore[arg-type]
+                    compression=self.codec,
                 )
             )
             pending = action.session_id == 0

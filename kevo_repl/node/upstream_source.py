@@ -20,7 +20,6 @@ import zmq
 from kevo_repl.adapters.clock import monotonic_ms, monotonic_s
 from kevo_repl.adapters.security import ClientCurve
 from kevo_repl.adapters.state_lmdb import Batch
-from kevo_repl.client import parse_node
 from kevo_repl.core.errors import KevoError, ProtocolError, StorageError
 from kevo_repl.core.follower import Follower
 from kevo_repl.core.follower_types import (
@@ -45,7 +44,6 @@ from kevo_repl.node.upstream_events import UpstreamEvents
 from kevo_repl.node.upstream_link import Decoded, UpstreamLink
 from kevo_repl.wire import pb
 from kevo_repl.wire.batch import WireError
-from kevo_repl.wire.compression import parse_codec
 
 if TYPE_CHECKING:
     from kevo_repl.node.node import Node
@@ -86,9 +84,15 @@ class UpstreamSource:
         curve = None
         if node.security is not None and config.keys_dir is not None:
             curve = ClientCurve.from_dir(config.keys_dir, config.own_key_name, config.upstream_key)
-        codec = parse_codec(config.compression, parse_node(upstream)[0])
         self.link = UpstreamLink(
-            node.ctx, upstream, config.limits, curve, config.node_id, node.address, node.log, codec
+            node.ctx,
+            upstream,
+            config.limits,
+            curve,
+            config.node_id,
+            node.address,
+            node.log,
+            config.compression,
         )
         self.link.upstream_info.primary = known_primary  # until the upstream says
         self.link.received_lsn = lambda: node.wal.last_lsn
@@ -160,7 +164,7 @@ class UpstreamSource:
         status.write_lag_s = heard.write_lag_s
         status.flush_lag_s = heard.flush_lag_s
         status.replay_lag_s = heard.replay_lag_s
-        status.compression = self.link.codec  # type: ignore[assignment]
+        status.compression = self.link.codec
         status.upstream_wire_bytes = self.link.wire_bytes
         status.upstream_raw_bytes = self.link.raw_bytes
         cause = self.events.unreachable

@@ -15,7 +15,7 @@ zstandard is imported on first use: a node that never compresses does not carry 
 
 from __future__ import annotations
 
-import ipaddress
+from functools import cache
 from typing import TYPE_CHECKING, Any, Final
 
 from kevo_repl.core.errors import ProtocolError
@@ -38,19 +38,22 @@ __all__ = [
 LEVEL: Final = 1  # docs/benchmarks.md "Compressing WAL records": level 3 buys ~5% for 2x CPU
 CODEC_NAMES: Final = {"none": pb.CODEC_NONE, "zstd": pb.CODEC_ZSTD}
 
-_zstd: dict[str, Any] = {}
+
+@cache
+def _zstd() -> Any:
+    import zstandard
+
+    return zstandard
 
 
-def _codec() -> tuple[Any, Any, Any, Any]:
-    """(compressor, checked compressor, decompressor, module), built once per process."""
-    if not _zstd:
-        import zstandard
+@cache
+def _compressor(checked: bool) -> Any:
+    return _zstd().ZstdCompressor(level=LEVEL, write_checksum=checked)
 
-        _zstd["c"] = zstandard.ZstdCompressor(level=LEVEL)
-        _zstd["cc"] = zstandard.ZstdCompressor(level=LEVEL, write_checksum=True)
-        _zstd["d"] = zstandard.ZstdDecompressor()
-        _zstd["m"] = zstandard
-    return _zstd["c"], _zstd["cc"], _zstd["d"], _zstd["m"]
+
+@cache
+def _decompressor() -> Any:
+    return _zstd().ZstdDecompressor()
 
 
 def parse_codec(text: str, upstream_host: str) -> pb.Codec.ValueType:
@@ -65,6 +68,8 @@ def parse_codec(text: str, upstream_host: str) -> pb.Codec.ValueType:
 
 
 def _is_loopback(host: str) -> bool:
+    import ipaddress  # once per upstream, and only by a replica
+
     host = host.strip("[]")
     if host == "localhost":
         return True
@@ -87,13 +92,13 @@ def codec_for(asked: int) -> pb.Codec.ValueType:
 def deflate(data: BytesLike) -> bytes:
     """One zstd frame holding ``data`` (its size in the header); for stream records, whose
     own crc32c checks them after inflating."""
-    return bytes(_codec()[0].compress(data))
+    return bytes(_compressor(False).compress(data))
 
 
 def deflate_checked(data: BytesLike) -> bytes:
     """As :func:`deflate` with zstd's content checksum: for replies with no crc of their own
     (bootstrap chunks), so damage is found, not applied."""
-    return bytes(_codec()[1].compress(data))
+    return bytes(_compressor(True).compress(data))
 
 
 def inflate(frame: BytesLike, limit: int, what: str) -> bytes:
@@ -103,7 +108,7 @@ def inflate(frame: BytesLike, limit: int, what: str) -> bytes:
     trailing data, or would inflate past ``limit`` (checked before inflating when the header
     gives the size; a frame without one stops at ``limit``).
     """
-    _, _, decompressor, zstandard = _codec()
+    zstandard = _zstd()
     try:
         params = zstandard.get_frame_parameters(frame)
     except zstandard.ZstdError as exc:
@@ -114,7 +119,7 @@ def inflate(frame: BytesLike, limit: int, what: str) -> bytes:
             f"{what}: compressed frame claims {size} bytes, over the limit of {limit}"
         )
     try:
-        out = decompressor.decompress(frame, max_output_size=limit, allow_extra_data=False)
+        out = _decompressor().decompress(frame, max_output_size=limit, allow_extra_data=False)
     except zstandard.ZstdError as exc:
         raise ProtocolError(
             f"{what}: compressed frame refused ({exc}; limit {limit} bytes)"
